@@ -1,0 +1,342 @@
+"""The bundle manifest: the only contract between export, engines and runtime.
+
+A bundle is a folder holding ``manifest.json`` plus the files it names. Export writes it,
+``build-engine`` and ``tune`` add to it (atomically), the runtime only reads it. This module
+imports nothing but the standard library so that every stage can use it.
+
+Schema (version 1), as JSON::
+
+    {
+      "schema_version": 1,
+      "stagedx_version": "0.1.0",
+      "created_utc": "2026-11-24T12:00:00Z",
+      "batch_size": 1,
+      "tokenizer": {"file": "tokenizer.json", "sha256": "...", "eos_token_id": 0,
+                    "bos_token_id": 0, "vocab_size": 8192},
+      "models": {
+        "oracle": ModelEntry, "draft": ModelEntry
+      },
+      "draft2": {"kind": "ngram" | "prompt-lookup" | "both" | "none",
+                 "ngram": NgramEntry | null},
+      "kv_reserved_slots": {"onnxruntime": 0, "tensorrt": 1},
+      "reference": {"file": "reference.npz", "sha256": "...", "tolerance": 1e-4} | null,
+      "engines": [EngineEntry, ...],
+      "tuning": {"<device>|<backend>|<threads>": {...}}
+    }
+
+ModelEntry::
+
+    {"role": "oracle", "file": "oracle.onnx", "sha256": "...",
+     "external_data": {"file": "oracle.onnx.data", "sha256": "..."} | null,
+     "dtype": "fp32" | "fp16", "topk": 32, "opset": 18,
+     "arch": {"family": "gpt2", "n_layers": 6, "n_heads": 6, "n_kv_heads": 6,
+              "head_dim": 64, "hidden": 384, "vocab_size": 8192, "max_positions": 1024},
+     "n_params": 14200000, "weight_bytes": 28400000,
+     "source": {"checkpoint": "models/stdlib-code-pair/oracle", "model_type": "gpt2",
+                "architectures": ["GPT2LMHeadModel"]},
+     "io": {"input_ids": "input_ids", "position_ids": "position_ids", "tree_mask": "tree_mask",
+            "past_key": "past_key.{i}", "past_value": "past_value.{i}",
+            "logits": "logits", "topk_values": "topk_values", "topk_indices": "topk_indices",
+            "new_key": "new_key.{i}", "new_value": "new_value.{i}"},
+     "verify": {"max_rel_error": 3e-6, "tolerance": 1e-4} | null}
+
+Graph contract (every neural model, batch size 1):
+  inputs  input_ids [T] int64, position_ids [T] int64, tree_mask [T, P+T] bool (True = may
+          attend), past_key.{i} / past_value.{i} [P, H_kv, D] (model dtype)
+  outputs logits [T, V], topk_values [T, K] (model dtype), topk_indices [T, K] int64,
+          new_key.{i} / new_value.{i} [T, H_kv, D] for the new tokens only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import StagedxError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+ROLES = ("oracle", "draft")
+DRAFT2_KINDS = ("ngram", "prompt-lookup", "both", "none")
+DTYPES = ("fp32", "fp16")
+
+DEFAULT_IO = {
+    "input_ids": "input_ids",
+    "position_ids": "position_ids",
+    "tree_mask": "tree_mask",
+    "past_key": "past_key.{i}",
+    "past_value": "past_value.{i}",
+    "logits": "logits",
+    "topk_values": "topk_values",
+    "topk_indices": "topk_indices",
+    "new_key": "new_key.{i}",
+    "new_value": "new_value.{i}",
+}
+DEFAULT_KV_RESERVED_SLOTS = {"onnxruntime": 0, "tensorrt": 1}
+
+
+@dataclass(frozen=True)
+class FileRef:
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ArchDims:
+    family: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden: int
+    vocab_size: int
+    max_positions: int
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    role: str
+    file: str
+    sha256: str
+    dtype: str
+    topk: int
+    arch: ArchDims
+    n_params: int
+    weight_bytes: int
+    source: dict
+    opset: int = 18
+    external_data: FileRef | None = None
+    io: dict = field(default_factory=lambda: dict(DEFAULT_IO))
+    verify: dict | None = None
+
+    def io_name(self, key: str, layer: int | None = None) -> str:
+        name = self.io[key]
+        return name.format(i=layer) if layer is not None else name
+
+
+@dataclass(frozen=True)
+class NgramEntry:
+    file: str
+    sha256: str
+    order: int
+    topk: int
+    n_tokens: int
+    corpus: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Draft2Entry:
+    kind: str
+    ngram: NgramEntry | None = None
+
+
+@dataclass(frozen=True)
+class TokenizerEntry:
+    file: str
+    sha256: str
+    eos_token_id: int | None
+    bos_token_id: int | None
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    tokenizer: TokenizerEntry
+    models: dict  # role -> ModelEntry
+    draft2: Draft2Entry
+    schema_version: int = SCHEMA_VERSION
+    stagedx_version: str = ""
+    created_utc: str = ""
+    batch_size: int = 1
+    kv_reserved_slots: dict = field(default_factory=lambda: dict(DEFAULT_KV_RESERVED_SLOTS))
+    reference: dict | None = None
+    engines: tuple = ()  # of plain dicts, written by stagedx.engines
+    tuning: dict = field(default_factory=dict)  # key "<device>|<backend>|<threads>" -> dict
+
+    @property
+    def oracle(self) -> ModelEntry:
+        return self.models["oracle"]
+
+    @property
+    def draft(self) -> ModelEntry:
+        return self.models["draft"]
+
+    def reserved_slots(self, backend: str) -> int:
+        return int(self.kv_reserved_slots.get(backend, 0))
+
+    def files(self) -> Iterator[FileRef]:
+        """Every file the manifest names, with its expected sha256."""
+        yield FileRef(self.tokenizer.file, self.tokenizer.sha256)
+        for entry in self.models.values():
+            yield FileRef(entry.file, entry.sha256)
+            if entry.external_data is not None:
+                yield entry.external_data
+        if self.draft2.ngram is not None:
+            yield FileRef(self.draft2.ngram.file, self.draft2.ngram.sha256)
+        if self.reference is not None:
+            yield FileRef(self.reference["file"], self.reference["sha256"])
+        for eng in self.engines:
+            yield FileRef(eng["file"], eng["sha256"])
+
+    # -- (de)serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["engines"] = list(self.engines)
+        return d
+
+    @staticmethod
+    def from_dict(d: dict) -> "Manifest":
+        version = d.get("schema_version")
+        if not isinstance(version, int):
+            raise StagedxError("manifest.json has no integer schema_version: not a stagedx bundle")
+        if version > SCHEMA_VERSION:
+            raise StagedxError(
+                f"bundle manifest has schema version {version}, newer than this stagedx "
+                f"understands ({SCHEMA_VERSION}); upgrade stagedx"
+            )
+        try:
+            models = {role: _model_from_dict(d["models"][role]) for role in ROLES}
+            ng = d["draft2"].get("ngram")
+            draft2 = Draft2Entry(
+                kind=d["draft2"]["kind"],
+                ngram=None if ng is None else NgramEntry(**{**ng, "corpus": tuple(ng.get("corpus", ()))}),
+            )
+            return Manifest(
+                tokenizer=TokenizerEntry(**d["tokenizer"]),
+                models=models,
+                draft2=draft2,
+                schema_version=version,
+                stagedx_version=d.get("stagedx_version", ""),
+                created_utc=d.get("created_utc", ""),
+                batch_size=d.get("batch_size", 1),
+                kv_reserved_slots=dict(d.get("kv_reserved_slots", DEFAULT_KV_RESERVED_SLOTS)),
+                reference=d.get("reference"),
+                engines=tuple(d.get("engines", ())),
+                tuning=dict(d.get("tuning", {})),
+            )
+        except (KeyError, TypeError) as exc:
+            raise StagedxError(f"manifest.json is malformed: {exc!r}") from exc
+
+
+def _model_from_dict(d: dict) -> ModelEntry:
+    d = dict(d)
+    d["arch"] = ArchDims(**d["arch"])
+    if d.get("external_data") is not None:
+        d["external_data"] = FileRef(**d["external_data"])
+    return ModelEntry(**d)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def load_manifest(bundle: str | os.PathLike, check_files: bool = True) -> Manifest:
+    """Read ``BUNDLE/manifest.json``; with ``check_files``, verify every file's sha256."""
+    bundle = Path(bundle)
+    path = bundle / MANIFEST_NAME
+    if not bundle.is_dir():
+        raise StagedxError(f"bundle folder not found: {bundle}")
+    if not path.is_file():
+        raise StagedxError(f"{bundle} is not a stagedx bundle: no {MANIFEST_NAME}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StagedxError(f"cannot read {path}: {exc}") from exc
+    manifest = Manifest.from_dict(data)
+    if check_files:
+        verify_files(bundle, manifest)
+    return manifest
+
+
+def verify_files(bundle: Path, manifest: Manifest) -> None:
+    for ref in manifest.files():
+        p = Path(bundle) / ref.file
+        if not p.is_file():
+            raise StagedxError(f"bundle file missing: {p}")
+        if sha256_file(p) != ref.sha256:
+            raise StagedxError(f"bundle file modified (sha256 mismatch): {p}")
+
+
+def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> Path:
+    """Write ``manifest.json`` into ``folder`` atomically (temp file + rename)."""
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(manifest.to_dict(), f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def update_manifest(bundle: str | os.PathLike, **changes: Any) -> Manifest:
+    """Replace top-level fields (e.g. ``engines=...``, ``tuning=...``) atomically."""
+    manifest = load_manifest(bundle, check_files=False)
+    new = dataclasses.replace(manifest, **changes)
+    write_manifest(bundle, new)
+    return new
+
+
+class AtomicFolder:
+    """Build a folder under a temporary name next to ``target`` and rename it at the end.
+
+    ``with AtomicFolder(target, force) as tmp: ...write into tmp...``; on any exception the
+    temporary folder is removed and ``target`` is untouched.
+    """
+
+    def __init__(self, target: str | os.PathLike, force: bool = False):
+        self.target = Path(target)
+        self.force = force
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        if self.target.exists() and not self.force:
+            raise StagedxError(f"output exists: {self.target} (use --force to replace it)")
+        parent = self.target.parent if str(self.target.parent) else Path(".")
+        if not parent.exists():
+            raise StagedxError(f"output folder's parent does not exist: {parent}")
+        if not os.access(parent, os.W_OK):
+            raise StagedxError(f"output location is not writable: {parent}")
+        try:
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=parent))
+        except OSError as exc:
+            raise StagedxError(f"cannot create a folder in {parent}: {exc}") from exc
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        assert self.tmp is not None
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        if self.target.exists():
+            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
+            os.replace(self.target, old)
+            os.replace(self.tmp, self.target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.target)
+        return False
