@@ -1,0 +1,322 @@
+"""``Generator``: baseline, classic speculative and staged tree decoding over two runners.
+
+Who owns what during one ``generate`` call (see also docs/design.md):
+
+* ``DecodeState.tokens`` is the only list of committed tokens (prompt + generated). Its last
+  token is *pending*: it has been emitted but no model has a KV row for it yet in the oracle;
+  it is the root of the next tree.
+* The oracle runner owns the oracle KV cache. Invariant between rounds:
+  ``oracle.length == len(tokens) - 1``.
+* The draft runner owns the draft KV cache: ``draft.length <= len(tokens) - 1`` between
+  rounds. During a round it also holds speculative rows (the draft's greedy path).
+* ``DecodeState.rng`` is the only source of randomness (numpy PCG64 seeded per call).
+* Rollback rule, applied once per round after verification: the oracle commits the rows of
+  the root and of the accepted tree nodes (``verdict.path[:keep]``), nothing else; the draft
+  truncates to ``n + common_prefix(draft path, emitted)``, capped at ``len(tokens) - 1`` so the
+  new root is always re-scored. When EOS, a stop string or ``max_new_tokens`` falls inside an
+  accepted run, ``keep`` shrinks first, so both caches match the tokens actually kept.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..errors import StagedxError
+from . import accept
+from .bundle import make_runner, open_bundle
+from .draft2 import Draft2
+from .runner import FETCH_LOGITS, FETCH_TOPK, chain_mask
+from .sampling import SamplingConfig, rank_logprobs, sample, warp
+from .staged import SOURCE_DRAFT, SOURCE_DRAFT2, OracleTree, TreeConfig, chain_tree, grow_draft_tree, oracle_tree, root_only
+from .tokenizer import StreamDecoder, Tokenizer
+from .tree import ancestor_mask
+
+STRATEGIES = ("baseline", "speculative", "staged")
+STAGE_NAMES = {SOURCE_DRAFT2: "draft2", SOURCE_DRAFT: "draft"}
+
+
+@dataclass
+class Stats:
+    strategy: str
+    sampling: str
+    oracle_calls: int = 0
+    draft_calls: int = 0
+    new_tokens: int = 0
+    rounds: int = 0
+    accepted_by_stage: dict = field(default_factory=lambda: {"draft2": 0, "draft": 0, "oracle": 0})
+    accepted_by_depth: list = field(default_factory=list)
+    time_s: dict = field(
+        default_factory=lambda: {"prefill": 0.0, "draft2": 0.0, "draft": 0.0, "oracle": 0.0, "other": 0.0, "total": 0.0}
+    )
+
+    @property
+    def tokens_per_oracle_call(self) -> float:
+        return self.new_tokens / max(1, self.oracle_calls)
+
+    def as_dict(self) -> dict:
+        return {
+            "strategy": self.strategy,
+            "sampling": self.sampling,
+            "oracle_calls": self.oracle_calls,
+            "draft_calls": self.draft_calls,
+            "new_tokens": self.new_tokens,
+            "rounds": self.rounds,
+            "tokens_per_oracle_call": self.tokens_per_oracle_call,
+            "accepted_by_stage": dict(self.accepted_by_stage),
+            "accepted_by_depth": list(self.accepted_by_depth),
+            "time_s": dict(self.time_s),
+        }
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    tokens: list  # new tokens, without a final EOS
+    prompt_tokens: int
+    finish_reason: str  # "length" | "eos" | "stop" | "context"
+    stats: Stats
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: np.ndarray  # [n] int64
+    max_new_tokens: int
+    sampling: SamplingConfig
+    seed: int | None
+    stop: tuple
+    strategy: str
+    ignore_eos: bool
+
+
+@dataclass
+class DecodeState:
+    tokens: list  # committed tokens; tokens[-1] is pending (not in the oracle's KV)
+    n_prompt: int
+    rng: np.random.Generator
+    stats: Stats
+    finish: str | None = None
+    draft_q: list = field(default_factory=list)  # [k][V] q of each sampled draft token (speculative)
+
+    @property
+    def generated(self) -> int:
+        return len(self.tokens) - self.n_prompt
+
+
+class Generator:
+    def __init__(
+        self,
+        bundle: str | Path,
+        device: str = "auto",
+        strategy: str = "staged",
+        threads: int | None = None,
+        tree: TreeConfig | None = None,
+        max_context: int | None = None,
+    ):
+        if strategy not in STRATEGIES:
+            raise StagedxError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+        self.bundle_dir, self.manifest = open_bundle(bundle)
+        self.strategy = strategy
+        self.threads = threads
+        self.tokenizer = Tokenizer(self.bundle_dir / self.manifest.tokenizer.file)
+        self.oracle = make_runner(self.bundle_dir, self.manifest, "oracle", device, threads, max_context)
+        self.draft = make_runner(self.bundle_dir, self.manifest, "draft", device, threads, max_context)
+        self.draft2 = Draft2.from_manifest(self.bundle_dir, self.manifest)
+        self.device, self.backend = self.oracle.device, self.oracle.backend
+        self.tuning_key = f"{self.device}|{self.backend}|{threads or 0}"
+        tuned = self.manifest.tuning.get(self.tuning_key)
+        self.tree = tree or (TreeConfig.from_dict(tuned) if tuned else TreeConfig())
+        m = self.manifest
+        self.context_limit = min(
+            m.oracle.arch.max_positions, m.draft.arch.max_positions, self.oracle.max_context, self.draft.max_context
+        )
+        self.vocab = m.oracle.arch.vocab_size
+        self.eos = m.tokenizer.eos_token_id
+        self.oracle_weight_bytes = m.oracle.weight_bytes
+        self.draft_weight_bytes = m.draft.weight_bytes
+
+    # -- public API ----------------------------------------------------------------------
+    def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128, **options) -> GenerationResult:
+        """Options: sampling ("greedy", "topk:50", SamplingConfig), seed, stop, strategy,
+        ignore_eos, truncate (drop the prompt's start when it does not fit)."""
+        req = self._request(prompt, max_new_tokens, **options)
+        st = self._start(req)
+        for _ in self._rounds(req, st):
+            pass
+        return self._result(req, st)
+
+    def stream(self, prompt: str | Sequence[int], max_new_tokens: int = 128, **options) -> Iterator[str]:
+        """Yield text as it is accepted, never splitting a UTF-8 character; the full result
+        is left in ``self.last_result`` when the iterator is exhausted."""
+        req = self._request(prompt, max_new_tokens, **options)
+        st = self._start(req)
+        decoder = StreamDecoder(self.tokenizer)
+        for kept in self._rounds(req, st):
+            piece = decoder.push(kept)
+            if piece:
+                yield piece
+        tail = decoder.flush()
+        if tail:
+            yield tail
+        self.last_result = self._result(req, st)
+
+    # -- request set-up ------------------------------------------------------------------
+    def _request(self, prompt, max_new_tokens, sampling="greedy", seed=None, stop=(), strategy=None,
+                 ignore_eos=False, truncate=False) -> Request:  # fmt: skip
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else np.asarray(list(prompt), np.int64)
+        if ids.size == 0:
+            raise StagedxError("empty prompt: give at least one token")
+        if ids.min() < 0 or ids.max() >= self.vocab:
+            raise StagedxError(f"prompt token ids must lie in [0, {self.vocab})")
+        if len(ids) > self.context_limit:
+            if not truncate:
+                raise StagedxError(
+                    f"prompt has {len(ids)} tokens, more than the context of {self.context_limit} "
+                    "(use --truncate to keep its end)"
+                )
+            ids = ids[-max(1, self.context_limit - min(max_new_tokens, self.context_limit // 2)) :]
+        if max_new_tokens < 1:
+            raise StagedxError("max_new_tokens must be at least 1")
+        cfg = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig.parse(sampling)
+        strategy = strategy or self.strategy
+        if strategy not in STRATEGIES:
+            raise StagedxError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+        stop = (stop,) if isinstance(stop, str) else tuple(s for s in stop if s)
+        return Request(ids.astype(np.int64), int(max_new_tokens), cfg, seed, stop, strategy, bool(ignore_eos))
+
+    def _start(self, req: Request) -> DecodeState:
+        """Reset both caches and prefill the oracle with every prompt token but the last."""
+        t0 = time.perf_counter()
+        self.oracle.truncate(0)
+        self.draft.truncate(0)
+        stats = Stats(req.strategy, req.sampling.label, accepted_by_depth=[0] * (self.tree.max_depth + 1))
+        st = DecodeState(req.prompt.tolist(), len(req.prompt), np.random.default_rng(req.seed), stats)
+        n = len(req.prompt)
+        if n > 1:
+            self.oracle.run(req.prompt[:-1], np.arange(n - 1), chain_mask(n - 1))
+            self.oracle.commit(np.arange(n - 1))
+        stats.time_s["prefill"] = time.perf_counter() - t0
+        return st
+
+    # -- the decode loop: propose -> verify -> accept -> commit ---------------------------
+    def _rounds(self, req: Request, st: DecodeState) -> Iterator[list]:
+        t_start = time.perf_counter()
+        s = st.stats
+        while st.finish is None:
+            n = len(st.tokens)
+            limit = min(self.tree.max_depth, self.context_limit - n)  # deepest node this round
+            if limit < 0:
+                st.finish = "context"
+                break
+            tree, draft_path = self._propose(req, st, limit)
+            t0 = time.perf_counter()
+            fetch = (FETCH_TOPK,) if req.sampling.greedy else (FETCH_LOGITS,)
+            out = self.oracle.run(tree.tokens, n - 1 + tree.depth, ancestor_mask(tree.parents), fetch)
+            s.time_s["oracle"] += time.perf_counter() - t0
+            s.oracle_calls += 1
+            verdict = self._verify(req, st, tree, out)
+            kept = self._commit(req, st, tree, verdict, draft_path)
+            s.rounds += 1
+            if kept:
+                yield kept
+        s.time_s["total"] = time.perf_counter() - t_start + s.time_s["prefill"]
+        s.time_s["other"] = s.time_s["total"] - sum(s.time_s[k] for k in ("prefill", "draft2", "draft", "oracle"))
+
+    def _propose(self, req: Request, st: DecodeState, limit: int) -> tuple[OracleTree, list]:
+        """Returns the tree for the oracle and the draft's speculative path (tokens below the root)."""
+        history = np.asarray(st.tokens, np.int64)
+        if req.strategy == "baseline" or limit == 0:
+            return root_only(st.tokens[-1]), []
+        if req.strategy == "speculative":
+            drafted = self._draft_chain(req, st, history, min(self.tree.spec_k, limit))
+            return chain_tree(np.concatenate([history[-1:], drafted])), drafted.tolist()[:-1]
+        cfg, tau = req.sampling, self.tree.tau
+        dtree = grow_draft_tree(self.draft, self.draft2, history, self.tree, lambda v: rank_logprobs(v, cfg, tau), limit)
+        st.stats.draft_calls += dtree.calls
+        st.stats.time_s["draft2"] += dtree.time_draft2
+        st.stats.time_s["draft"] += dtree.time_draft
+        return oracle_tree(dtree, self.tree.budget, limit, self.vocab), dtree.path
+
+    def _draft_chain(self, req: Request, st: DecodeState, history: np.ndarray, k: int) -> np.ndarray:
+        """Classic drafting: k sequential draft calls; sampled drafts keep q for verification."""
+        t0 = time.perf_counter()
+        chain = history[self.draft.length :]
+        drafted, st.draft_q = [], []
+        fetch = (FETCH_TOPK,) if req.sampling.greedy else (FETCH_LOGITS,)
+        for _ in range(k):
+            out = self.draft.run(chain, self.draft.length + np.arange(len(chain)), chain_mask(len(chain)), fetch)
+            self.draft.commit(np.arange(len(chain)))
+            if req.sampling.greedy:
+                x = int(out.topk_indices[-1, 0])
+            else:
+                q = warp(out.logits[-1], req.sampling)
+                x = sample(q, st.rng)
+                st.draft_q.append(q)
+            drafted.append(x)
+            chain = np.asarray([x], np.int64)
+        st.stats.draft_calls += k
+        st.stats.time_s["draft"] += time.perf_counter() - t0
+        return np.asarray(drafted, np.int64)  # the last one has no draft KV row yet
+
+    def _verify(self, req: Request, st: DecodeState, tree: OracleTree, out) -> accept.Verdict:
+        if req.sampling.greedy:
+            return accept.walk_tree(tree.parents, tree.tokens, accept.greedy_draw(out.topk_indices[:, 0]))
+        if req.strategy == "speculative" and len(tree.tokens) > 1:
+            p = warp(out.logits, req.sampling)  # [k+1, V]
+            emitted = accept.verify_chain(tree.tokens[1:], np.stack(st.draft_q), p, st.rng)
+            return accept.Verdict(np.arange(len(emitted)), emitted)
+        return accept.walk_tree(
+            tree.parents, tree.tokens, accept.sampled_draw(lambda v: warp(out.logits[v], req.sampling), st.rng)
+        )
+
+    def _commit(self, req: Request, st: DecodeState, tree: OracleTree, verdict: accept.Verdict, draft_path: list) -> list:
+        """Keep what the finish rules allow, then commit KV rows and tokens consistently."""
+        s = st.stats
+        emitted = verdict.tokens
+        room = req.max_new_tokens - st.generated
+        keep, hit_eos = accept.truncate_emitted(emitted, None if req.ignore_eos else self.eos, room)
+        if req.stop:
+            keep, hit_stop = self._stop_cut(req, st, emitted, keep)
+            hit_eos = hit_eos and not hit_stop
+            st.finish = "stop" if hit_stop else None
+        n = len(st.tokens)
+        self.oracle.commit(verdict.path[:keep])
+        st.tokens.extend(emitted[:keep].tolist())
+        common = accept.common_prefix(np.asarray(draft_path, np.int64), emitted[:keep])
+        self.draft.truncate(min(self.draft.length, n + common, len(st.tokens) - 1))
+
+        accepted = verdict.path[1:keep]
+        for node in accepted:
+            s.accepted_by_depth[int(tree.depth[node]) - 1] += 1
+            s.accepted_by_stage[STAGE_NAMES[int(tree.source[node])]] += 1
+        s.accepted_by_stage["oracle"] += int(keep == len(emitted))
+        s.new_tokens += keep
+        if st.finish is None:
+            if hit_eos:
+                st.finish = "eos"
+            elif st.generated >= req.max_new_tokens:
+                st.finish = "length"
+        return emitted[:keep].tolist()
+
+    def _stop_cut(self, req: Request, st: DecodeState, emitted: np.ndarray, keep: int) -> tuple[int, bool]:
+        """Shortest prefix of ``emitted[:keep]`` after which a stop string has appeared."""
+        done = self.tokenizer.decode(st.tokens[st.n_prompt :])
+        for j in range(1, keep + 1):
+            text = self.tokenizer.decode(st.tokens[st.n_prompt :] + emitted[:j].tolist())
+            if any(stop in text[max(0, len(done) - len(stop)) :] for stop in req.stop):
+                return j, True
+        return keep, False
+
+    def _result(self, req: Request, st: DecodeState) -> GenerationResult:
+        new = st.tokens[st.n_prompt :]
+        if st.finish == "eos" and new and new[-1] == self.eos:
+            new = new[:-1]
+        text = self.tokenizer.decode(new)
+        if st.finish == "stop":
+            cut = min((text.find(s) for s in req.stop if s in text), default=-1)
+            text = text[:cut] if cut >= 0 else text
+        return GenerationResult(text, list(new), st.n_prompt, st.finish or "length", st.stats)

@@ -1,0 +1,196 @@
+"""The staged proposal: draft2 proposes branches, the draft scores them in tree-shaped calls,
+and the most probable nodes form the tree the oracle verifies in one call.
+
+One round of the draft stage (``grow_draft_tree``):
+1. The batch is a chain (tokens the draft has not seen yet: catch-up rows and the root in the
+   first call, then the draft's own greedy token ``g``) plus draft2's candidate subtree below
+   the chain's end (``Draft2.propose_tree``: 12 successors, 7 of the best, then 4, 1, 1, 1).
+2. One draft call scores the whole batch with a tree mask; every scored node now has the
+   draft's top-K successors.
+3. The chain rows and the draft's greedy path through the batch (as far as the batch covers
+   it) are committed to the draft's KV cache speculatively; the next call starts below them.
+   These rows survive the round when the oracle accepts the same tokens (see generator.py).
+Then ``oracle_tree`` ranks every scored node and every top-K child of one by cumulative
+ranking probability and keeps the ``budget`` best, ancestors first.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .runner import Runner
+from .tree import ancestor_mask, depths, select_best_first
+
+SOURCE_DRAFT2 = 0
+SOURCE_DRAFT = 1
+
+
+@dataclass(frozen=True)
+class TreeConfig:
+    budget: int = 16  # oracle tree nodes per call besides the root
+    max_depth: int = 8  # deepest tree node below the root
+    fanouts: tuple[int, ...] = (12, 7, 4, 1, 1, 1)  # draft2 fan-outs per level
+    draft_calls: int = 3  # sequential draft calls per round (staged)
+    draft_batch: int = 32  # nodes per draft call, chain included
+    tau: float = 0.1  # greedy ranking temperature
+    spec_k: int = 4  # chain length of the classic speculative strategy
+
+    @staticmethod
+    def from_dict(d: dict) -> "TreeConfig":
+        names = TreeConfig.__dataclass_fields__
+        kw = {k: v for k, v in d.items() if k in names}
+        if "fanouts" in kw:
+            kw["fanouts"] = tuple(int(x) for x in kw["fanouts"])
+        return TreeConfig(**kw)
+
+
+@dataclass
+class DraftTree:
+    """Nodes the draft scored this round (global ids; node 0 is the root)."""
+
+    tokens: list = field(default_factory=list)  # [M] token of each node
+    parents: list = field(default_factory=list)  # [M] global parent id, -1 for the root
+    source: list = field(default_factory=list)  # [M] SOURCE_DRAFT2 | SOURCE_DRAFT
+    topk_ids: list = field(default_factory=list)  # per call: [T_b, K]
+    topk_logp: list = field(default_factory=list)  # per call: [T_b, K] ranking log-probs
+    path: list = field(default_factory=list)  # tokens of the draft's speculative path below the root
+    calls: int = 0
+    time_draft2: float = 0.0
+    time_draft: float = 0.0
+
+
+def _batch(chain: np.ndarray, cand_tokens: np.ndarray, cand_parents: np.ndarray):
+    """Local arrays for one draft call: the chain then draft2's candidates under its end."""
+    m = len(chain)
+    parents = np.concatenate([np.arange(-1, m - 1), np.where(cand_parents < 0, m - 1, cand_parents + m)])
+    return np.concatenate([chain, cand_tokens]).astype(np.int64), parents.astype(np.int32)
+
+
+def grow_draft_tree(
+    draft: Runner,
+    draft2,  # stagedx.runtime.draft2.Draft2
+    history: np.ndarray,  # [n] committed tokens; history[-1] is the root
+    cfg: TreeConfig,
+    rank: Callable[[np.ndarray], np.ndarray],  # topk_values [T, K] -> ranking log-probs
+    depth_limit: int,
+) -> DraftTree:
+    tree = DraftTree()
+    chain = history[draft.length :]  # catch-up rows + the root
+    root_parent = -1  # global id of the chain end's parent
+    depth0 = 0  # depth of the chain end below the root
+    while True:
+        t0 = time.perf_counter()
+        context = np.concatenate([history, np.asarray(tree.path, np.int64)])
+        room = max(0, depth_limit - depth0)  # draft2 may propose this many levels
+        cand, cpar = draft2.propose_tree(context, cfg.fanouts[:room]) if room else (np.zeros(0, np.int64), np.zeros(0, np.int32))
+        keep = max(0, cfg.draft_batch - len(chain))
+        cand, cpar = cand[:keep], cpar[:keep]  # a prefix keeps parents before children
+        t1 = time.perf_counter()
+        tokens, parents = _batch(chain, cand, cpar)
+        positions = draft.length + depths(parents)
+        out = draft.run(tokens, positions, ancestor_mask(parents))
+        t2 = time.perf_counter()
+        tree.time_draft2 += t1 - t0
+        tree.time_draft += t2 - t1
+        tree.calls += 1
+
+        # register the chain end and the candidates as tree nodes (catch-up rows are not)
+        m = len(chain)
+        base = len(tree.tokens)
+        tree.tokens.extend(tokens[m - 1 :].tolist())
+        tree.parents.append(root_parent)
+        tree.parents.extend(np.where(cpar < 0, base, cpar + base + 1).tolist())
+        tree.source.append(SOURCE_DRAFT)
+        tree.source.extend([SOURCE_DRAFT2] * len(cand))
+        ids = out.topk_indices[m - 1 :]  # [1 + C, K]
+        tree.topk_ids.append(ids)
+        tree.topk_logp.append(rank(out.topk_values[m - 1 :]))
+
+        # commit the chain and the draft's greedy path through the candidates
+        rows = list(range(m))
+        local = m - 1
+        while depth0 + len(rows) - m < depth_limit:
+            want = ids[local - (m - 1), 0]
+            hit = np.flatnonzero((parents == local) & (tokens == want))
+            if hit.size == 0:
+                break
+            local = int(hit[0])
+            rows.append(local)
+        draft.commit(rows)
+        if root_parent >= 0:  # the chain end g is itself on the path
+            tree.path.append(int(chain[-1]))
+        tree.path.extend(tokens[rows[m:]].tolist())
+        end = base + (local - (m - 1))  # global id of the path end
+
+        g = int(ids[local - (m - 1), 0])  # the draft's greedy token below the path end
+        depth0 = len(tree.path) + 1
+        if tree.calls >= cfg.draft_calls or depth0 >= depth_limit:
+            return tree
+        chain = np.asarray([g], np.int64)
+        root_parent = end
+
+
+@dataclass(frozen=True)
+class OracleTree:
+    """The tree one oracle call verifies; node 0 is the root (the pending token)."""
+
+    tokens: np.ndarray  # [N] int64
+    parents: np.ndarray  # [N] int32, -1 for the root
+    depth: np.ndarray  # [N] int64
+    source: np.ndarray  # [N] SOURCE_* of each node, -1 for the root
+
+
+def root_only(token: int) -> OracleTree:
+    return OracleTree(
+        np.asarray([token], np.int64), np.asarray([-1], np.int32), np.zeros(1, np.int64), np.asarray([-1], np.int64)
+    )
+
+
+def chain_tree(tokens: np.ndarray) -> OracleTree:
+    """A linear chain root -> t1 -> ... (classic speculative decoding)."""
+    n = len(tokens)
+    src = np.full(n, SOURCE_DRAFT, np.int64)
+    src[0] = -1
+    return OracleTree(np.asarray(tokens, np.int64), np.arange(-1, n - 1, dtype=np.int32), np.arange(n), src)
+
+
+def oracle_tree(tree: DraftTree, budget: int, depth_limit: int, vocab: int) -> OracleTree:
+    """Best-first selection over the scored nodes and the top-K children of each of them."""
+    tok = np.asarray(tree.tokens, np.int64)  # [M]
+    par = np.asarray(tree.parents, np.int64)  # [M]
+    src = np.asarray(tree.source, np.int64)  # [M]
+    kk = max(1, min(budget, tree.topk_ids[0].shape[1]))  # a child ranked below `budget` among
+    ids = np.concatenate(tree.topk_ids)[:, :kk]  # [M, kk]    its siblings can never be chosen
+    logp = np.concatenate(tree.topk_logp)[:, :kk]  # [M, kk]
+    m = len(tok)
+
+    # cumulative ranking log-prob of every scored node along its ancestors
+    match = ids[par[1:]] == tok[1:, None]  # [M-1, kk]
+    edge = np.concatenate([[0.0], np.where(match, logp[par[1:]], -np.inf).max(axis=1, initial=-np.inf)])
+    logcum = np.zeros(m)
+    depth = depths(par)
+    for i in range(1, m):
+        logcum[i] = logcum[par[i]] + edge[i]
+
+    # candidates: scored nodes (minus the root) and the top-kk children of every scored node
+    cpar = np.repeat(np.arange(m), kk)  # [M*kk]
+    ctok = ids.ravel()
+    fresh = ~np.isin(cpar * vocab + ctok, par[1:] * vocab + tok[1:])
+    pool_tok = np.concatenate([tok[1:], ctok[fresh]])
+    pool_par = np.concatenate([par[1:], cpar[fresh]]) - 1  # global id g -> pool index g - 1
+    pool_logcum = np.concatenate([logcum[1:], (logcum[cpar] + logp.ravel())[fresh]])
+    pool_depth = np.concatenate([depth[1:], (depth[cpar] + 1)[fresh]])
+    pool_src = np.concatenate([src[1:], np.full(int(fresh.sum()), SOURCE_DRAFT)])
+    pool_logcum[pool_depth > depth_limit] = -np.inf
+
+    sel = select_best_first(pool_logcum, pool_par, pool_depth, budget)
+    return OracleTree(
+        np.concatenate([tok[:1], pool_tok[sel.index]]),
+        np.concatenate([[-1], sel.parents]).astype(np.int32),
+        np.concatenate([[0], pool_depth[sel.index]]),
+        np.concatenate([[-1], pool_src[sel.index]]),
+    )
