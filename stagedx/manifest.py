@@ -43,7 +43,8 @@ ModelEntry::
 Graph contract (every neural model, batch size 1):
   inputs  input_ids [T] int64, position_ids [T] int64, tree_mask [T, P+T] bool (True = may
           attend), past_key.{i} / past_value.{i} [P, H_kv, D] (model dtype)
-  outputs logits [T, V], topk_values [T, K] (model dtype), topk_indices [T, K] int64,
+  outputs logits [T, V] and topk_values [T, K] in the model dtype (an fp16 bundle returns
+          fp16 logits; ModelEntry.dtype says which), topk_indices [T, K] int64,
           new_key.{i} / new_value.{i} [T, H_kv, D] for the new tokens only.
 """
 
@@ -276,12 +277,19 @@ def verify_files(bundle: Path, manifest: Manifest) -> None:
             raise StagedxError(f"bundle file modified (sha256 mismatch): {p}")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> Path:
     """Write ``manifest.json`` into ``folder`` atomically (temp file + rename)."""
     folder = Path(folder)
     path = folder / MANIFEST_NAME
     fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".json", dir=folder)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a bundle is meant to be shared
         with os.fdopen(fd, "w") as f:
             json.dump(manifest.to_dict(), f, indent=2, sort_keys=False)
             f.write("\n")
@@ -323,6 +331,7 @@ class AtomicFolder:
             raise StagedxError(f"output location is not writable: {parent}")
         try:
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=parent))
+            os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         except OSError as exc:
             raise StagedxError(f"cannot create a folder in {parent}: {exc}") from exc
         return self.tmp

@@ -1,1 +1,1 @@
-"""stagedx.engines."""
+"""stagedx.engines: TensorRT engine building (`build-engine`) and backend validation (`validate`)."""

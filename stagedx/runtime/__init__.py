@@ -1,1 +1,27 @@
-"""stagedx.runtime."""
+"""stagedx runtime: staged tree speculation from a bundle, with no PyTorch dependency.
+
+Imports numpy, onnxruntime and tokenizers only (TensorRT / cuda-python lazily, for the
+TensorRT backend). ``from stagedx.runtime import Generator`` is the entry point; names are
+resolved on first use so that importing a single submodule stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Generator": ".generator",
+    "GenerationResult": ".generator",
+    "Stats": ".generator",
+    "STRATEGIES": ".generator",
+    "SamplingConfig": ".sampling",
+    "TreeConfig": ".staged",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'stagedx.runtime' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

@@ -1,0 +1,103 @@
+"""``stagedx bench`` and ``stagedx tune``. Heavy imports live inside the command bodies."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import StagedxError
+
+
+def _csv(value: str) -> tuple:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@click.command("bench")
+@click.argument("bundle", type=click.Path())
+@click.option("--prompts", default="humaneval", show_default=True,
+              help="humaneval | humaneval:A-B | FILE.jsonl (field \"prompt\") | text FILE (blank-line-separated prompts)")
+@click.option("--limit", type=int, default=20, show_default=True, help="first N prompts (0 = all)")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True, help="fixed new tokens per run (EOS ignored)")
+@click.option("--repeats", type=int, default=1, show_default=True, help="interleaved repeats of the whole schedule")
+@click.option("--warmup", type=int, default=1, show_default=True, help="unrecorded warm-up runs per method and sampling")
+@click.option("--methods", default="baseline,speculative,staged", show_default=True)
+@click.option("--sampling", "samplings", default="greedy,topk:50", show_default=True, help="comma-separated sampling modes")
+@click.option("--threads", type=int, default=2, show_default=True, help="threads for every backend (pinned, recorded)")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--peers", is_flag=True, help="also run transformers greedy / assisted / prompt-lookup generate (needs torch)")
+@click.option("--out", "out_dir", type=click.Path(), default="bench-out", show_default=True,
+              help="folder for bench.json, bench.txt and bench.png")
+@click.option("--seed", type=int, default=0, show_default=True)
+def bench(bundle, prompts, limit, max_new_tokens, repeats, warmup, methods, samplings, threads, device, peers,
+          out_dir, seed):  # fmt: skip
+    """Measure baseline, speculative and staged decoding on BUNDLE (the paper's table)."""
+    from pathlib import Path
+
+    from .bench import STAGEDX_METHODS, BenchConfig, BenchRequest, benchmark
+    from .report import render, write_json, write_png
+
+    methods_t, samplings_t = _csv(methods), _csv(samplings)
+    bad = [m for m in methods_t if m not in STAGEDX_METHODS]
+    if bad or not methods_t:
+        raise StagedxError(f"unknown method(s) {bad}: use a subset of {','.join(STAGEDX_METHODS)}")
+    if not samplings_t:
+        raise StagedxError("--sampling needs at least one mode")
+    if max_new_tokens < 1 or repeats < 1 or warmup < 0 or threads < 1:
+        raise StagedxError("--max-new-tokens, --repeats and --threads must be >= 1, --warmup >= 0")
+    from ..runtime import SamplingConfig
+
+    for s in samplings_t:
+        SamplingConfig.parse(s)  # fail early on a bad mode
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = BenchConfig(methods_t, samplings_t, max_new_tokens, repeats, warmup, seed)
+    req = BenchRequest(bundle, prompts, limit or None, cfg, threads, device, peers)
+
+    bar_state: dict = {}
+
+    def progress(rec, total):
+        if "bar" not in bar_state:
+            bar_state["bar"] = click.progressbar(length=total, label="bench", file=sys.stderr,
+                                                 item_show_func=lambda r: r and f"{r['method']} {r['sampling']} {r['prompt']}")  # fmt: skip
+            bar_state["bar"].__enter__()
+        bar_state["bar"].update(1, rec)
+
+    try:
+        result = benchmark(req, progress, echo=lambda s: click.echo(s, err=True))
+    finally:
+        if "bar" in bar_state:
+            bar_state["bar"].__exit__(None, None, None)
+    text = render(result)
+    click.echo(text)
+    write_json(out / "bench.json", result)
+    (out / "bench.txt").write_text(text + "\n")
+    png = write_png(out / "bench.png", result["summary"], title=f"stagedx bench ({result['environment']['device']})")
+    click.echo(f"wrote {out / 'bench.json'}, {out / 'bench.txt'}" + (f", {png}" if png else ""), err=True)
+
+
+@click.command("tune")
+@click.argument("bundle", type=click.Path())
+@click.option("--calibration", default="humaneval:82-163", show_default=True,
+              help="calibration prompts, disjoint from the benchmark's (humaneval:A-B | FILE)")
+@click.option("--limit", type=int, default=8, show_default=True, help="first N calibration prompts (0 = all)")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True, help="tokens per calibration run")
+@click.option("--sampling", default="greedy", show_default=True, help="sampling mode the acceptance is measured with")
+@click.option("--passes", type=int, default=1, show_default=True, help="coordinate-ascent passes over the search space")
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def tune(bundle, calibration, limit, max_new_tokens, sampling, passes, threads, device):
+    """Measure this device and store the best tree shape in BUNDLE's manifest."""
+    from ..runtime import Generator, SamplingConfig
+    from .tune import TuneConfig, tune_bundle
+
+    if max_new_tokens < 1 or passes < 1 or threads < 1:
+        raise StagedxError("--max-new-tokens, --passes and --threads must be >= 1")
+    SamplingConfig.parse(sampling)
+    gen = Generator(bundle, device=device, strategy="staged", threads=threads)
+    cfg = TuneConfig(calibration=calibration, limit=limit or None, max_new_tokens=max_new_tokens, sampling=sampling,
+                     passes=passes)  # fmt: skip
+    tune_bundle(bundle, gen, cfg, echo=click.echo)
+
+
+COMMANDS = [bench, tune]

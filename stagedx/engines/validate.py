@@ -1,0 +1,186 @@
+"""``stagedx validate BUNDLE``: every available backend against the transformers reference.
+
+Export saved the transformers (fp32) inputs and outputs in ``reference.npz``; each backend
+(ONNX Runtime always, TensorRT where it and engines for this GPU are present) is run through
+Polygraphy's runner API on those inputs and its ``logits`` / ``topk_values`` are compared to
+the reference with the manifest's tolerance for the graph's dtype. The error measure is
+``max|ours - ref| / max|ref|``. ONNX Runtime is never compared with itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import StagedxError
+from ..manifest import Manifest, ModelEntry, load_manifest
+
+DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
+COMPARED = ("logits", "topk_values")
+
+
+@dataclass(frozen=True)
+class Check:
+    backend: str
+    role: str
+    dtype: str
+    output: str
+    max_rel_error: float | None  # None when skipped
+    tolerance: float
+    note: str = ""
+
+    @property
+    def skipped(self) -> bool:
+        return self.max_rel_error is None
+
+    @property
+    def passed(self) -> bool:
+        return self.skipped or bool(self.max_rel_error <= self.tolerance)
+
+
+def rel_error(ours: np.ndarray, ref: np.ndarray) -> float:
+    ours = np.asarray(ours, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if ours.shape != ref.shape:
+        return float("inf")
+    if not np.all(np.isfinite(ours)):
+        return float("inf")
+    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    return float(np.max(np.abs(ours - ref))) / (scale or 1.0) if ref.size else 0.0
+
+
+def tolerance_for(manifest: Manifest, dtype: str) -> float:
+    tol = (manifest.reference or {}).get("tolerance")
+    if isinstance(tol, dict):
+        return float(tol.get(dtype, DEFAULT_TOLERANCE[dtype]))
+    if isinstance(tol, (int, float)) and dtype == "fp32":
+        return float(tol)
+    return DEFAULT_TOLERANCE[dtype]
+
+
+def reference_feeds(ref, entry: ModelEntry, reserved: int = 0) -> dict[str, np.ndarray]:
+    """Graph inputs for ``entry.role`` from ``reference.npz``, with ``reserved`` masked dummy
+    past rows in front (as the TensorRT runtime binds them)."""
+    r, a = entry.role, entry.arch
+    dtype = {"fp32": np.float32, "fp16": np.float16}[entry.dtype]
+    mask = np.asarray(ref[f"{r}.tree_mask"], dtype=bool)
+    feeds = {
+        entry.io_name("input_ids"): np.asarray(ref[f"{r}.input_ids"], dtype=np.int64),
+        entry.io_name("position_ids"): np.asarray(ref[f"{r}.position_ids"], dtype=np.int64),
+        entry.io_name("tree_mask"): np.concatenate(
+            [np.zeros((mask.shape[0], reserved), dtype=bool), mask], axis=1),
+    }
+    dummy = np.zeros((reserved, a.n_kv_heads, a.head_dim), dtype=dtype)
+    for i in range(a.n_layers):
+        for kind in ("past_key", "past_value"):
+            past = np.asarray(ref[f"{r}.{kind}.{i}"], dtype=dtype)
+            feeds[entry.io_name(kind, i)] = np.concatenate([dummy, past], axis=0)
+    return feeds
+
+
+def compare_outputs(outputs: dict, ref, entry: ModelEntry, label_tol: tuple[str, float]) -> list[Check]:
+    """Checks of one backend's outputs for ``entry`` against the reference logits."""
+    backend, tol = label_tol
+    ref_logits = np.asarray(ref[f"{entry.role}.logits"], dtype=np.float32)
+    k = entry.topk
+    ref_topk = -np.sort(-ref_logits, axis=-1)[:, :k]
+    expected = {"logits": ref_logits, "topk_values": ref_topk}
+    checks = []
+    for key in COMPARED:
+        ours = outputs.get(entry.io_name(key))
+        err = float("inf") if ours is None else rel_error(ours, expected[key])
+        note = "" if ours is not None else "output missing"
+        checks.append(Check(backend, entry.role, entry.dtype, key, err, tol, note))
+    return checks
+
+
+def _run_polygraphy(runner, feeds: dict) -> dict:
+    with runner:
+        out = runner.infer(feeds)
+    return {name: np.asarray(v) for name, v in out.items()}
+
+
+def _onnxrt_checks(bundle: Path, manifest: Manifest, ref) -> list[Check]:
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx  # noqa: PLC0415
+
+    checks = []
+    reserved = manifest.reserved_slots("tensorrt")
+    for role, entry in manifest.models.items():
+        tol = tolerance_for(manifest, entry.dtype)
+        session = SessionFromOnnx(str(bundle / entry.file), providers=["CPUExecutionProvider"])
+        runner = OnnxrtRunner(session, name=f"onnxrt-{role}")
+        # as ONNX Runtime runs it, then with the masked dummy KV rows the TensorRT runtime adds
+        variants = [("onnxruntime", 0)] + ([(f"onnxruntime+{reserved}dummy", reserved)] if reserved else [])
+        for label, r in variants:
+            outputs = _run_polygraphy(runner, reference_feeds(ref, entry, reserved=r))
+            checks += compare_outputs(outputs, ref, entry, (label, tol))
+    return checks
+
+
+def _skipped(backend: str, manifest: Manifest, note: str) -> list[Check]:
+    return [Check(backend, role, e.dtype, "-", None, tolerance_for(manifest, e.dtype), note)
+            for role, e in manifest.models.items()]
+
+
+def _tensorrt_checks(bundle: Path, manifest: Manifest, ref) -> list[Check]:
+    if not manifest.engines:
+        return _skipped("tensorrt", manifest, "no engines in the bundle")
+    from ..runtime.trt_runner import gpu_info, import_cudart, import_tensorrt, select_engine  # noqa: PLC0415
+    from .profiles import fits_profile  # noqa: PLC0415
+
+    try:
+        trt = import_tensorrt("validating engines")
+        gpu = gpu_info(import_cudart("validating engines"))
+    except StagedxError as exc:
+        return _skipped("tensorrt", manifest, str(exc).split(";")[0])
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner  # noqa: PLC0415
+
+    checks = []
+    for role, entry in manifest.models.items():
+        tol = tolerance_for(manifest, entry.dtype)
+        try:
+            record = select_engine(manifest, role, gpu, str(trt.__version__))
+        except StagedxError as exc:
+            checks.append(Check("tensorrt", role, entry.dtype, "-", None, tol, str(exc).split(";")[0]))
+            continue
+        feeds = reference_feeds(ref, entry, reserved=int(record["reserved_slots"]))
+        why = fits_profile(record["profiles"][0], {k: v.shape for k, v in feeds.items()})
+        if why is not None:
+            checks.append(Check("tensorrt", role, entry.dtype, "-", None, tol, why))
+            continue
+        engine = EngineFromBytes((bundle / record["file"]).read_bytes())
+        outputs = _run_polygraphy(TrtRunner(engine, name=f"trt-{role}"), feeds)
+        checks += compare_outputs(outputs, ref, entry, ("tensorrt", tol))
+    return checks
+
+
+def validate_bundle(bundle: str | Path) -> list[Check]:
+    bundle = Path(bundle)
+    manifest = load_manifest(bundle)
+    if manifest.reference is None:
+        raise StagedxError(f"{bundle} has no reference.npz to validate against; re-export it")
+    try:
+        import polygraphy  # noqa: F401, PLC0415
+        from polygraphy.logger import G_LOGGER  # noqa: PLC0415
+    except ImportError as exc:
+        raise StagedxError("validate needs Polygraphy: pip install 'stagedx[validate]'") from exc
+    G_LOGGER.module_severity = G_LOGGER.ERROR
+    with np.load(bundle / manifest.reference["file"], allow_pickle=False) as npz:
+        ref = {k: npz[k] for k in npz.files}
+    missing = [f"{r}.logits" for r in manifest.models if f"{r}.logits" not in ref]
+    if missing:
+        raise StagedxError(f"reference.npz lacks {missing}; re-export the bundle")
+    return _onnxrt_checks(bundle, manifest, ref) + _tensorrt_checks(bundle, manifest, ref)
+
+
+def format_table(checks: list[Check]) -> str:
+    head = ("backend", "role", "dtype", "output", "max_rel_err", "tolerance", "result")
+    rows = [head]
+    for c in checks:
+        err = "-" if c.skipped else f"{c.max_rel_error:.3g}"
+        result = f"skipped: {c.note}" if c.skipped else ("pass" if c.passed else "FAIL")
+        rows.append((c.backend, c.role, c.dtype, c.output, err, f"{c.tolerance:.0e}", result))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1] for r in rows)

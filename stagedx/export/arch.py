@@ -1,0 +1,185 @@
+"""Architecture registry: which checkpoints export knows, and how to build each one's graph.
+
+An entry (:class:`ArchSpec`) says which ``model_type`` values it covers, which transformers
+class loads the fp32 reference, how to read the graph dimensions off the config and how to
+build our own export module from the loaded weights. Adding the Llama family (RoPE, RMSNorm,
+GQA with ``n_kv_heads < n_heads``, SwiGLU) means writing ``llama.py`` with a
+``build_llama_graph`` and registering one more :class:`ArchSpec`; nothing else changes.
+
+Only :func:`load_reference` imports torch / transformers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import StagedxError
+from ..manifest import ArchDims
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    family: str
+    model_types: tuple[str, ...]
+    hf_class: str  # transformers class holding the reference implementation
+    dims: Callable[[dict], ArchDims]  # config.json dict -> graph dimensions
+    build_graph: Callable  # (hf_model, topk, torch dtype) -> torch.nn.Module (graph contract)
+
+
+def _gpt2_dims(cfg: dict) -> ArchDims:
+    heads, hidden = int(cfg["n_head"]), int(cfg["n_embd"])
+    if hidden % heads:
+        raise StagedxError(f"GPT-2 config has n_embd={hidden} not divisible by n_head={heads}")
+    return ArchDims(
+        family="gpt2",
+        n_layers=int(cfg["n_layer"]),
+        n_heads=heads,
+        n_kv_heads=heads,
+        head_dim=hidden // heads,
+        hidden=hidden,
+        vocab_size=int(cfg["vocab_size"]),
+        max_positions=int(cfg["n_positions"]),
+    )
+
+
+def _build_gpt2(hf_model, topk: int, dtype):
+    from .gpt2 import build_gpt2_graph
+
+    return build_gpt2_graph(hf_model, topk, dtype)
+
+
+REGISTRY: dict[str, ArchSpec] = {}
+
+
+def register(spec: ArchSpec) -> None:
+    for model_type in spec.model_types:
+        REGISTRY[model_type] = spec
+
+
+# gpt2, gpt2-medium/-large/-xl, distilgpt2 and the stdlib pair all have model_type "gpt2".
+register(ArchSpec("gpt2", ("gpt2",), "GPT2LMHeadModel", _gpt2_dims, _build_gpt2))
+
+
+def supported() -> str:
+    return ", ".join(sorted(REGISTRY))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A resolved checkpoint folder plus what its config.json says."""
+
+    name: str  # as the user gave it
+    path: Path
+    config: dict
+    spec: ArchSpec
+
+    @property
+    def dims(self) -> ArchDims:
+        return self.spec.dims(self.config)
+
+    @property
+    def tokenizer_file(self) -> Path | None:
+        p = self.path / "tokenizer.json"
+        return p if p.is_file() else None
+
+    def special_token(self, key: str) -> int | None:
+        value = self.config.get(key)
+        if value is None:
+            gen = self.path / "generation_config.json"
+            if gen.is_file():
+                value = _read_json(gen).get(key)
+        if isinstance(value, list):
+            value = value[0] if value else None
+        return None if value is None else int(value)
+
+    def source(self) -> dict:
+        return {"checkpoint": self.name, "model_type": self.config.get("model_type"),
+                "architectures": list(self.config.get("architectures") or [])}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StagedxError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise StagedxError(f"{path} is not a JSON object")
+    return data
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def resolve_checkpoint(name: str) -> Path:
+    """A local folder, or a hub id looked up in the local Hugging Face cache (never online)."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise StagedxError(f"not a checkpoint folder: {path} is a file")
+        return path
+    if _looks_like_path(name):
+        raise StagedxError(f"checkpoint folder not found: {path}")
+    try:
+        from huggingface_hub import constants, snapshot_download
+    except ImportError as exc:
+        raise StagedxError(f"checkpoint folder not found: {path} (huggingface_hub missing)") from exc
+    try:
+        return Path(snapshot_download(repo_id=name, local_files_only=True))
+    except Exception as exc:  # noqa: BLE001 - any failure means "not in the local cache"
+        raise StagedxError(
+            f"checkpoint not found: {name!r} is neither a local folder nor a model in the local "
+            f"Hugging Face cache ({constants.HF_HUB_CACHE}); stagedx works offline, download it "
+            f"first or pass a folder"
+        ) from exc
+
+
+def open_checkpoint(name: str) -> Checkpoint:
+    """Resolve ``name`` and check that it is a checkpoint of a supported architecture."""
+    path = resolve_checkpoint(name)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise StagedxError(f"not a checkpoint: {path} has no config.json")
+    config = _read_json(cfg_file)
+    model_type = config.get("model_type")
+    spec = REGISTRY.get(model_type)
+    if spec is None:
+        raise StagedxError(
+            f"unsupported architecture {model_type!r} in {path} (supported model types: {supported()})"
+        )
+    if not any((path / f).is_file() for f in WEIGHT_FILES):
+        raise StagedxError(f"not a checkpoint: {path} has no weights ({' / '.join(WEIGHT_FILES)})")
+    try:
+        spec.dims(config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StagedxError(f"malformed config.json in {path}: missing or bad {exc}") from exc
+    return Checkpoint(name=name, path=path, config=config, spec=spec)
+
+
+def load_reference(ckpt: Checkpoint):
+    """The transformers model in fp32, eval mode; corrupt or incomplete weights are refused."""
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    cls = getattr(transformers, ckpt.spec.hf_class)
+    try:
+        model, info = cls.from_pretrained(ckpt.path, dtype=torch.float32, output_loading_info=True)
+    except Exception as exc:  # noqa: BLE001 - safetensors / torch raise many types
+        msg = " ".join(str(exc).split())[:300]
+        raise StagedxError(f"corrupt or unreadable weights in {ckpt.path}: {msg}") from exc
+    missing = [k for k in info.get("missing_keys", ()) if "attn.bias" not in k]
+    if missing or info.get("mismatched_keys"):
+        bad = (missing or [m[0] if isinstance(m, tuple) else m for m in info["mismatched_keys"]])
+        raise StagedxError(
+            f"corrupt weights in {ckpt.path}: {len(bad)} tensors missing or mis-shaped "
+            f"(first: {bad[0]})"
+        )
+    return model.eval()

@@ -1,0 +1,221 @@
+"""``export_bundle``: checkpoints in, a verified, self-describing bundle folder out.
+
+Everything is written into a temporary folder next to the output (``AtomicFolder``) and
+renamed at the very end, so a failed or interrupted export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import __version__
+from ..errors import StagedxError
+from ..manifest import (
+    DRAFT2_KINDS,
+    DTYPES,
+    AtomicFolder,
+    Draft2Entry,
+    FileRef,
+    Manifest,
+    ModelEntry,
+    TokenizerEntry,
+    sha256_file,
+    utc_now,
+    write_manifest,
+)
+from .arch import Checkpoint, load_reference, open_checkpoint
+from .verify import TOLERANCE, TreeCase, random_tree, reference_inputs, reference_outputs, verify_graph
+
+REFERENCE_FILE = "reference.npz"
+TOKENIZER_FILE = "tokenizer.json"
+NGRAM_FILE = "draft2_ngram.npz"
+VERIFY_PAST, VERIFY_NODES = 7, 9  # the random tree used for parity and reference.npz
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    oracle: str  # local folder or hub id (local HF cache only)
+    draft: str
+    output: Path
+    draft2: str | None = None  # None: "ngram" with a corpus, "prompt-lookup" without
+    corpus: tuple[Path, ...] = ()
+    exclude_from: Path | None = None  # JSON list of corpus-relative paths to leave out
+    dtype: str = "fp32"
+    topk: int = 32
+    force: bool = False
+    verify: bool = True
+    ngram_max_contexts: int | None = None
+    seed: int = 0  # of the random verification tree
+    progress: bool = False  # progress bar while fitting the n-gram
+
+    def draft2_kind(self) -> str:
+        if self.draft2 is None:
+            return "ngram" if self.corpus else "prompt-lookup"
+        return self.draft2
+
+
+def _check_config(cfg: ExportConfig) -> str:
+    kind = cfg.draft2_kind()
+    if kind not in DRAFT2_KINDS:
+        raise StagedxError(f"unknown draft2 kind {kind!r} (choose from {', '.join(DRAFT2_KINDS)})")
+    if cfg.dtype not in DTYPES:
+        raise StagedxError(f"unknown dtype {cfg.dtype!r} (choose from {', '.join(DTYPES)})")
+    if cfg.topk < 1:
+        raise StagedxError(f"--topk must be at least 1, got {cfg.topk}")
+    if kind in ("ngram", "both") and not cfg.corpus:
+        raise StagedxError(f"--draft2 {kind} needs --corpus PATH (files or folders to fit the n-gram on)")
+    if cfg.corpus and kind not in ("ngram", "both"):
+        raise StagedxError(f"--corpus is only used by --draft2 ngram or both, not {kind}")
+    return kind
+
+
+def _exclude_list(path: Path | None) -> tuple[str, ...]:
+    if path is None:
+        return ()
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise StagedxError(f"cannot read --exclude-from {path}: {exc}") from exc
+    if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
+        raise StagedxError(f"--exclude-from {path} must hold a JSON list of relative paths")
+    return tuple(data)
+
+
+def _tokenizer_vocab(path: Path) -> dict:
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path)).get_vocab(with_added_tokens=True)
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception
+        raise StagedxError(f"cannot read tokenizer {path}: {' '.join(str(exc).split())}") from exc
+
+
+def _check_pair(oracle: Checkpoint, draft: Checkpoint) -> dict:
+    """Refuse a pair with different vocabularies; return the oracle's tokenizer vocab."""
+    if oracle.tokenizer_file is None:
+        raise StagedxError(f"oracle checkpoint {oracle.path} has no tokenizer.json")
+    vo, vd = oracle.dims.vocab_size, draft.dims.vocab_size
+    if vo != vd:
+        raise StagedxError(f"vocabulary mismatch: oracle has vocab_size {vo}, draft has {vd}")
+    vocab = _tokenizer_vocab(oracle.tokenizer_file)
+    if draft.tokenizer_file is not None and _tokenizer_vocab(draft.tokenizer_file) != vocab:
+        raise StagedxError(
+            f"vocabulary mismatch: tokenizer.json of {oracle.path} and {draft.path} differ"
+        )
+    if len(vocab) > vo:
+        raise StagedxError(f"tokenizer has {len(vocab)} tokens but the model's vocab_size is {vo}")
+    return vocab
+
+
+def _export_model(role: str, ckpt: Checkpoint, cfg: ExportConfig, work: Path, case: TreeCase):
+    """Export one role; returns (ModelEntry, reference arrays)."""
+    import torch
+
+    from .onnx_export import export_graph
+
+    t0 = time.perf_counter()
+    hf = load_reference(ckpt)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}[cfg.dtype]
+    graph = ckpt.spec.build_graph(hf, cfg.topk, dtype)
+    out = work.parent / f"{role}.onnx"
+    exported = export_graph(graph, ckpt.dims, out, work)
+    del graph
+    entry = ModelEntry(
+        role=role, file=out.name, sha256=sha256_file(out), dtype=cfg.dtype,
+        topk=min(cfg.topk, ckpt.dims.vocab_size), arch=ckpt.dims,
+        n_params=exported.n_params, weight_bytes=exported.weight_bytes, source=ckpt.source(),
+        external_data=None if exported.external_data is None else
+        FileRef(exported.external_data.name, sha256_file(exported.external_data)),
+    )
+    if cfg.verify:
+        record, arrays = verify_graph(hf, entry, out, case)
+        entry = dataclasses.replace(entry, verify=record)
+    else:
+        arrays = {**reference_inputs(case, ref := reference_outputs(hf, case, ckpt.dims.n_layers),
+                                     ckpt.dims), "logits": ref["logits"]}
+    return entry, arrays, time.perf_counter() - t0
+
+
+def _corpus_files(cfg: ExportConfig) -> list[Path]:
+    """The corpus files (folders expanded, ``stdlib`` = this interpreter's standard library)."""
+    from .ngram import resolve_corpus
+
+    return resolve_corpus(cfg.corpus, _exclude_list(cfg.exclude_from))
+
+
+def _fit_ngram(cfg: ExportConfig, files: list[Path], tokenizer_file: Path, folder: Path,
+               eos_id: int | None):
+    """Fit draft2's n-gram on ``files`` (the n-gram module's default number of successors)."""
+    from .ngram import NgramFitConfig, fit_ngram
+
+    kwargs = {"exclude": _exclude_list(cfg.exclude_from), "show_progress": cfg.progress}
+    if cfg.ngram_max_contexts is not None:
+        kwargs["max_contexts"] = cfg.ngram_max_contexts
+    if eos_id is not None:
+        kwargs["eos_id"] = eos_id
+    return fit_ngram(files, tokenizer_file, folder / NGRAM_FILE,
+                     NgramFitConfig(**kwargs))
+
+
+def _log_model(log, entry: ModelEntry, seconds: float) -> None:
+    size = entry.weight_bytes / 1e6
+    if entry.verify is None:
+        log(f"{entry.role}: {entry.file} ({size:.1f} MB weights, {entry.n_params:,} params) in "
+            f"{seconds:.1f}s; verification skipped")
+        return
+    v = entry.verify
+    log(f"{entry.role}: {entry.file} ({size:.1f} MB weights, {entry.n_params:,} params) in "
+        f"{seconds:.1f}s; max logit error {v['max_rel_error']:.2e} relative to max|logit| "
+        f"{v['max_abs_logit']:.3g} (tolerance {v['tolerance']:g})")
+
+
+def export_bundle(config: ExportConfig, log: Callable[[str], None] | None = None) -> Path:
+    """Export oracle + draft (+ draft2) into ``config.output``; returns the bundle path."""
+    log = log or (lambda _msg: None)
+    kind = _check_config(config)
+    corpus = _corpus_files(config) if kind in ("ngram", "both") else []  # fail before the slow part
+    oracle, draft = open_checkpoint(config.oracle), open_checkpoint(config.draft)
+    vocab = _check_pair(oracle, draft)
+    output = Path(config.output)
+    case = random_tree(oracle.dims.vocab_size, VERIFY_PAST, VERIFY_NODES, config.seed)
+    with AtomicFolder(output, config.force) as tmp:
+        work = tmp / ".work"
+        models, arrays = {}, {}
+        for role, ckpt in (("oracle", oracle), ("draft", draft)):
+            entry, ref, seconds = _export_model(role, ckpt, config, work, case)
+            models[role] = entry
+            arrays.update({f"{role}.{k}": v for k, v in ref.items()})
+            _log_model(log, entry, seconds)
+        shutil.rmtree(work, ignore_errors=True)
+        np.savez(tmp / REFERENCE_FILE, **arrays)
+        shutil.copyfile(oracle.tokenizer_file, tmp / TOKENIZER_FILE)
+        ngram = None
+        if kind in ("ngram", "both"):
+            t0 = time.perf_counter()
+            eos = oracle.special_token("eos_token_id")
+            ngram = _fit_ngram(config, corpus, tmp / TOKENIZER_FILE, tmp, eos)
+            log(f"draft2: {ngram.file} fitted on {ngram.n_tokens:,} tokens in {time.perf_counter() - t0:.1f}s")
+        manifest = Manifest(
+            tokenizer=TokenizerEntry(
+                file=TOKENIZER_FILE, sha256=sha256_file(tmp / TOKENIZER_FILE),
+                eos_token_id=oracle.special_token("eos_token_id"),
+                bos_token_id=oracle.special_token("bos_token_id"), vocab_size=len(vocab),
+            ),
+            models=models,
+            draft2=Draft2Entry(kind=kind, ngram=ngram),
+            stagedx_version=__version__,
+            created_utc=utc_now(),
+            reference={"file": REFERENCE_FILE, "sha256": sha256_file(tmp / REFERENCE_FILE),
+                       "tolerance": dict(TOLERANCE)},
+        )
+        write_manifest(tmp, manifest)
+    log(f"wrote {output}")
+    return output

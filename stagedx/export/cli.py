@@ -1,0 +1,105 @@
+"""``stagedx export`` and ``stagedx inspect``. Heavy imports live inside the command bodies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("oracle")
+@click.option("--draft", required=True, help="Draft checkpoint: local folder or cached hub id.")
+@click.option("--draft2", type=click.Choice(["ngram", "prompt-lookup", "both", "none"]), default=None,
+              help="Second draft stage [default: ngram with --corpus, else prompt-lookup].")
+@click.option("--corpus", multiple=True, type=click.Path(path_type=Path),
+              help="File or folder (its *.py files) to fit the n-gram on, or the word stdlib "
+                   "for this interpreter's standard library (repeatable).")
+@click.option("--exclude-from", type=click.Path(path_type=Path), default=None,
+              help="JSON list of corpus-relative paths to leave out (e.g. a validation split).")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="Precision baked into the graphs.")
+@click.option("--topk", type=int, default=32, show_default=True, help="K of the topk outputs.")
+@click.option("--ngram-max-contexts", type=int, default=None, help="Size cap of the n-gram tables.")
+@click.option("--force", is_flag=True, help="Replace an existing output bundle.")
+@click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime vs transformers check.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Bundle folder.")
+def export(oracle, draft, draft2, corpus, exclude_from, dtype, topk, ngram_max_contexts, force,
+           no_verify, output):
+    """Export ORACLE and --draft to ONNX graphs in a verified bundle folder."""
+    import time
+
+    from .bundle import ExportConfig, export_bundle
+
+    config = ExportConfig(
+        oracle=oracle, draft=draft, output=output, draft2=draft2, corpus=tuple(corpus),
+        exclude_from=exclude_from, dtype=dtype, topk=topk, force=force, verify=not no_verify,
+        ngram_max_contexts=ngram_max_contexts, progress=True,
+    )
+    t0 = time.perf_counter()
+    export_bundle(config, log=lambda msg: click.echo(msg, err=True))
+    size = sum(p.stat().st_size for p in Path(output).rglob("*") if p.is_file())
+    click.echo(f"exported {output} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f}s")
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def summary(bundle: Path) -> str:
+    """The manifest of ``bundle`` as readable lines (also reports files that fail their sha256)."""
+    from ..errors import StagedxError
+    from ..manifest import load_manifest, verify_files
+
+    m = load_manifest(bundle, check_files=False)
+    lines = [f"bundle {bundle}  (schema {m.schema_version}, stagedx {m.stagedx_version}, "
+             f"created {m.created_utc}, batch size {m.batch_size})"]
+    t = m.tokenizer
+    lines.append(f"tokenizer  {t.file}: vocab {t.vocab_size}, eos {t.eos_token_id}, bos {t.bos_token_id}")
+    for role, e in m.models.items():
+        a = e.arch
+        lines.append(f"{role:<10} {e.file}: {a.family} {a.n_layers} layers, {a.n_heads} heads "
+                     f"({a.n_kv_heads} kv) x {a.head_dim}, hidden {a.hidden}, vocab {a.vocab_size}, "
+                     f"max positions {a.max_positions}")
+        lines.append(f"{'':<10} {e.n_params:,} params, {_fmt_bytes(e.weight_bytes)} weights, {e.dtype}, "
+                     f"topk {e.topk}, opset {e.opset}, from {e.source.get('checkpoint')}"
+                     + (f", external data {e.external_data.file}" if e.external_data else ""))
+        if e.verify:
+            lines.append(f"{'':<10} verified: max rel logit error {e.verify['max_rel_error']:.2e} "
+                         f"(tolerance {e.verify['tolerance']:g})")
+        else:
+            lines.append(f"{'':<10} not verified")
+    d2 = m.draft2
+    line = f"draft2     {d2.kind}"
+    if d2.ngram is not None:
+        n = d2.ngram
+        line += f": {n.file}, order {n.order}, topk {n.topk}, {n.n_tokens:,} corpus tokens"
+    lines.append(line)
+    lines.append("kv slots   reserved per backend: "
+                 + ", ".join(f"{k}={v}" for k, v in m.kv_reserved_slots.items()))
+    if m.reference:
+        lines.append(f"reference  {m.reference['file']}, tolerance {m.reference.get('tolerance')}")
+    lines.append(f"engines    {len(m.engines)}" + "".join(
+        f"\n           {e.get('file')}" + (f" ({e['device']})" if e.get("device") else "") for e in m.engines))
+    if m.tuning:
+        lines.append("tuning     " + ", ".join(sorted(m.tuning)))
+    try:
+        verify_files(bundle, m)
+        lines.append("files      all present, sha256 ok")
+    except StagedxError as exc:
+        lines.append(f"files      PROBLEM: {exc}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+def inspect(bundle):
+    """Print the manifest of BUNDLE as a readable summary."""
+    click.echo(summary(bundle))
+
+
+COMMANDS = [export, inspect]

@@ -1,0 +1,166 @@
+"""Our own GPT-2 forward pass for export (nanoGPT / gpt-fast style), built from a checkpoint.
+
+One call scores T new tokens against a past of P cached rows, following the graph contract
+of ``docs/design.md``: batch size 1, no batch axis anywhere, K/V laid out ``[rows, H, D]``,
+tree attention through an explicit ``[T, P+T]`` boolean mask (True = may attend). Attention is
+plain MatMul + Softmax so the graph stays TensorRT-friendly. Nothing here touches
+transformers' cache classes: the weights are read out of the loaded checkpoint once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+# Masked scores get a large negative *finite* value (never -inf): softmax stays NaN-free and
+# TensorRT / fp16 handle it. Each row always sees itself, so no row is fully masked.
+MASK_FILL = {torch.float32: -1.0e9, torch.float16: -3.0e4}
+
+
+@dataclass(frozen=True)
+class GPT2Dims:
+    n_layers: int
+    n_heads: int
+    hidden: int
+    vocab_size: int
+    max_positions: int
+    eps: float
+    activation: str
+    scale_by_inverse_layer: bool
+    scale_attn: bool
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.n_heads
+
+    @staticmethod
+    def from_config(cfg) -> "GPT2Dims":
+        return GPT2Dims(
+            n_layers=cfg.n_layer,
+            n_heads=cfg.n_head,
+            hidden=cfg.n_embd,
+            vocab_size=cfg.vocab_size,
+            max_positions=cfg.n_positions,
+            eps=cfg.layer_norm_epsilon,
+            activation=cfg.activation_function,
+            scale_by_inverse_layer=bool(getattr(cfg, "scale_attn_by_inverse_layer_idx", False)),
+            scale_attn=bool(getattr(cfg, "scale_attn_weights", True)),
+        )
+
+
+def _activation(name: str):
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "gelu":
+        return F.gelu
+    if name == "relu":
+        return F.relu
+    raise ValueError(f"unsupported GPT-2 activation_function {name!r}")
+
+
+class Block(nn.Module):
+    """One pre-LayerNorm transformer block; Conv1D weights keep GPT-2's [in, out] layout."""
+
+    def __init__(self, dims: GPT2Dims, layer: int):
+        super().__init__()
+        e = dims.hidden
+        self.n_heads, self.head_dim = dims.n_heads, dims.head_dim
+        self.ln_1 = nn.LayerNorm(e, eps=dims.eps)
+        self.ln_2 = nn.LayerNorm(e, eps=dims.eps)
+        self.w_qkv = nn.Parameter(torch.empty(e, 3 * e))  # [E, 3E]
+        self.b_qkv = nn.Parameter(torch.empty(3 * e))  # [3E]
+        self.w_o = nn.Parameter(torch.empty(e, e))  # [E, E]
+        self.b_o = nn.Parameter(torch.empty(e))  # [E]
+        self.w_fc = nn.Parameter(torch.empty(e, 4 * e))  # [E, F]
+        self.b_fc = nn.Parameter(torch.empty(4 * e))  # [F]
+        self.w_proj = nn.Parameter(torch.empty(4 * e, e))  # [F, E]
+        self.b_proj = nn.Parameter(torch.empty(e))  # [E]
+        scale = 1.0 / math.sqrt(self.head_dim) if dims.scale_attn else 1.0
+        if dims.scale_by_inverse_layer:
+            scale /= float(layer + 1)
+        self.scale = scale
+        self.act = _activation(dims.activation)
+
+    def forward(self, x, mask_bias, past_k, past_v):
+        # x [T, E]; mask_bias [T, P+T] (0 or MASK_FILL); past_k / past_v [P, H, D]
+        t = x.shape[0]
+        h = self.ln_1(x)  # [T, E]
+        qkv = h @ self.w_qkv + self.b_qkv  # [T, 3E]
+        q, k, v = qkv.split(qkv.shape[-1] // 3, dim=-1)  # 3 x [T, E]
+        q = q.reshape(t, self.n_heads, self.head_dim)  # [T, H, D]
+        k = k.reshape(t, self.n_heads, self.head_dim)  # [T, H, D]
+        v = v.reshape(t, self.n_heads, self.head_dim)  # [T, H, D]
+        keys = torch.cat([past_k, k], dim=0)  # [P+T, H, D]
+        values = torch.cat([past_v, v], dim=0)  # [P+T, H, D]
+        scores = q.transpose(0, 1) @ keys.permute(1, 2, 0)  # [H, T, P+T]
+        scores = scores * self.scale + mask_bias  # [H, T, P+T]
+        probs = torch.softmax(scores, dim=-1)  # [H, T, P+T]
+        att = probs @ values.transpose(0, 1)  # [H, T, D]
+        att = att.transpose(0, 1).reshape(t, -1)  # [T, E]
+        x = x + att @ self.w_o + self.b_o  # [T, E]
+        h = self.ln_2(x)  # [T, E]
+        x = x + self.act(h @ self.w_fc + self.b_fc) @ self.w_proj + self.b_proj  # [T, E]
+        return x, k, v
+
+
+class GPT2Graph(nn.Module):
+    """forward(input_ids, position_ids, tree_mask, past_key.0, past_value.0, ...) ->
+    (logits, topk_values, topk_indices, new_key.0, new_value.0, ...)."""
+
+    def __init__(self, dims: GPT2Dims, topk: int, tied: bool = True):
+        super().__init__()
+        self.dims, self.topk = dims, topk
+        self.wte = nn.Parameter(torch.empty(dims.vocab_size, dims.hidden))  # [V, E]
+        self.wpe = nn.Parameter(torch.empty(dims.max_positions, dims.hidden))  # [N, E]
+        self.blocks = nn.ModuleList(Block(dims, i) for i in range(dims.n_layers))
+        self.ln_f = nn.LayerNorm(dims.hidden, eps=dims.eps)
+        # GPT-2 ties the output projection to wte; an untied checkpoint gets its own.
+        self.lm_head = None if tied else nn.Parameter(torch.empty(dims.vocab_size, dims.hidden))
+
+    def forward(self, input_ids, position_ids, tree_mask, *past):
+        # input_ids [T] int64; position_ids [T] int64; tree_mask [T, P+T] bool
+        # past: past_key.0 [P, H, D], past_value.0 [P, H, D], past_key.1, ...
+        x = self.wte[input_ids] + self.wpe[position_ids]  # [T, E]
+        mask_bias = (~tree_mask).to(x.dtype) * MASK_FILL[x.dtype]  # [T, P+T]: 0 or fill
+        new_kv = []
+        for i, block in enumerate(self.blocks):
+            x, k, v = block(x, mask_bias, past[2 * i], past[2 * i + 1])  # x [T, E]; k, v [T, H, D]
+            new_kv += [k, v]
+        x = self.ln_f(x)  # [T, E]
+        head = self.wte if self.lm_head is None else self.lm_head  # [V, E]
+        # Multiply on the weight's side: `x @ head.t()` would make constant folding store a
+        # transposed second copy of the tied [V, E] matrix in the graph.
+        logits = (head @ x.t()).t()  # [T, V]
+        topk_values, topk_indices = torch.topk(logits, self.topk, dim=-1)  # [T, K], [T, K]
+        return (logits, topk_values, topk_indices, *new_kv)
+
+
+def build_gpt2_graph(hf_model, topk: int, dtype: torch.dtype) -> GPT2Graph:
+    """Copy the weights of a transformers ``GPT2LMHeadModel`` into a :class:`GPT2Graph`."""
+    dims = GPT2Dims.from_config(hf_model.config)
+    sd = {k.removeprefix("transformer."): v for k, v in hf_model.state_dict().items()}
+    tied = bool(getattr(hf_model.config, "tie_word_embeddings", True))
+    graph = GPT2Graph(dims, min(topk, dims.vocab_size), tied=tied)
+    with torch.no_grad():
+        if not tied:
+            graph.lm_head.copy_(hf_model.lm_head.weight)
+        graph.wte.copy_(sd["wte.weight"])
+        graph.wpe.copy_(sd["wpe.weight"])
+        graph.ln_f.weight.copy_(sd["ln_f.weight"])
+        graph.ln_f.bias.copy_(sd["ln_f.bias"])
+        for i, block in enumerate(graph.blocks):
+            p = f"h.{i}."
+            for ours, theirs in (
+                ("ln_1.weight", "ln_1.weight"), ("ln_1.bias", "ln_1.bias"),
+                ("ln_2.weight", "ln_2.weight"), ("ln_2.bias", "ln_2.bias"),
+                ("w_qkv", "attn.c_attn.weight"), ("b_qkv", "attn.c_attn.bias"),
+                ("w_o", "attn.c_proj.weight"), ("b_o", "attn.c_proj.bias"),
+                ("w_fc", "mlp.c_fc.weight"), ("b_fc", "mlp.c_fc.bias"),
+                ("w_proj", "mlp.c_proj.weight"), ("b_proj", "mlp.c_proj.bias"),
+            ):
+                block.get_parameter(ours).copy_(sd[p + theirs])
+    return graph.to(dtype).eval()

@@ -1,0 +1,158 @@
+"""Parity of an exported graph with transformers' fp32 model on a random token tree.
+
+The reference for tree node i is transformers run on the *linear* sequence
+``past + ancestors(i) + i``: no 4-D mask support is needed from transformers, and a graph that
+lets a node see anything but its ancestors (a sibling, a cousin) is caught. The error measure
+is ``max|ours - ref| / max|ref|`` over every logit of every node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import StagedxError
+from ..manifest import ArchDims, ModelEntry
+
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
+NP_DTYPE = {"fp32": np.float32, "fp16": np.float16}
+
+
+@dataclass(frozen=True)
+class TreeCase:
+    """A past of P tokens and a tree of T nodes (parents before children; -1 = root)."""
+
+    past_ids: np.ndarray  # [P] int64
+    tokens: np.ndarray  # [T] int64
+    parents: np.ndarray  # [T] int64
+
+    @property
+    def n_past(self) -> int:
+        return len(self.past_ids)
+
+    def ancestors(self, i: int) -> list[int]:
+        """Tree indices on the path root -> i, i included."""
+        path = []
+        while i >= 0:
+            path.append(i)
+            i = int(self.parents[i])
+        return path[::-1]
+
+    def position_ids(self) -> np.ndarray:
+        return np.array([self.n_past + len(self.ancestors(i)) - 1 for i in range(len(self.tokens))],
+                        dtype=np.int64)  # [T]
+
+    def tree_mask(self) -> np.ndarray:
+        t, p = len(self.tokens), self.n_past
+        mask = np.zeros((t, p + t), dtype=bool)  # [T, P+T]
+        mask[:, :p] = True
+        for i in range(t):
+            mask[i, [p + j for j in self.ancestors(i)]] = True
+        return mask
+
+
+def random_tree(vocab_size: int, n_past: int, n_nodes: int, seed: int = 0) -> TreeCase:
+    """Random tokens and a random tree in which nodes 1 and 2 are always siblings."""
+    rng = np.random.default_rng(seed)
+    parents = np.array([-1] + [int(rng.integers(-1, i)) for i in range(1, n_nodes)], dtype=np.int64)
+    if n_nodes >= 3:
+        parents[1] = parents[2] = 0
+    return TreeCase(
+        past_ids=rng.integers(0, vocab_size, n_past, dtype=np.int64),
+        tokens=rng.integers(0, vocab_size, n_nodes, dtype=np.int64),
+        parents=parents,
+    )
+
+
+def _cache_layer(cache, i: int):
+    if hasattr(cache, "layers"):  # transformers >= 4.56 Cache objects
+        return cache.layers[i].keys, cache.layers[i].values
+    return cache[i][0], cache[i][1]  # legacy tuple of (key, value) [1, H, P, D]
+
+
+def reference_outputs(hf_model, case: TreeCase, n_layers: int) -> dict:
+    """transformers fp32 logits per node [T, V] and the past K/V [P, H, D] per layer."""
+    import torch
+
+    out: dict[str, np.ndarray] = {}
+    with torch.no_grad():
+        if case.n_past:
+            res = hf_model(torch.from_numpy(case.past_ids)[None], use_cache=True)
+            for i in range(n_layers):
+                k, v = _cache_layer(res.past_key_values, i)  # [1, H, P, D]
+                out[f"past_key.{i}"] = k[0].transpose(0, 1).float().numpy()  # [P, H, D]
+                out[f"past_value.{i}"] = v[0].transpose(0, 1).float().numpy()  # [P, H, D]
+        rows = []
+        for i in range(len(case.tokens)):
+            seq = np.concatenate([case.past_ids, case.tokens[case.ancestors(i)]])  # [P + depth]
+            logits = hf_model(torch.from_numpy(seq)[None]).logits  # [1, L, V]
+            rows.append(logits[0, -1].float().numpy())  # [V]
+    out["logits"] = np.stack(rows)  # [T, V]
+    return out
+
+
+def reference_inputs(case: TreeCase, ref: dict, dims: ArchDims) -> dict:
+    """Graph feeds in fp32 (as saved in reference.npz); an empty past when P = 0."""
+    feeds = {"input_ids": case.tokens, "position_ids": case.position_ids(),
+             "tree_mask": case.tree_mask()}
+    for i in range(dims.n_layers):
+        for kind in ("key", "value"):
+            name = f"past_{kind}.{i}"
+            empty = np.zeros((0, dims.n_kv_heads, dims.head_dim), dtype=np.float32)  # [0, H, D]
+            feeds[name] = ref.get(name, empty)
+    return feeds
+
+
+def run_onnx(onnx_file, feeds: dict, dtype: str = "fp32") -> dict:
+    """Run a graph with ONNX Runtime on CPU; float feeds are cast to the graph's dtype."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
+    cast = {k: (v.astype(NP_DTYPE[dtype]) if v.dtype.kind == "f" else v) for k, v in feeds.items()}
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, cast)))
+
+
+def rel_error(ours: np.ndarray, ref: np.ndarray) -> float:
+    ours, ref = ours.astype(np.float64), ref.astype(np.float64)
+    return float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def check_outputs(outputs: dict, ref_logits: np.ndarray, topk: int) -> None:
+    """Shape / consistency checks every graph must pass besides the logit error."""
+    logits, values, indices = outputs["logits"], outputs["topk_values"], outputs["topk_indices"]
+    t = ref_logits.shape[0]
+    if logits.shape != ref_logits.shape or values.shape != (t, topk) or indices.shape != (t, topk):
+        raise StagedxError(f"exported graph returned wrong shapes: logits {logits.shape}, "
+                           f"topk {values.shape}/{indices.shape}, expected {ref_logits.shape}/K={topk}")
+    gathered = np.take_along_axis(logits, indices, axis=1)  # [T, K]
+    if not np.array_equal(gathered, values):
+        raise StagedxError("exported graph's topk_values disagree with its logits")
+
+
+def verify_graph(hf_model, entry: ModelEntry, onnx_file, case: TreeCase) -> tuple[dict, dict]:
+    """Compare the ONNX graph with transformers on ``case``.
+
+    Returns (the ``verify`` record for the manifest, the reference arrays for reference.npz);
+    raises StagedxError above the dtype's tolerance.
+    """
+    ref = reference_outputs(hf_model, case, entry.arch.n_layers)
+    feeds = reference_inputs(case, ref, entry.arch)
+    outputs = run_onnx(onnx_file, feeds, entry.dtype)
+    check_outputs(outputs, ref["logits"], entry.topk)
+    err = rel_error(outputs["logits"], ref["logits"])
+    tol = TOLERANCE[entry.dtype]
+    record = {"max_rel_error": err, "tolerance": tol, "max_abs_logit": float(np.abs(ref["logits"]).max()),
+              "n_past": case.n_past, "n_nodes": int(len(case.tokens))}
+    if not err <= tol:  # also catches NaN
+        raise StagedxError(
+            f"{entry.role} failed verification: max logit error {err:.3g} relative to max|logit| "
+            f"exceeds the {entry.dtype} tolerance {tol:g} (--no-verify skips this check)"
+        )
+    arrays = {**feeds, "logits": ref["logits"]}
+    return record, arrays
+

@@ -1,0 +1,97 @@
+"""``stagedx generate``: decode with a bundle (no PyTorch involved)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ..errors import StagedxError
+
+
+def _tree_config(gen, budget: int | None):
+    import dataclasses
+
+    return gen.tree if budget is None else dataclasses.replace(gen.tree, budget=budget)
+
+
+def _stats_line(res) -> str:
+    s = res.stats
+    t = s.time_s
+    return (
+        f"[{s.strategy} {s.sampling}] {s.new_tokens} tokens in {t['total'] * 1e3:.1f} ms "
+        f"({s.new_tokens / max(t['total'], 1e-9):.1f} tok/s), {s.oracle_calls} oracle calls "
+        f"({s.tokens_per_oracle_call:.2f} tokens/call), {s.draft_calls} draft calls, "
+        f"accepted {s.accepted_by_stage}, finish={res.finish_reason}"
+    )
+
+
+@click.command("generate")
+@click.argument("bundle", type=click.Path())
+@click.argument("prompt")
+@click.option("--strategy", type=click.Choice(["staged", "speculative", "baseline"]), default="staged", show_default=True)
+@click.option("--sampling", default="greedy", show_default=True, help="greedy | sample | topk:K | topp:P")
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--seed", type=int, default=None, help="seed for sampling (same seed + settings = same output)")
+@click.option("--stop", multiple=True, help="stop string (repeatable)")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | tensorrt")
+@click.option("--tree-budget", type=int, default=None, help="oracle tree nodes per call (default: tuned or 16)")
+@click.option("--ignore-eos", is_flag=True, help="keep generating past EOS")
+@click.option("--truncate", is_flag=True, help="keep the end of a prompt longer than the context")
+@click.option("--stats", is_flag=True, help="print decoding statistics to stderr")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object (text, tokens, stats) instead of streaming")
+@click.option("--compare", is_flag=True, help="run baseline, speculative and staged on the prompt and compare")
+def generate(bundle, prompt, strategy, sampling, temperature, max_new_tokens, seed, stop, threads, device,
+             tree_budget, ignore_eos, truncate, stats, as_json, compare):  # fmt: skip
+    """Generate a continuation of PROMPT with the bundle's models."""
+    from .generator import Generator
+    from .sampling import SamplingConfig
+
+    cfg = SamplingConfig.parse(sampling, temperature)
+    gen = Generator(bundle, device=device, strategy=strategy, threads=threads)
+    gen.tree = _tree_config(gen, tree_budget)
+    opts = dict(sampling=cfg, seed=seed, stop=stop, ignore_eos=ignore_eos, truncate=truncate)
+    if compare:
+        _compare(gen, prompt, max_new_tokens, opts)
+        return
+    if as_json:
+        res = gen.generate(prompt, max_new_tokens, **opts)
+        click.echo(json.dumps({"text": res.text, "tokens": res.tokens, "finish_reason": res.finish_reason,
+                               "stats": res.stats.as_dict(), "device": gen.device}))  # fmt: skip
+        return
+    for piece in gen.stream(prompt, max_new_tokens, **opts):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    res = gen.last_result
+    if res.finish_reason == "context":
+        click.echo(f"stopped: reached the context limit of {gen.context_limit} tokens", err=True)
+    if stats:
+        click.echo(f"device: {gen.device} ({gen.backend}); tree: {gen.tree}", err=True)
+        click.echo(_stats_line(res), err=True)
+
+
+def _compare(gen, prompt, max_new_tokens, opts) -> None:
+    """Warm up, then run each strategy on the same prompt; greedy outputs must be identical."""
+    gen.generate(prompt, 8, **{**opts, "strategy": "staged"})
+    results = {}
+    for strategy in ("baseline", "speculative", "staged"):
+        results[strategy] = gen.generate(prompt, max_new_tokens, **{**opts, "strategy": strategy})
+    base = results["baseline"]
+    click.echo(f"device: {gen.device} ({gen.backend}), tree budget {gen.tree.budget}, sampling {opts['sampling'].label}")
+    for name, res in results.items():
+        speed = base.stats.time_s["total"] / max(res.stats.time_s["total"], 1e-9)
+        click.echo(f"{_stats_line(res)}  speedup x{speed:.2f}")
+    if opts["sampling"].greedy:
+        same = all(r.tokens == base.tokens for r in results.values())
+        click.echo("greedy outputs identical to baseline: " + ("yes" if same else "NO"))
+        if not same:
+            raise StagedxError("speculative output differs from baseline under greedy decoding")
+    click.echo("--- staged output ---")
+    click.echo(results["staged"].text)
+
+
+COMMANDS = [generate]

@@ -1,0 +1,71 @@
+"""Tokenizer wrapper (HF ``tokenizers``, no transformers) and a UTF-8-safe stream decoder."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import numpy as np
+from tokenizers import Tokenizer as _HFTokenizer
+
+from ..errors import StagedxError
+
+REPLACEMENT = "\ufffd"  # what a byte-level decode shows for an incomplete UTF-8 sequence
+
+
+class Tokenizer:
+    """``encode(text) -> int64 [N]``, ``decode(ids) -> str`` over ``tokenizer.json``."""
+
+    def __init__(self, path: str | os.PathLike):
+        try:
+            self._tok = _HFTokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises plain Exception subclasses
+            raise StagedxError(f"cannot load tokenizer {path}: {exc}") from exc
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+
+    def decode(self, ids: Iterable[int] | np.ndarray) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+class StreamDecoder:
+    """Turn a growing token list into text pieces that never split a UTF-8 character.
+
+    Pieces are differences of decodes over a short window: ``decode(ids[prefix:])`` minus
+    ``decode(ids[prefix:read])``, where ``read`` is the end of what was already emitted and
+    ``prefix`` the start of the previous piece (decoders that treat a leading token specially
+    see the same context twice). While the window's decode ends in U+FFFD, a byte-level BPE
+    token stopped inside a character: hold it back until the next tokens complete it.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self._prefix = 0  # window start
+        self._read = 0  # end of the tokens already emitted as text
+
+    def push(self, tokens: Iterable[int] | np.ndarray) -> str:
+        """Add tokens; return the text that is now complete (possibly "")."""
+        self.ids.extend(int(t) for t in tokens)
+        if len(self.ids) == self._read:
+            return ""
+        done = self.tokenizer.decode(self.ids[self._prefix : self._read])
+        text = self.tokenizer.decode(self.ids[self._prefix :])
+        if len(text) <= len(done) or text.endswith(REPLACEMENT) or not text.startswith(done):
+            return ""
+        self._prefix, self._read = self._read, len(self.ids)
+        return text[len(done) :]
+
+    def flush(self) -> str:
+        """Everything still held back (an incomplete character decodes as U+FFFD)."""
+        if len(self.ids) == self._read:
+            return ""
+        done = self.tokenizer.decode(self.ids[self._prefix : self._read])
+        text = self.tokenizer.decode(self.ids[self._prefix :])
+        self._prefix = self._read = len(self.ids)
+        return text[len(done) :] if text.startswith(done) else text
