@@ -116,7 +116,7 @@ def _check_pair(oracle: Checkpoint, draft: Checkpoint) -> dict:
 
 
 def _export_model(role: str, ckpt: Checkpoint, cfg: ExportConfig, work: Path, case: TreeCase):
-    """Export one role; returns (ModelEntry, reference arrays)."""
+    """Export one role; returns (ModelEntry, reference arrays, seconds)."""
     import torch
 
     from .onnx_export import export_graph
@@ -138,9 +138,9 @@ def _export_model(role: str, ckpt: Checkpoint, cfg: ExportConfig, work: Path, ca
     if cfg.verify:
         record, arrays = verify_graph(hf, entry, out, case)
         entry = dataclasses.replace(entry, verify=record)
-    else:
-        arrays = {**reference_inputs(case, ref := reference_outputs(hf, case, ckpt.dims.n_layers),
-                                     ckpt.dims), "logits": ref["logits"]}
+    else:  # no ORT check, but reference.npz is still written for `stagedx validate`
+        ref = reference_outputs(hf, case, ckpt.dims.n_layers)
+        arrays = {**reference_inputs(case, ref, ckpt.dims), "logits": ref["logits"]}
     return entry, arrays, time.perf_counter() - t0
 
 

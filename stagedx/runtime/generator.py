@@ -107,6 +107,16 @@ class DecodeState:
         return len(self.tokens) - self.n_prompt
 
 
+def find_tuning(tuning: dict, device: str, backend: str, threads: int | None) -> dict | None:
+    """The tuned entry for this device and backend (never another device's), preferring the
+    same thread count, else the nearest one."""
+    same = {int(k.split("|")[2]): v for k, v in tuning.items() if k.startswith(f"{device}|{backend}|")}
+    if not same:
+        return None
+    want = threads or 0
+    return same[min(same, key=lambda t: (abs(t - want), -t))]
+
+
 class Generator:
     def __init__(
         self,
@@ -128,7 +138,7 @@ class Generator:
         self.draft2 = Draft2.from_manifest(self.bundle_dir, self.manifest)
         self.device, self.backend = self.oracle.device, self.oracle.backend
         self.tuning_key = f"{self.device}|{self.backend}|{threads or 0}"
-        tuned = self.manifest.tuning.get(self.tuning_key)
+        tuned = find_tuning(self.manifest.tuning, self.device, self.backend, threads)
         self.tree = tree or (TreeConfig.from_dict(tuned) if tuned else TreeConfig())
         m = self.manifest
         self.context_limit = min(
@@ -289,7 +299,7 @@ class Generator:
         common = accept.common_prefix(np.asarray(draft_path, np.int64), emitted[:keep])
         self.draft.truncate(min(self.draft.length, n + common, len(st.tokens) - 1))
 
-        accepted = verdict.path[1:keep]
+        accepted = verdict.path[1 : keep + 1]  # tree nodes among the kept tokens
         for node in accepted:
             s.accepted_by_depth[int(tree.depth[node]) - 1] += 1
             s.accepted_by_stage[STAGE_NAMES[int(tree.source[node])]] += 1

@@ -160,6 +160,7 @@ def test_registry_knows_gpt2_and_a_new_entry_plugs_in(tiny_pair, tmp_path, monke
     assert c.spec is arch.REGISTRY["gpt2"]
 
 
+@pytest.mark.slow
 def test_exported_bundle_runs_with_the_numbers_from_the_vendored_pair(pair_bundle):
     m = load_manifest(pair_bundle)
     assert (m.oracle.arch.n_layers, m.oracle.arch.hidden) == (6, 384)

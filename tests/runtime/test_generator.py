@@ -1,0 +1,261 @@
+"""The decode loop end to end on exported bundles: greedy exactness, sampling exactness,
+finish rules, cache consistency and the no-PyTorch wall."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from stagedx.errors import StagedxError
+from stagedx.runtime import Generator, SamplingConfig, TreeConfig
+from stagedx.runtime.runner import FETCH_LOGITS, chain_mask
+from stagedx.runtime.sampling import warp
+from stagedx.runtime.tree import ancestor_mask
+from tests._stats import chi_square_pvalue
+
+PROMPTS = [
+    "def add(a, b):\n    return",
+    "import os\nimport sys\n\n\ndef main():\n",
+    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, x):\n",
+    "for i in range(10):\n    print(i",
+    "x",
+]
+
+
+def top2_margin(gen: Generator, ids: list) -> float:
+    """The oracle's top-1 minus top-2 logit after ``ids`` (fresh prefill)."""
+    gen.oracle.truncate(0)
+    out = gen.oracle.run(np.asarray(ids), np.arange(len(ids)), chain_mask(len(ids)))
+    v = out.topk_values[-1]
+    return float(v[0] - v[1])
+
+
+def assert_same_greedy(gen: Generator, prompt, n: int, strategies=("speculative", "staged")) -> dict:
+    base = gen.generate(prompt, n, strategy="baseline", ignore_eos=True)
+    results = {"baseline": base}
+    for strategy in strategies:
+        res = gen.generate(prompt, n, strategy=strategy, ignore_eos=True)
+        results[strategy] = res
+        if res.tokens != base.tokens:
+            i = next(k for k, (a, b) in enumerate(zip(res.tokens, base.tokens)) if a != b)
+            ids = gen.tokenizer.encode(prompt).tolist() + base.tokens[:i]
+            pytest.fail(
+                f"{strategy} diverges from baseline at new token {i} "
+                f"(oracle top-2 margin there {top2_margin(gen, ids):.3g}; < 1e-4 would be a tie)"
+            )
+    return results
+
+
+@pytest.mark.parametrize("bundle", ["tiny_bundle", "self_draft_bundle"])
+def test_greedy_identical_to_baseline(bundle, request):
+    gen = Generator(request.getfixturevalue(bundle), device="cpu", threads=1)
+    calls = Counter()
+    toks = Counter()
+    for prompt in PROMPTS:
+        for name, res in assert_same_greedy(gen, prompt, 40).items():
+            assert len(res.tokens) == 40 and res.finish_reason == "length"
+            calls[name] += res.stats.oracle_calls
+            toks[name] += res.stats.new_tokens
+    assert calls["baseline"] == toks["baseline"]  # one token per oracle call
+    if bundle == "self_draft_bundle":  # the draft is the oracle: long runs are accepted
+        assert toks["staged"] / calls["staged"] > 2.0
+        assert toks["speculative"] / calls["speculative"] > 2.0
+
+
+def test_greedy_identical_on_the_vendored_pair(pair_bundle):
+    gen = Generator(pair_bundle, device="cpu", threads=1)
+    for prompt in PROMPTS[:3]:
+        res = assert_same_greedy(gen, prompt, 48)
+        st = res["staged"].stats
+        assert sum(st.accepted_by_stage.values()) == st.new_tokens
+        assert sum(st.accepted_by_depth) + st.accepted_by_stage["oracle"] == st.new_tokens
+
+
+def test_budgets_and_depths_keep_greedy_exact(self_draft_bundle):
+    gen = Generator(self_draft_bundle, device="cpu", threads=1)
+    for tree in (TreeConfig(budget=1, max_depth=1), TreeConfig(budget=40, max_depth=12, draft_calls=5),
+                 TreeConfig(budget=8, fanouts=(), draft_calls=4)):  # fmt: skip
+        gen.tree = tree
+        assert_same_greedy(gen, PROMPTS[2], 30)
+
+
+# -- sampling is exact ------------------------------------------------------------------
+SAMPLING = SamplingConfig.parse("topk:8")
+N_DRAWS = 1500
+
+
+def exact_joint3(gen: Generator, prompt: np.ndarray, eps: float = 1e-4) -> dict:
+    """P(x1, x2, x3 | prompt) under the oracle, from one tree-shaped call per x1."""
+    v = gen.vocab
+    gen.oracle.truncate(0)
+    n = len(prompt)
+    gen.oracle.run(prompt[:-1], np.arange(n - 1), chain_mask(n - 1))
+    gen.oracle.commit(np.arange(n - 1))
+    root = gen.oracle.run(prompt[-1:], np.asarray([n - 1]), chain_mask(1), (FETCH_LOGITS,))
+    p1 = warp(root.logits[0], SAMPLING)
+    law = {}
+    for x1 in np.flatnonzero(p1 > eps):
+        # tree: root -> x1 -> every x2
+        tokens = np.concatenate([prompt[-1:], [x1], np.arange(v)])
+        parents = np.concatenate([[-1, 0], np.ones(v, int)])
+        depth = np.concatenate([[0, 1], np.full(v, 2)])
+        out = gen.oracle.run(tokens, n - 1 + depth, ancestor_mask(parents), (FETCH_LOGITS,))
+        p = warp(out.logits, SAMPLING)
+        for x2 in np.flatnonzero(p[1] > eps):
+            for x3 in np.flatnonzero(p[2 + x2] > 0):
+                law[(int(x1), int(x2), int(x3))] = p1[x1] * p[1, x2] * p[2 + x2, x3]
+    return law
+
+
+def joint_counts(gen: Generator, prompt: np.ndarray, strategy: str, seed0: int) -> Counter:
+    counts = Counter()
+    for i in range(N_DRAWS):
+        res = gen.generate(prompt, 3, sampling=SAMPLING, seed=seed0 + i, strategy=strategy, ignore_eos=True)
+        counts[tuple(res.tokens)] += 1
+    return counts
+
+
+def pvalue(counts: Counter, law: dict) -> float:
+    cells = sorted(set(law) | set(counts))
+    return chi_square_pvalue([counts.get(c, 0) for c in cells], [law.get(c, 0.0) for c in cells])
+
+
+@pytest.fixture(scope="module")
+def small_vocab(small_vocab_bundle):
+    gen = Generator(small_vocab_bundle, device="cpu", threads=1)
+    prompt = gen.tokenizer.encode("def f")
+    return gen, prompt, exact_joint3(gen, prompt)
+
+
+@pytest.mark.parametrize("strategy", ["staged", "speculative", "baseline"])
+def test_sampled_joint_law_matches_the_oracle(small_vocab, strategy):
+    gen, prompt, law = small_vocab
+    gen.tree = TreeConfig(budget=12, max_depth=4)
+    assert pvalue(joint_counts(gen, prompt, strategy, 1000), law) > 1e-3
+
+
+def test_negative_control_biased_verifier_is_detected(small_vocab, monkeypatch):
+    """SpecInfer's min(1, p/q) applied to FIXED children (q uniform over them) is biased;
+    the same chi-square test must reject it."""
+    from stagedx.runtime import accept
+
+    gen, prompt, law = small_vocab
+
+    def biased_verify(req, st, tree, out):
+        node, path, emitted = 0, [0], []
+        while True:
+            p = warp(out.logits[node], req.sampling)
+            kids = np.flatnonzero(tree.parents == node)
+            for c in kids:
+                if st.rng.random() < min(1.0, p[tree.tokens[c]] * len(kids)):
+                    break
+            else:
+                emitted.append(int(st.rng.choice(len(p), p=p)))
+                return accept.Verdict(np.asarray(path), np.asarray(emitted))
+            emitted.append(int(tree.tokens[c]))
+            path.append(int(c))
+            node = int(c)
+
+    monkeypatch.setattr(gen, "_verify", biased_verify)
+    gen.tree = TreeConfig(budget=12, max_depth=4)
+    assert pvalue(joint_counts(gen, prompt, "staged", 5000), law) < 1e-6
+
+
+def test_same_seed_same_output(tiny_bundle):
+    gen = Generator(tiny_bundle, device="cpu", threads=1)
+    a = gen.generate(PROMPTS[0], 24, sampling="topp:0.9", seed=7, ignore_eos=True)
+    b = gen.generate(PROMPTS[0], 24, sampling="topp:0.9", seed=7, ignore_eos=True)
+    assert a.tokens == b.tokens and len(a.tokens) == 24
+
+
+# -- finish rules keep the caches consistent ----------------------------------------------
+def assert_caches_consistent(gen: Generator, prompt, res) -> None:
+    """oracle KV == all committed tokens but the pending one, and a next call after the
+    commits gives the same logits as a fresh prefill of the whole sequence."""
+    ids = gen.tokenizer.encode(prompt).tolist() + res.tokens
+    if res.finish_reason == "eos":
+        ids.append(gen.eos)
+    n = len(ids)
+    assert gen.oracle.length == n - 1
+    assert gen.draft.length <= n - 1
+    step = gen.oracle.run(np.asarray(ids[-1:]), np.asarray([n - 1]), chain_mask(1), (FETCH_LOGITS,))
+    gen.oracle.truncate(0)
+    fresh = gen.oracle.run(np.asarray(ids), np.arange(n), chain_mask(n), (FETCH_LOGITS,))
+    np.testing.assert_allclose(step.logits[0], fresh.logits[-1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("max_new", [1, 5, 7])
+def test_max_new_tokens_inside_an_accepted_run(self_draft_bundle, max_new):
+    gen = Generator(self_draft_bundle, device="cpu", threads=1)
+    res = gen.generate(PROMPTS[1], max_new, ignore_eos=True)
+    assert len(res.tokens) == max_new and res.finish_reason == "length"
+    assert res.stats.new_tokens == max_new
+    assert sum(res.stats.accepted_by_stage.values()) == max_new
+    assert_caches_consistent(gen, PROMPTS[1], res)
+
+
+def test_eos_inside_an_accepted_run(self_draft_bundle):
+    gen = Generator(self_draft_bundle, device="cpu", threads=1)
+    full = gen.generate(PROMPTS[1], 12, ignore_eos=True)
+    gen.eos = full.tokens[3]  # pretend the 4th greedy token is EOS: it lands inside a run
+    res = gen.generate(PROMPTS[1], 12)
+    assert res.finish_reason == "eos"
+    assert res.tokens == full.tokens[: full.tokens.index(gen.eos)]
+    assert_caches_consistent(gen, PROMPTS[1], res)
+
+
+def test_stop_string(self_draft_bundle):
+    gen = Generator(self_draft_bundle, device="cpu", threads=1)
+    full = gen.generate(PROMPTS[0], 16, ignore_eos=True)
+    stop = full.text[5:8]
+    res = gen.generate(PROMPTS[0], 16, stop=[stop], ignore_eos=True)
+    assert res.finish_reason == "stop"
+    assert res.text == full.text[: full.text.index(stop)]
+    assert_caches_consistent(gen, PROMPTS[0], res)
+
+
+def test_stream_equals_generate(tiny_bundle):
+    gen = Generator(tiny_bundle, device="cpu", threads=1)
+    res = gen.generate(PROMPTS[2], 30, ignore_eos=True)
+    pieces = list(gen.stream(PROMPTS[2], 30, ignore_eos=True))
+    assert "".join(pieces) == res.text and len(pieces) > 1
+    assert gen.last_result.tokens == res.tokens
+
+
+def test_context_limit_stops_cleanly(tiny_bundle):
+    gen = Generator(tiny_bundle, device="cpu", threads=1, max_context=40)
+    res = gen.generate(PROMPTS[0], 100, ignore_eos=True)
+    assert res.finish_reason == "context"
+    assert res.prompt_tokens + len(res.tokens) == gen.context_limit + 1
+    with pytest.raises(StagedxError, match="more than the context"):
+        gen.generate("x " * 60, 4)
+    assert gen.generate("x " * 60, 4, truncate=True, ignore_eos=True).tokens
+
+
+def test_bad_requests(tiny_bundle):
+    gen = Generator(tiny_bundle, device="cpu", threads=1)
+    with pytest.raises(StagedxError, match="empty prompt"):
+        gen.generate("", 4)
+    with pytest.raises(StagedxError, match="unknown strategy"):
+        gen.generate("x", 4, strategy="magic")
+    with pytest.raises(StagedxError, match="unknown sampling"):
+        gen.generate("x", 4, sampling="topk:-1")
+
+
+# -- the wall: the runtime never imports PyTorch -------------------------------------------
+def test_runtime_generates_without_torch(tiny_bundle):
+    code = (
+        "import sys, json\n"
+        "from stagedx.runtime import Generator\n"
+        f"gen = Generator({str(tiny_bundle)!r}, device='cpu', threads=1)\n"
+        "res = gen.generate('def f(x):', 8, ignore_eos=True)\n"
+        "print(json.dumps({'n': len(res.tokens), 'mods': [m for m in ('torch', 'transformers', 'onnx') if m in sys.modules]}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report == {"n": 8, "mods": []}
