@@ -325,8 +325,10 @@ class AtomicFolder:
         if self.target.exists() and not self.force:
             raise StagedxError(f"output exists: {self.target} (use --force to replace it)")
         parent = self.target.parent if str(self.target.parent) else Path(".")
-        if not parent.exists():
-            raise StagedxError(f"output folder's parent does not exist: {parent}")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StagedxError(f"cannot create the output's parent folder {parent}: {exc.strerror}") from exc
         if not os.access(parent, os.W_OK):
             raise StagedxError(f"output location is not writable: {parent}")
         try:

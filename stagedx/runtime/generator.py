@@ -131,14 +131,14 @@ class Generator:
             raise StagedxError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
         self.bundle_dir, self.manifest = open_bundle(bundle)
         self.strategy = strategy
-        self.threads = threads
         self.tokenizer = Tokenizer(self.bundle_dir / self.manifest.tokenizer.file)
         self.oracle = make_runner(self.bundle_dir, self.manifest, "oracle", device, threads, max_context)
         self.draft = make_runner(self.bundle_dir, self.manifest, "draft", device, threads, max_context)
         self.draft2 = Draft2.from_manifest(self.bundle_dir, self.manifest)
         self.device, self.backend = self.oracle.device, self.oracle.backend
-        self.tuning_key = f"{self.device}|{self.backend}|{threads or 0}"
-        tuned = find_tuning(self.manifest.tuning, self.device, self.backend, threads)
+        self.threads = getattr(self.oracle, "threads", threads) or 0  # what the backend really uses
+        self.tuning_key = f"{self.device}|{self.backend}|{self.threads}"
+        tuned = find_tuning(self.manifest.tuning, self.device, self.backend, self.threads)
         self.tree = tree or (TreeConfig.from_dict(tuned) if tuned else TreeConfig())
         m = self.manifest
         self.context_limit = min(
