@@ -6,6 +6,8 @@ loads torch); the fixtures import torch / the exporter when first used.
 
 from __future__ import annotations
 
+import os
+
 import shutil
 import sys
 from dataclasses import dataclass
@@ -22,6 +24,10 @@ from _models import PAIR, make_gpt2_checkpoint  # noqa: E402
 class CheckpointPair:
     oracle: Path
     draft: Path
+
+
+# The suite runs export, validation and runtime sessions in one process: no global ORT pool.
+os.environ["STAGEDX_ORT_GLOBAL_POOL"] = "0"
 
 
 def _one_thread() -> None:

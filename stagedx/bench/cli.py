@@ -54,6 +54,9 @@ def bench(bundle, prompts, limit, max_new_tokens, repeats, warmup, methods, samp
     cfg = BenchConfig(methods_t, samplings_t, max_new_tokens, repeats, warmup, seed)
     req = BenchRequest(bundle, prompts, limit or None, cfg, threads, device, peers)
 
+    from ..runtime.ort_runner import process_owner_thread_pool
+
+    process_owner_thread_pool(threads)
     bar_state: dict = {}
 
     def progress(rec, total):
@@ -89,11 +92,13 @@ def bench(bundle, prompts, limit, max_new_tokens, repeats, warmup, methods, samp
 def tune(bundle, calibration, limit, max_new_tokens, sampling, passes, threads, device):
     """Measure this device and store the best tree shape in BUNDLE's manifest."""
     from ..runtime import Generator, SamplingConfig
+    from ..runtime.ort_runner import process_owner_thread_pool
     from .tune import TuneConfig, tune_bundle
 
     if max_new_tokens < 1 or passes < 1 or threads < 1:
         raise StagedxError("--max-new-tokens, --passes and --threads must be >= 1")
     SamplingConfig.parse(sampling)
+    process_owner_thread_pool(threads)
     gen = Generator(bundle, device=device, strategy="staged", threads=threads)
     cfg = TuneConfig(calibration=calibration, limit=limit or None, max_new_tokens=max_new_tokens, sampling=sampling,
                      passes=passes)  # fmt: skip

@@ -48,9 +48,11 @@ def generate(bundle, prompt, strategy, sampling, temperature, max_new_tokens, se
              tree_budget, ignore_eos, truncate, stats, as_json, compare):  # fmt: skip
     """Generate a continuation of PROMPT with the bundle's models."""
     from .generator import Generator
+    from .ort_runner import process_owner_thread_pool
     from .sampling import SamplingConfig
 
     cfg = SamplingConfig.parse(sampling, temperature)
+    process_owner_thread_pool(threads)
     gen = Generator(bundle, device=device, strategy=strategy, threads=threads)
     gen.tree = _tree_config(gen, tree_budget)
     opts = dict(sampling=cfg, seed=seed, stop=stop, ignore_eos=ignore_eos, truncate=truncate)

@@ -35,24 +35,37 @@ from .runner import FETCH_LOGITS, FETCH_TOPK, RunOutput
 BACKEND = "onnxruntime"
 
 
-_GLOBAL_POOL: dict = {}  # {"threads": n} once this process's global thread pool is set
+_GLOBAL_POOL: dict = {}  # {"threads": n} once use_global_thread_pool() succeeded
 
 
-def _global_pool(threads: int) -> int:
-    """Oracle and draft sessions alternate several times per token. With a thread pool each,
-    the workers of one spin after its run and steal the cores the other needs next (measured
-    on 2 cores: a draft call of one shape took 1.7 ms or 6 ms depending on which session ran
-    before it). One process-wide pool shared by all sessions removes that. ORT allows it only
-    before its environment exists (otherwise: per-session pools without spinning), and then
-    every later session must use it: the first thread count asked for wins. Returns the
-    pool's size, or 0 when there is no global pool."""
-    if not _GLOBAL_POOL:
+def use_global_thread_pool(threads: int) -> bool:
+    """Opt in to one process-wide ONNX Runtime thread pool shared by every session.
+
+    Oracle and draft sessions alternate several times per token. With a pool each, the
+    workers of one spin after its run and steal the cores the other needs next (measured on
+    2 cores: oracle T=16 + 2 draft calls of T=12 took 17 ms with spinning per-session pools,
+    9 ms without spinning, 8.5 ms with one shared pool; a lone T=1 oracle call 3.3 / 3.5 /
+    3.3 ms). ORT allows a global pool only before its environment exists, and then EVERY
+    session in the process must use it, so only a program that owns its process should call
+    this (the ``stagedx generate`` and ``stagedx bench`` commands do). Returns whether the
+    pool is in use. Without it, sessions get their own pools with spinning disabled.
+    """
+    if "threads" not in _GLOBAL_POOL:
         try:
-            ort.set_global_thread_pool_sizes(threads, 1)
-            _GLOBAL_POOL["threads"] = threads
-        except Exception:  # noqa: BLE001 - the environment already exists in this process
+            ort.set_global_thread_pool_sizes(int(threads), 1)
+            _GLOBAL_POOL["threads"] = int(threads)
+        except Exception:  # noqa: BLE001 - ORT's environment already exists in this process
             _GLOBAL_POOL["threads"] = 0
-    return _GLOBAL_POOL["threads"]
+    return bool(_GLOBAL_POOL["threads"])
+
+
+def process_owner_thread_pool(threads: int | None) -> bool:
+    """For commands that own their process (``generate``, ``bench``, ``tune``): use the global
+    pool unless ``STAGEDX_ORT_GLOBAL_POOL=0`` (set by the test suite, which also runs other
+    ONNX Runtime sessions in the same process)."""
+    if os.environ.get("STAGEDX_ORT_GLOBAL_POOL", "1") == "0":
+        return False
+    return use_global_thread_pool(int(threads or os.cpu_count() or 1))
 
 
 def make_session(path: Path, choice: DeviceChoice, threads: int | None) -> ort.InferenceSession:
@@ -61,7 +74,7 @@ def make_session(path: Path, choice: DeviceChoice, threads: int | None) -> ort.I
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
     n = int(threads or os.cpu_count() or 1)
-    if _global_pool(n):
+    if _GLOBAL_POOL.get("threads"):
         opts.use_per_session_threads = False
     else:
         opts.intra_op_num_threads = n

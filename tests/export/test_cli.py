@@ -118,10 +118,18 @@ def test_unwritable_output(tiny_pair, tmp_path, monkeypatch, capsys):
     assert_one_line_error(code, err, str(blocker))
 
 
-def test_output_parent_missing(tiny_pair, tmp_path, monkeypatch, capsys):
+def test_output_parents_are_created(tiny_pair, tmp_path, monkeypatch, capsys):
     code, _, err = run_main(monkeypatch, capsys, ["export", tiny_pair.oracle, "--draft", tiny_pair.draft,
-                                                  "-o", tmp_path / "no" / "such" / "bundle"])
-    assert_one_line_error(code, err, "does not exist")
+                                                  "-o", tmp_path / "no" / "such" / "bundle", "--no-verify"])
+    assert code == 0, err
+    assert (tmp_path / "no" / "such" / "bundle" / "manifest.json").is_file()
+
+
+def test_output_parent_is_a_file(tiny_pair, tmp_path, monkeypatch, capsys):
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_main(monkeypatch, capsys, ["export", tiny_pair.oracle, "--draft", tiny_pair.draft,
+                                                  "-o", tmp_path / "file" / "bundle"])
+    assert_one_line_error(code, err, "cannot create the output's parent folder")
 
 
 def test_ngram_without_corpus_is_an_error(tiny_pair, tmp_path, monkeypatch, capsys):
