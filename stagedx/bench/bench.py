@@ -220,8 +220,8 @@ def benchmark(req: BenchRequest, progress: Callable | None = None, echo: Callabl
             "prompt_ids": [p.id for p in prompts], "methods": list(cfg.methods), "samplings": list(cfg.samplings),
             "max_new_tokens": cfg.max_new_tokens, "repeats": cfg.repeats, "warmup": cfg.warmup, "seed": cfg.seed,
             "peers": req.peers, "stop_rule": "fixed new-token count, EOS ignored", "timing": "wall clock of each generate call, prefill included",
-            "tree": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(gen.tree).items()},
-            "tree_source": "tuned" if getattr(gen, "tuning_key", None) in gen.manifest.tuning else "defaults",
+            "tree": {s: _tree_record(gen, s) for s in cfg.samplings},
+            "tree_source": {s: _tree_source(gen, s) for s in cfg.samplings},
         },  # fmt: skip
         "environment": {**environment(gen, req.threads), "started_unix": started, "duration_s": time.time() - started},
         "weights_bytes": weights,
@@ -240,3 +240,19 @@ def benchmark(req: BenchRequest, progress: Callable | None = None, echo: Callabl
         result["peer_records"] = peer_records
         result["peers"] = summarize_peers(peer_records, ours)
     return result
+
+
+def _tree_record(gen, sampling: str) -> dict:
+    from ..runtime import SamplingConfig
+
+    tree = gen.tree_for(SamplingConfig.parse(sampling))
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(tree).items()}
+
+
+def _tree_source(gen, sampling: str) -> str:
+    from ..runtime import SamplingConfig
+    from ..runtime.generator import sampling_mode
+
+    if gen.tree is not None:
+        return "explicit"
+    return "tuned" if sampling_mode(SamplingConfig.parse(sampling)) in gen.tuned else "defaults"

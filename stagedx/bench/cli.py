@@ -85,7 +85,8 @@ def bench(bundle, prompts, limit, max_new_tokens, repeats, warmup, methods, samp
               help="calibration prompts, disjoint from the benchmark's (humaneval:A-B | FILE)")
 @click.option("--limit", type=int, default=8, show_default=True, help="first N calibration prompts (0 = all)")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True, help="tokens per calibration run")
-@click.option("--sampling", default="greedy", show_default=True, help="sampling mode the acceptance is measured with")
+@click.option("--sampling", default="greedy,topk:50", show_default=True,
+              help="comma-separated sampling modes; one tree is tuned per mode (greedy / sampled)")
 @click.option("--passes", type=int, default=1, show_default=True, help="coordinate-ascent passes over the search space")
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)
@@ -97,10 +98,12 @@ def tune(bundle, calibration, limit, max_new_tokens, sampling, passes, threads, 
 
     if max_new_tokens < 1 or passes < 1 or threads < 1:
         raise StagedxError("--max-new-tokens, --passes and --threads must be >= 1")
-    SamplingConfig.parse(sampling)
+    samplings = _csv(sampling)
+    for mode in samplings:
+        SamplingConfig.parse(mode)
     process_owner_thread_pool(threads)
     gen = Generator(bundle, device=device, strategy="staged", threads=threads)
-    cfg = TuneConfig(calibration=calibration, limit=limit or None, max_new_tokens=max_new_tokens, sampling=sampling,
+    cfg = TuneConfig(calibration=calibration, limit=limit or None, max_new_tokens=max_new_tokens, samplings=samplings,
                      passes=passes)  # fmt: skip
     tune_bundle(bundle, gen, cfg, echo=click.echo)
 

@@ -16,10 +16,10 @@ Method (all measured here, nothing assumed):
 4. **Search.** Coordinate ascent from the runtime defaults over budget, max depth, draft2
    fan-outs, draft calls and draft batch; every evaluated candidate is kept in the result.
 
-The winner is stored in the bundle's manifest under ``tuning["<device>|<backend>|<threads>"]``
-(TreeConfig fields plus the measured curves) with one atomic manifest update; the runtime
-uses the entry whose key matches its own device, backend and thread count, so a GPU budget is
-never used on a CPU.
+The winners are stored in the bundle's manifest under ``tuning["<device>|<backend>|<threads>"]``
+as ``{"greedy": {TreeConfig fields...}, "sample": {...}, <measured curves>}`` with one atomic
+manifest update; the runtime uses the entry whose device and backend match its own (nearest
+thread count), and in it the mode of the request, so a GPU budget is never used on a CPU.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class TuneConfig:
     calibration: str = "humaneval:82-163"
     limit: int | None = 8
     max_new_tokens: int = 64
-    sampling: str = "greedy"
+    samplings: tuple = ("greedy", "topk:50")  # one search per mode, stored per mode
     past_len: int = 200
     latency_repeats: int = 7
     passes: int = 1
@@ -143,7 +143,7 @@ def evaluate(gen, cfg, prompts, tune: TuneConfig, curves: tuple) -> Evaluation:
     wall, depth = 0.0, np.zeros(cfg.max_depth, np.int64)
     for i, prompt in enumerate(prompts):
         t0 = time.perf_counter()
-        res = gen.generate(prompt.text, tune.max_new_tokens, sampling=tune.sampling, seed=tune.seed + i,
+        res = gen.generate(prompt.text, tune.max_new_tokens, sampling=tune.samplings[0], seed=tune.seed + i,
                            strategy="staged", ignore_eos=True, truncate=True)  # fmt: skip
         wall += time.perf_counter() - t0
         s = res.stats.as_dict()
@@ -188,7 +188,8 @@ def _valid(cfg) -> bool:
 def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print) -> dict:
     """Measure, search, store. Returns the stored entry."""
     from ..manifest import load_manifest, update_manifest, utc_now
-    from ..runtime import TreeConfig
+    from ..runtime.generator import sampling_mode
+    from ..runtime.sampling import SamplingConfig
     from .prompts import load_prompts
 
     prompts = load_prompts(tune.calibration, tune.limit)
@@ -202,8 +203,34 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print) -> dict:
     echo("  draft  ms: " + "  ".join(f"B={t}:{1e3 * s:.2f}" for t, s in draft_curve.items()))
     curves = (oracle_curve, draft_curve)
 
+    tuning = dict(load_manifest(bundle, check_files=False).tuning)
+    key = tuning_key(gen)
+    entry = dict(tuning.get(key, {}))
+    for sampling in tune.samplings:
+        mode = sampling_mode(SamplingConfig.parse(sampling))
+        entry[mode] = search_mode(gen, prompts, dataclasses.replace(tune, samplings=(sampling,)), curves, echo)
+    gen.tree = None
+    entry.update({
+        "tuned_utc": utc_now(),
+        "calibration": {"prompts": tune.calibration, "n_prompts": len(prompts), "max_new_tokens": tune.max_new_tokens},
+        "past_len": need,
+        "oracle_latency_s": {str(k): v for k, v in oracle_curve.items()},
+        "draft_latency_s": {str(k): v for k, v in draft_curve.items()},
+    })  # fmt: skip
+    tuning[key] = entry
+    update_manifest(bundle, tuning=tuning)
+    echo(f"stored tuning[{key!r}] for {', '.join(m for m in ('greedy', 'sample') if m in entry)}")
+    return entry
+
+
+def search_mode(gen, prompts, tune: TuneConfig, curves: tuple, echo: Callable) -> dict:
+    """Coordinate search for one sampling mode; returns its entry (TreeConfig fields + evidence)."""
+    from ..runtime.generator import DEFAULT_TREES, sampling_mode
+    from ..runtime.sampling import SamplingConfig
+
+    sampling = tune.samplings[0]
     echo(f"searching tree shapes on {len(prompts)} calibration prompts ({tune.calibration}), "
-         f"{tune.max_new_tokens} tokens each, {tune.sampling} ...")  # fmt: skip
+         f"{tune.max_new_tokens} tokens each, {sampling} ...")  # fmt: skip
 
     def show(ev: Evaluation) -> None:
         t = ev.tree
@@ -211,32 +238,22 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print) -> dict:
              f"calls={t['draft_calls']} batch={t['draft_batch']:<3} -> {ev.tokens_per_round:.2f} tok/round, "
              f"predicted {ev.predicted_tokens_per_s:.1f} tok/s")  # fmt: skip
 
-    start = TreeConfig()
+    start = DEFAULT_TREES[sampling_mode(SamplingConfig.parse(sampling))]
     best_ev, best_cfg, evals = coordinate_search(
         start, lambda c: evaluate(gen, c, prompts, tune, curves), tune.passes, show
     )
-    entry = {
+    echo(f"best for {sampling}: budget={best_cfg.budget} max_depth={best_cfg.max_depth} "
+         f"fanouts={best_cfg.fanouts} draft_calls={best_cfg.draft_calls} draft_batch={best_cfg.draft_batch} "
+         f"(predicted {best_ev.predicted_tokens_per_s:.1f} tokens/s, {best_ev.tokens_per_round:.2f} tokens/round)")  # fmt: skip
+    return {
         **tree_dict(best_cfg),
-        "tuned_utc": utc_now(),
-        "sampling": tune.sampling,
-        "calibration": {"prompts": tune.calibration, "n_prompts": len(prompts), "max_new_tokens": tune.max_new_tokens},
-        "past_len": need,
-        "oracle_latency_s": {str(k): v for k, v in oracle_curve.items()},
-        "draft_latency_s": {str(k): v for k, v in draft_curve.items()},
+        "sampling": sampling,
         "overhead_s_per_round": best_ev.overhead_s / max(1, best_ev.rounds),
         "tokens_per_round": best_ev.tokens_per_round,
         "accepted_by_depth_per_round": [x / max(1, best_ev.rounds) for x in best_ev.accepted_by_depth],
         "predicted_tokens_per_s": best_ev.predicted_tokens_per_s,
         "candidates": [e.as_dict() for e in evals],
     }
-    key = tuning_key(gen)
-    tuning = dict(load_manifest(bundle, check_files=False).tuning)
-    tuning[key] = entry
-    update_manifest(bundle, tuning=tuning)
-    echo(f"stored tuning[{key!r}]: budget={best_cfg.budget} max_depth={best_cfg.max_depth} "
-         f"fanouts={best_cfg.fanouts} draft_calls={best_cfg.draft_calls} draft_batch={best_cfg.draft_batch} "
-         f"(predicted {best_ev.predicted_tokens_per_s:.1f} tokens/s, {best_ev.tokens_per_round:.2f} tokens/round)")  # fmt: skip
-    return entry
 
 
 def tuning_key(gen) -> str:

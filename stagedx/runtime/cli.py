@@ -10,10 +10,10 @@ import click
 from ..errors import StagedxError
 
 
-def _tree_config(gen, budget: int | None):
+def _tree_config(gen, sampling, budget: int | None):
     import dataclasses
 
-    return gen.tree if budget is None else dataclasses.replace(gen.tree, budget=budget)
+    return None if budget is None else dataclasses.replace(gen.tree_for(sampling), budget=budget)
 
 
 def _stats_line(res) -> str:
@@ -54,7 +54,7 @@ def generate(bundle, prompt, strategy, sampling, temperature, max_new_tokens, se
     cfg = SamplingConfig.parse(sampling, temperature)
     process_owner_thread_pool(threads)
     gen = Generator(bundle, device=device, strategy=strategy, threads=threads)
-    gen.tree = _tree_config(gen, tree_budget)
+    gen.tree = _tree_config(gen, cfg, tree_budget)
     opts = dict(sampling=cfg, seed=seed, stop=stop, ignore_eos=ignore_eos, truncate=truncate)
     if compare:
         _compare(gen, prompt, max_new_tokens, opts)
@@ -72,7 +72,7 @@ def generate(bundle, prompt, strategy, sampling, temperature, max_new_tokens, se
     if res.finish_reason == "context":
         click.echo(f"stopped: reached the context limit of {gen.context_limit} tokens", err=True)
     if stats:
-        click.echo(f"device: {gen.device} ({gen.backend}); tree: {gen.tree}", err=True)
+        click.echo(f"device: {gen.device} ({gen.backend}); tree: {gen.tree_for(cfg)}", err=True)
         click.echo(_stats_line(res), err=True)
 
 
@@ -83,7 +83,7 @@ def _compare(gen, prompt, max_new_tokens, opts) -> None:
     for strategy in ("baseline", "speculative", "staged"):
         results[strategy] = gen.generate(prompt, max_new_tokens, **{**opts, "strategy": strategy})
     base = results["baseline"]
-    click.echo(f"device: {gen.device} ({gen.backend}), tree budget {gen.tree.budget}, sampling {opts['sampling'].label}")
+    click.echo(f"device: {gen.device} ({gen.backend}), sampling {opts['sampling'].label}, tree {gen.tree_for(opts['sampling'])}")
     for name, res in results.items():
         speed = base.stats.time_s["total"] / max(res.stats.time_s["total"], 1e-9)
         click.echo(f"{_stats_line(res)}  speedup x{speed:.2f}")

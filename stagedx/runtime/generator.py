@@ -91,6 +91,7 @@ class Request:
     stop: tuple
     strategy: str
     ignore_eos: bool
+    tree: TreeConfig
 
 
 @dataclass
@@ -107,12 +108,25 @@ class DecodeState:
         return len(self.tokens) - self.n_prompt
 
 
-def find_tuning(tuning: dict, device: str, backend: str, threads: int | None) -> dict | None:
+# Untuned defaults per sampling mode. Greedy: acceptance runs deep, so a deep tree built
+# with several draft2-accelerated draft calls pays. Sampling (top-k 50, T=1 on the
+# vendored pair): acceptance beyond depth 2 is rare, so one small draft call and a shallow tree.
+DEFAULT_TREES = {
+    "greedy": TreeConfig(),
+    "sample": TreeConfig(budget=8, max_depth=3, fanouts=(4, 2, 1), draft_calls=1, draft_batch=16),
+}
+
+
+def sampling_mode(cfg: SamplingConfig) -> str:
+    return "greedy" if cfg.greedy else "sample"
+
+
+def find_tuning(tuning: dict, device: str, backend: str, threads: int | None) -> dict:
     """The tuned entry for this device and backend (never another device's), preferring the
-    same thread count, else the nearest one."""
+    same thread count, else the nearest one. ``{"greedy": {...}, "sample": {...}}``."""
     same = {int(k.split("|")[2]): v for k, v in tuning.items() if k.startswith(f"{device}|{backend}|")}
     if not same:
-        return None
+        return {}
     want = threads or 0
     return same[min(same, key=lambda t: (abs(t - want), -t))]
 
@@ -138,8 +152,8 @@ class Generator:
         self.device, self.backend = self.oracle.device, self.oracle.backend
         self.threads = getattr(self.oracle, "threads", threads) or 0  # what the backend really uses
         self.tuning_key = f"{self.device}|{self.backend}|{self.threads}"
-        tuned = find_tuning(self.manifest.tuning, self.device, self.backend, self.threads)
-        self.tree = tree or (TreeConfig.from_dict(tuned) if tuned else TreeConfig())
+        self.tuned = find_tuning(self.manifest.tuning, self.device, self.backend, self.threads)
+        self.tree = tree  # an explicit tree overrides the tuned / default one for every mode
         m = self.manifest
         self.context_limit = min(
             m.oracle.arch.max_positions, m.draft.arch.max_positions, self.oracle.max_context, self.draft.max_context
@@ -150,6 +164,15 @@ class Generator:
         self.draft_weight_bytes = m.draft.weight_bytes
 
     # -- public API ----------------------------------------------------------------------
+    def tree_for(self, sampling: SamplingConfig) -> TreeConfig:
+        """The tree shape used for this sampling mode: explicit, else tuned, else default."""
+        if self.tree is not None:
+            return self.tree
+        mode = sampling_mode(sampling)
+        if mode in self.tuned:
+            return TreeConfig.from_dict(self.tuned[mode])
+        return DEFAULT_TREES[mode]
+
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128, **options) -> GenerationResult:
         """Options: sampling ("greedy", "topk:50", SamplingConfig), seed, stop, strategy,
         ignore_eos, truncate (drop the prompt's start when it does not fit)."""
@@ -196,14 +219,15 @@ class Generator:
         if strategy not in STRATEGIES:
             raise StagedxError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
         stop = (stop,) if isinstance(stop, str) else tuple(s for s in stop if s)
-        return Request(ids.astype(np.int64), int(max_new_tokens), cfg, seed, stop, strategy, bool(ignore_eos))
+        return Request(ids.astype(np.int64), int(max_new_tokens), cfg, seed, stop, strategy, bool(ignore_eos),
+                       self.tree_for(cfg))  # fmt: skip
 
     def _start(self, req: Request) -> DecodeState:
         """Reset both caches and prefill the oracle with every prompt token but the last."""
         t0 = time.perf_counter()
         self.oracle.truncate(0)
         self.draft.truncate(0)
-        stats = Stats(req.strategy, req.sampling.label, accepted_by_depth=[0] * (self.tree.max_depth + 1))
+        stats = Stats(req.strategy, req.sampling.label, accepted_by_depth=[0] * (req.tree.max_depth + 1))
         st = DecodeState(req.prompt.tolist(), len(req.prompt), np.random.default_rng(req.seed), stats)
         n = len(req.prompt)
         if n > 1:
@@ -218,7 +242,7 @@ class Generator:
         s = st.stats
         while st.finish is None:
             n = len(st.tokens)
-            limit = min(self.tree.max_depth, self.context_limit - n)  # deepest node this round
+            limit = min(req.tree.max_depth, self.context_limit - n)  # deepest node this round
             if limit < 0:
                 st.finish = "context"
                 break
@@ -242,14 +266,14 @@ class Generator:
         if req.strategy == "baseline" or limit == 0:
             return root_only(st.tokens[-1]), []
         if req.strategy == "speculative":
-            drafted = self._draft_chain(req, st, history, min(self.tree.spec_k, limit))
+            drafted = self._draft_chain(req, st, history, min(req.tree.spec_k, limit))
             return chain_tree(np.concatenate([history[-1:], drafted])), drafted.tolist()[:-1]
-        cfg, tau = req.sampling, self.tree.tau
-        dtree = grow_draft_tree(self.draft, self.draft2, history, self.tree, lambda v: rank_logprobs(v, cfg, tau), limit)
+        cfg, tau = req.sampling, req.tree.tau
+        dtree = grow_draft_tree(self.draft, self.draft2, history, req.tree, lambda v: rank_logprobs(v, cfg, tau), limit)
         st.stats.draft_calls += dtree.calls
         st.stats.time_s["draft2"] += dtree.time_draft2
         st.stats.time_s["draft"] += dtree.time_draft
-        return oracle_tree(dtree, self.tree.budget, limit, self.vocab), dtree.path
+        return oracle_tree(dtree, req.tree.budget, limit, self.vocab), dtree.path
 
     def _draft_chain(self, req: Request, st: DecodeState, history: np.ndarray, k: int) -> np.ndarray:
         """Classic drafting: k sequential draft calls; sampled drafts keep q for verification."""

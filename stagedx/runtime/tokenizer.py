@@ -27,6 +27,10 @@ class Tokenizer:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> np.ndarray:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # e.g. a lone surrogate from a mis-decoded argument
+            raise StagedxError(f"the prompt is not valid Unicode text ({exc.reason} at position {exc.start})") from exc
         return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
 
     def decode(self, ids: Iterable[int] | np.ndarray) -> str:

@@ -114,7 +114,7 @@ def test_bench_rejects_bad_options(tiny_bundle, tmp_path):
 
 def test_tune_end_to_end(tiny_bundle, tmp_path):
     from stagedx.manifest import load_manifest
-    from stagedx.runtime import Generator, TreeConfig
+    from stagedx.runtime import Generator, SamplingConfig, TreeConfig
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
@@ -123,15 +123,16 @@ def test_tune_end_to_end(tiny_bundle, tmp_path):
     tuning = load_manifest(bundle).tuning
     (key, entry), = tuning.items()
     assert key.endswith("|onnxruntime|1") and not key.startswith("cuda")
-    cfg = TreeConfig.from_dict(entry)
-    assert set(TreeConfig.__dataclass_fields__) <= set(entry)
     assert entry["oracle_latency_s"] and entry["draft_latency_s"]
     assert entry["calibration"]["prompts"] == "humaneval:82-163"
-    best = max(entry["candidates"], key=lambda c: c["predicted_tokens_per_s"])
-    assert best["tree"] == {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}
-    assert entry["predicted_tokens_per_s"] == pytest.approx(best["predicted_tokens_per_s"])
     gen = Generator(bundle, threads=1)  # the runtime picks the matching entry by default
-    assert gen.tree == cfg
+    for mode, sampling in (("greedy", "greedy"), ("sample", "topk:50")):
+        cfg = TreeConfig.from_dict(entry[mode])
+        assert set(TreeConfig.__dataclass_fields__) <= set(entry[mode])
+        best = max(entry[mode]["candidates"], key=lambda c: c["predicted_tokens_per_s"])
+        assert best["tree"] == {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}
+        assert entry[mode]["predicted_tokens_per_s"] == pytest.approx(best["predicted_tokens_per_s"])
+        assert gen.tree_for(SamplingConfig.parse(sampling)) == cfg
 
 
 def test_bench_without_peers_never_imports_torch(tiny_bundle, tmp_path):
