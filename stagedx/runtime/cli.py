@@ -10,10 +10,22 @@ import click
 from ..errors import StagedxError
 
 
-def _tree_config(gen, sampling, budget: int | None):
+def _tree_config(gen, sampling, overrides: dict):
+    """The tuned / default tree for this sampling mode with the command line's overrides."""
     import dataclasses
 
-    return None if budget is None else dataclasses.replace(gen.tree_for(sampling), budget=budget)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if not overrides:
+        return None
+    if "fanouts" in overrides:
+        try:
+            overrides["fanouts"] = tuple(int(x) for x in overrides["fanouts"].split(",") if x.strip())
+        except ValueError:
+            raise StagedxError(f"--fanouts must be comma-separated integers, got {overrides['fanouts']!r}") from None
+    tree = dataclasses.replace(gen.tree_for(sampling), **overrides)
+    if tree.budget < 0 or tree.max_depth < 1 or tree.draft_calls < 1 or min(tree.fanouts, default=1) < 1:
+        raise StagedxError("tree options: --tree-budget >= 0, --max-depth >= 1, --draft-calls >= 1, fan-outs >= 1")
+    return tree
 
 
 def _stats_line(res) -> str:
@@ -38,14 +50,17 @@ def _stats_line(res) -> str:
 @click.option("--stop", multiple=True, help="stop string (repeatable)")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | tensorrt")
-@click.option("--tree-budget", type=int, default=None, help="oracle tree nodes per call (default: tuned or 16)")
+@click.option("--tree-budget", type=int, default=None, help="oracle tree nodes per call (default: tuned, else built-in)")
+@click.option("--max-depth", type=int, default=None, help="deepest tree level")
+@click.option("--fanouts", default=None, help="draft2 fan-outs per level, e.g. 12,7,4,1,1,1 (the paper's)")
+@click.option("--draft-calls", type=int, default=None, help="sequential draft calls per round")
 @click.option("--ignore-eos", is_flag=True, help="keep generating past EOS")
 @click.option("--truncate", is_flag=True, help="keep the end of a prompt longer than the context")
 @click.option("--stats", is_flag=True, help="print decoding statistics to stderr")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object (text, tokens, stats) instead of streaming")
 @click.option("--compare", is_flag=True, help="run baseline, speculative and staged on the prompt and compare")
 def generate(bundle, prompt, strategy, sampling, temperature, max_new_tokens, seed, stop, threads, device,
-             tree_budget, ignore_eos, truncate, stats, as_json, compare):  # fmt: skip
+             tree_budget, max_depth, fanouts, draft_calls, ignore_eos, truncate, stats, as_json, compare):  # fmt: skip
     """Generate a continuation of PROMPT with the bundle's models."""
     from .generator import Generator
     from .ort_runner import process_owner_thread_pool
@@ -54,7 +69,9 @@ def generate(bundle, prompt, strategy, sampling, temperature, max_new_tokens, se
     cfg = SamplingConfig.parse(sampling, temperature)
     process_owner_thread_pool(threads)
     gen = Generator(bundle, device=device, strategy=strategy, threads=threads)
-    gen.tree = _tree_config(gen, cfg, tree_budget)
+    gen.tree = _tree_config(
+        gen, cfg, {"budget": tree_budget, "max_depth": max_depth, "fanouts": fanouts, "draft_calls": draft_calls}
+    )
     opts = dict(sampling=cfg, seed=seed, stop=stop, ignore_eos=ignore_eos, truncate=truncate)
     if compare:
         _compare(gen, prompt, max_new_tokens, opts)

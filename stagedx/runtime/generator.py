@@ -108,12 +108,12 @@ class DecodeState:
         return len(self.tokens) - self.n_prompt
 
 
-# Untuned defaults per sampling mode. Greedy: acceptance runs deep, so a deep tree built
-# with several draft2-accelerated draft calls pays. Sampling (top-k 50, T=1 on the
-# vendored pair): acceptance beyond depth 2 is rare, so one small draft call and a shallow tree.
+# Untuned defaults per sampling mode (what `stagedx tune` chose on a 2-core CPU for the
+# vendored pair). Greedy: acceptance runs deep, so a deep, thin tree. Sampling (top-k 50,
+# T=1): acceptance beyond depth 2 is rare, so a small, shallow tree and one small draft call.
 DEFAULT_TREES = {
     "greedy": TreeConfig(),
-    "sample": TreeConfig(budget=8, max_depth=3, fanouts=(4, 2, 1), draft_calls=1, draft_batch=16),
+    "sample": TreeConfig(budget=6, max_depth=3, fanouts=(4, 2, 1), draft_calls=1, draft_batch=16),
 }
 
 
@@ -263,7 +263,7 @@ class Generator:
     def _propose(self, req: Request, st: DecodeState, limit: int) -> tuple[OracleTree, list]:
         """Returns the tree for the oracle and the draft's speculative path (tokens below the root)."""
         history = np.asarray(st.tokens, np.int64)
-        if req.strategy == "baseline" or limit == 0:
+        if req.strategy == "baseline" or limit == 0 or req.tree.budget == 0:
             return root_only(st.tokens[-1]), []
         if req.strategy == "speculative":
             drafted = self._draft_chain(req, st, history, min(req.tree.spec_k, limit))
