@@ -34,10 +34,11 @@ import numpy as np
 ORACLE_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 DRAFT_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64)
 SEARCH_SPACE = {
-    "budget": (2, 4, 6, 8, 12, 16, 24, 32, 48),
+    "budget": (0, 2, 4, 6, 8, 12, 16, 24, 32, 48),  # 0: no speculation (never slower than baseline)
     "max_depth": (3, 4, 6, 8, 10, 12),
-    "fanouts": ((2, 1, 1, 1, 1, 1), (4, 2, 1, 1, 1, 1), (8, 4, 2, 1, 1, 1), (12, 7, 4, 1, 1, 1), (16, 8, 4, 2, 1, 1)),
-    "draft_calls": (1, 2, 3, 4),
+    "fanouts": ((2, 1, 1, 1, 1, 1), (2, 1, 1, 1, 1, 1, 1, 1, 1, 1), (4, 2, 1, 1, 1, 1), (4, 2, 1, 1, 1, 1, 1, 1, 1, 1),
+                (8, 4, 2, 1, 1, 1), (12, 7, 4, 1, 1, 1), (16, 8, 4, 2, 1, 1)),  # fmt: skip
+    "draft_calls": (0, 1, 2, 3, 4),  # 0: draft2 feeds the oracle directly
     "draft_batch": (8, 16, 32, 48),
 }
 
@@ -181,7 +182,7 @@ def coordinate_search(start, score: Callable, passes: int = 1, on_eval: Callable
 
 
 def _valid(cfg) -> bool:
-    return cfg.budget >= 1 and cfg.max_depth >= 1 and cfg.draft_batch >= 2 and cfg.draft_calls >= 1
+    return cfg.budget >= 0 and cfg.max_depth >= 1 and cfg.draft_batch >= 2 and cfg.draft_calls >= 0
 
 
 # -- the command ---------------------------------------------------------------------------------

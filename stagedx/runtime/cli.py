@@ -23,8 +23,8 @@ def _tree_config(gen, sampling, overrides: dict):
         except ValueError:
             raise StagedxError(f"--fanouts must be comma-separated integers, got {overrides['fanouts']!r}") from None
     tree = dataclasses.replace(gen.tree_for(sampling), **overrides)
-    if tree.budget < 0 or tree.max_depth < 1 or tree.draft_calls < 1 or min(tree.fanouts, default=1) < 1:
-        raise StagedxError("tree options: --tree-budget >= 0, --max-depth >= 1, --draft-calls >= 1, fan-outs >= 1")
+    if tree.budget < 0 or tree.max_depth < 1 or tree.draft_calls < 0 or min(tree.fanouts, default=1) < 1:
+        raise StagedxError("tree options: --tree-budget >= 0, --max-depth >= 1, --draft-calls >= 0, fan-outs >= 1")
     return tree
 
 
@@ -53,7 +53,7 @@ def _stats_line(res) -> str:
 @click.option("--tree-budget", type=int, default=None, help="oracle tree nodes per call (default: tuned, else built-in)")
 @click.option("--max-depth", type=int, default=None, help="deepest tree level")
 @click.option("--fanouts", default=None, help="draft2 fan-outs per level, e.g. 12,7,4,1,1,1 (the paper's)")
-@click.option("--draft-calls", type=int, default=None, help="sequential draft calls per round")
+@click.option("--draft-calls", type=int, default=None, help="sequential draft calls per round (0: draft2 feeds the oracle directly)")
 @click.option("--ignore-eos", is_flag=True, help="keep generating past EOS")
 @click.option("--truncate", is_flag=True, help="keep the end of a prompt longer than the context")
 @click.option("--stats", is_flag=True, help="print decoding statistics to stderr")

@@ -32,7 +32,17 @@ from .bundle import make_runner, open_bundle
 from .draft2 import Draft2
 from .runner import FETCH_LOGITS, FETCH_TOPK, chain_mask
 from .sampling import SamplingConfig, rank_logprobs, sample, warp
-from .staged import SOURCE_DRAFT, SOURCE_DRAFT2, OracleTree, TreeConfig, chain_tree, grow_draft_tree, oracle_tree, root_only
+from .staged import (
+    SOURCE_DRAFT,
+    SOURCE_DRAFT2,
+    OracleTree,
+    TreeConfig,
+    chain_tree,
+    draft2_tree,
+    grow_draft_tree,
+    oracle_tree,
+    root_only,
+)
 from .tokenizer import StreamDecoder, Tokenizer
 from .tree import ancestor_mask
 
@@ -268,6 +278,11 @@ class Generator:
         if req.strategy == "speculative":
             drafted = self._draft_chain(req, st, history, min(req.tree.spec_k, limit))
             return chain_tree(np.concatenate([history[-1:], drafted])), drafted.tolist()[:-1]
+        if req.tree.draft_calls == 0:
+            t0 = time.perf_counter()
+            tree = draft2_tree(self.draft2, history, req.tree, limit)
+            st.stats.time_s["draft2"] += time.perf_counter() - t0
+            return tree, []
         cfg, tau = req.sampling, req.tree.tau
         dtree = grow_draft_tree(self.draft, self.draft2, history, req.tree, lambda v: rank_logprobs(v, cfg, tau), limit)
         st.stats.draft_calls += dtree.calls

@@ -38,7 +38,7 @@ class TreeConfig:
     budget: int = 12  # oracle tree nodes per call besides the root (0 = no speculation)
     max_depth: int = 6  # deepest tree node below the root
     fanouts: tuple[int, ...] = (2, 1, 1, 1, 1, 1)  # draft2 fan-outs per level
-    draft_calls: int = 1  # sequential draft calls per round (staged)
+    draft_calls: int = 1  # sequential draft calls per round (staged; 0 = draft2 feeds the oracle)
     draft_batch: int = 32  # nodes per draft call, chain included
     tau: float = 0.1  # greedy ranking temperature
     spec_k: int = 4  # chain length of the classic speculative strategy
@@ -198,3 +198,14 @@ def oracle_tree(tree: DraftTree, budget: int, depth_limit: int, vocab: int) -> O
         np.concatenate([[0], pool_depth[sel.index]]),
         np.concatenate([[-1], pool_src[sel.index]]),
     )
+
+
+def draft2_tree(draft2, history: np.ndarray, cfg: TreeConfig, depth_limit: int) -> OracleTree:
+    """``draft_calls == 0``: draft2's candidate tree goes to the oracle directly, in its own
+    order (level by level along the most likely branch), cut to the budget. Where a draft call
+    costs more than the acceptance it adds (small trees on a CPU), `stagedx tune` picks this."""
+    tok, par = draft2.propose_tree(history, cfg.fanouts[:depth_limit])
+    tok, par = tok[: cfg.budget], par[: cfg.budget]  # a prefix keeps parents before children
+    parents = np.concatenate([[-1], np.where(par < 0, 0, par + 1)]).astype(np.int32)
+    source = np.concatenate([[-1], np.full(len(tok), SOURCE_DRAFT2)])
+    return OracleTree(np.concatenate([history[-1:], tok]).astype(np.int64), parents, depths(parents), source)
