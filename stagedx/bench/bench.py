@@ -25,7 +25,9 @@ from typing import Callable, Protocol, Sequence
 
 from .prompts import Prompt
 
-STAGEDX_METHODS = ("baseline", "speculative", "staged")
+# staged: the tuned (else default) tree, which may skip the draft where it does not pay;
+# staged3: always all three stages (draft2 -> draft -> oracle), as in the paper.
+STAGEDX_METHODS = ("baseline", "speculative", "staged", "staged3")
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,16 @@ class StagedxMethod:
         return True
 
     def run(self, prompt: Prompt, sampling: str, seed: int) -> dict:
+        from ..runtime import SamplingConfig
+        from ..runtime.generator import THREE_STAGE_TREES, sampling_mode
+
+        strategy, tree = self.name, None
+        if self.name == "staged3":
+            strategy, tree = "staged", THREE_STAGE_TREES[sampling_mode(SamplingConfig.parse(sampling))]
         t0 = time.perf_counter()
         res = self.gen.generate(
-            prompt.text, self.max_new_tokens, sampling=sampling, seed=seed, strategy=self.name,
-            ignore_eos=True, truncate=True,
+            prompt.text, self.max_new_tokens, sampling=sampling, seed=seed, strategy=strategy,
+            ignore_eos=True, truncate=True, tree=tree,
         )  # fmt: skip
         wall = time.perf_counter() - t0
         stats = res.stats.as_dict()

@@ -15,7 +15,7 @@ PAPER = {
                          "topk:50": {"baseline": 1.0, "speculative": 0.48, "staged": 0.35}},
     "staged_speedup": {"greedy": 3.16, "topk:50": 1.98},
 }  # fmt: skip
-METHOD_ORDER = ("baseline", "speculative", "staged")
+METHOD_ORDER = ("baseline", "speculative", "staged", "staged3")
 
 
 def sampling_label(spec: str) -> str:
@@ -55,20 +55,23 @@ def main_table(summary: dict) -> str:
 def paper_table(summary: dict) -> str:
     """The paper's own layout: relative memory traffic per method, then the staged speedup,
     with the paper's figures beside ours."""
-    lines = ["relative oracle memory traffic (ours | paper)   baseline      speculative   staged"]
+    lines = ["relative oracle memory traffic (ours | paper)   baseline      speculative   staged        staged3"]
     for sampling, cells in summary.items():
         paper = PAPER["relative_traffic"].get(sampling, {})
         vals = [f"{_f(cells.get(m, {}).get('relative_traffic'))} | {_f(paper.get(m))}".ljust(14) for m in METHOD_ORDER]
         lines.append(f"  {sampling_label(sampling):<45} " + "".join(vals))
     for sampling, cells in summary.items():
-        st = cells.get("staged", {})
         sp = cells.get("speculative", {})
-        over_spec = st["tokens_per_s"] / sp["tokens_per_s"] if st and sp and sp["tokens_per_s"] else None
-        lines.append(
-            f"staged speedup, {sampling_label(sampling)}: {_f(st.get('speedup_mean'), '{:.2f}x')} mean over prompts "
-            f"(pooled {_f(st.get('speedup_pooled'), '{:.2f}x')}; {_f(over_spec, '{:.2f}x')} over speculative)"
-            f"  | paper {_f(PAPER['staged_speedup'].get(sampling), '{:.2f}x')}"
-        )
+        for name in ("staged", "staged3"):
+            st = cells.get(name, {})
+            if not st:
+                continue
+            over_spec = st["tokens_per_s"] / sp["tokens_per_s"] if sp and sp["tokens_per_s"] else None
+            lines.append(
+                f"{name} speedup, {sampling_label(sampling)}: {_f(st.get('speedup_mean'), '{:.2f}x')} mean over prompts "
+                f"(pooled {_f(st.get('speedup_pooled'), '{:.2f}x')}; {_f(over_spec, '{:.2f}x')} over speculative)"
+                f"  | paper {_f(PAPER['staged_speedup'].get(sampling), '{:.2f}x')}"
+            )
     return "\n".join(lines)
 
 
@@ -165,7 +168,7 @@ def write_png(path: Path, summary: dict, title: str = "") -> Path | None:
         key = "staged" if "staged" in cells else next(m for m in _ordered(cells) if m != "baseline")
         order = sorted(cells[key]["speedup_per_prompt"], key=lambda p: cells[key]["speedup_per_prompt"][p])
         x = range(len(order))
-        for method, style in (("speculative", "s-"), ("staged", "o-")):
+        for method, style in (("speculative", "s-"), ("staged", "o-"), ("staged3", "^-")):
             if method in cells:
                 sp = cells[method]["speedup_per_prompt"]
                 ax.plot(x, [sp.get(p, float("nan")) for p in order], style, ms=3, label=method)

@@ -118,12 +118,21 @@ class DecodeState:
         return len(self.tokens) - self.n_prompt
 
 
-# Untuned defaults per sampling mode (what `stagedx tune` chose on a 2-core CPU for the
-# vendored pair). Greedy: acceptance runs deep, so a deep, thin tree. Sampling (top-k 50,
-# T=1): acceptance beyond depth 2 is rare, so a small, shallow tree and one small draft call.
-DEFAULT_TREES = {
+# Trees that always run all three stages (draft2 -> draft -> oracle): the best such shapes
+# measured on a 2-core CPU for the vendored pair. Greedy acceptance runs deep (deep, thin
+# tree); sampled (top-k 50, T=1) acceptance rarely passes depth 2 (small, shallow tree).
+THREE_STAGE_TREES = {
     "greedy": TreeConfig(),
     "sample": TreeConfig(budget=6, max_depth=3, fanouts=(4, 2, 1), draft_calls=1, draft_batch=16),
+}
+# Untuned defaults: the fastest shapes measured on the default backend (ONNX Runtime, 2-core
+# CPU) for the vendored pair. There a draft call costs ~1.5 ms inside the loop against ~3.6
+# ms for the oracle, and draft2's proposals (n-gram + prompt lookup, ~0.05 ms) are accepted
+# about as often, so draft2 feeds the oracle directly (draft_calls=0). `stagedx tune` redoes
+# this choice for each device, backend and thread count.
+DEFAULT_TREES = {
+    "greedy": TreeConfig(budget=16, max_depth=15, fanouts=(2,) + (1,) * 14, draft_calls=0),
+    "sample": TreeConfig(budget=3, max_depth=3, fanouts=(3,), draft_calls=0),
 }
 
 
@@ -185,7 +194,8 @@ class Generator:
 
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128, **options) -> GenerationResult:
         """Options: sampling ("greedy", "topk:50", SamplingConfig), seed, stop, strategy,
-        ignore_eos, truncate (drop the prompt's start when it does not fit)."""
+        ignore_eos, truncate (drop the prompt's start when it does not fit), tree (a
+        TreeConfig for this call only)."""
         req = self._request(prompt, max_new_tokens, **options)
         st = self._start(req)
         for _ in self._rounds(req, st):
@@ -209,7 +219,7 @@ class Generator:
 
     # -- request set-up ------------------------------------------------------------------
     def _request(self, prompt, max_new_tokens, sampling="greedy", seed=None, stop=(), strategy=None,
-                 ignore_eos=False, truncate=False) -> Request:  # fmt: skip
+                 ignore_eos=False, truncate=False, tree=None) -> Request:  # fmt: skip
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else np.asarray(list(prompt), np.int64)
         if ids.size == 0:
             raise StagedxError("empty prompt: give at least one token")
@@ -230,7 +240,7 @@ class Generator:
             raise StagedxError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
         stop = (stop,) if isinstance(stop, str) else tuple(s for s in stop if s)
         return Request(ids.astype(np.int64), int(max_new_tokens), cfg, seed, stop, strategy, bool(ignore_eos),
-                       self.tree_for(cfg))  # fmt: skip
+                       tree or self.tree_for(cfg))  # fmt: skip
 
     def _start(self, req: Request) -> DecodeState:
         """Reset both caches and prefill the oracle with every prompt token but the last."""

@@ -13,6 +13,7 @@ import pytest
 
 from stagedx.errors import StagedxError
 from stagedx.runtime import Generator, SamplingConfig, TreeConfig
+from stagedx.runtime.generator import THREE_STAGE_TREES
 from stagedx.runtime.runner import FETCH_LOGITS, chain_mask
 from stagedx.runtime.sampling import warp
 from stagedx.runtime.tree import ancestor_mask
@@ -35,11 +36,20 @@ def top2_margin(gen: Generator, ids: list) -> float:
     return float(v[0] - v[1])
 
 
-def assert_same_greedy(gen: Generator, prompt, n: int, strategies=("speculative", "staged")) -> dict:
+# "staged" uses the default tree (on CPU: draft2 feeds the oracle), "staged3" forces all
+# three stages (draft2 -> draft -> oracle).
+VARIANTS = {
+    "speculative": {"strategy": "speculative"},
+    "staged": {"strategy": "staged"},
+    "staged3": {"strategy": "staged", "tree": THREE_STAGE_TREES["greedy"]},
+}
+
+
+def assert_same_greedy(gen: Generator, prompt, n: int, strategies=tuple(VARIANTS)) -> dict:
     base = gen.generate(prompt, n, strategy="baseline", ignore_eos=True)
     results = {"baseline": base}
     for strategy in strategies:
-        res = gen.generate(prompt, n, strategy=strategy, ignore_eos=True)
+        res = gen.generate(prompt, n, ignore_eos=True, **VARIANTS[strategy])
         results[strategy] = res
         if res.tokens != base.tokens:
             i = next(k for k, (a, b) in enumerate(zip(res.tokens, base.tokens)) if a != b)
@@ -63,7 +73,7 @@ def test_greedy_identical_to_baseline(bundle, request):
             toks[name] += res.stats.new_tokens
     assert calls["baseline"] == toks["baseline"]  # one token per oracle call
     if bundle == "self_draft_bundle":  # the draft is the oracle: long runs are accepted
-        assert toks["staged"] / calls["staged"] > 2.0
+        assert toks["staged3"] / calls["staged3"] > 2.0
         assert toks["speculative"] / calls["speculative"] > 2.0
 
 
@@ -71,15 +81,18 @@ def test_greedy_identical_on_the_vendored_pair(pair_bundle):
     gen = Generator(pair_bundle, device="cpu", threads=1)
     for prompt in PROMPTS[:3]:
         res = assert_same_greedy(gen, prompt, 48)
-        st = res["staged"].stats
-        assert sum(st.accepted_by_stage.values()) == st.new_tokens
-        assert sum(st.accepted_by_depth) + st.accepted_by_stage["oracle"] == st.new_tokens
+        for name in ("staged", "staged3"):
+            st = res[name].stats
+            assert sum(st.accepted_by_stage.values()) == st.new_tokens
+            assert sum(st.accepted_by_depth) + st.accepted_by_stage["oracle"] == st.new_tokens
+            assert st.tokens_per_oracle_call > 1.5  # the pair's greedy text repeats: runs are accepted
 
 
 def test_budgets_and_depths_keep_greedy_exact(self_draft_bundle):
     gen = Generator(self_draft_bundle, device="cpu", threads=1)
     for tree in (TreeConfig(budget=1, max_depth=1), TreeConfig(budget=40, max_depth=12, draft_calls=5),
-                 TreeConfig(budget=8, fanouts=(), draft_calls=4)):  # fmt: skip
+                 TreeConfig(budget=8, fanouts=(), draft_calls=4), TreeConfig(budget=0),
+                 TreeConfig(budget=6, fanouts=(3, 1), draft_calls=0)):  # fmt: skip
         gen.tree = tree
         assert_same_greedy(gen, PROMPTS[2], 30)
 
@@ -112,11 +125,13 @@ def exact_joint3(gen: Generator, prompt: np.ndarray, eps: float = 1e-4) -> dict:
     return law
 
 
-def joint_counts(gen: Generator, prompt: np.ndarray, strategy: str, seed0: int) -> Counter:
+def joint_counts(gen: Generator, prompt: np.ndarray, strategy: str, seed0: int, accepted: Counter | None = None) -> Counter:
     counts = Counter()
     for i in range(N_DRAWS):
         res = gen.generate(prompt, 3, sampling=SAMPLING, seed=seed0 + i, strategy=strategy, ignore_eos=True)
         counts[tuple(res.tokens)] += 1
+        if accepted is not None:
+            accepted.update(res.stats.accepted_by_stage)
     return counts
 
 
@@ -132,11 +147,19 @@ def small_vocab(small_vocab_bundle):
     return gen, prompt, exact_joint3(gen, prompt)
 
 
-@pytest.mark.parametrize("strategy", ["staged", "speculative", "baseline"])
-def test_sampled_joint_law_matches_the_oracle(small_vocab, strategy):
+@pytest.mark.parametrize("strategy,tree", [
+    ("staged", TreeConfig(budget=12, max_depth=4)),  # draft2 -> draft -> oracle
+    ("staged", TreeConfig(budget=6, max_depth=3, fanouts=(3, 2), draft_calls=0)),  # draft2 -> oracle
+    ("speculative", None),
+    ("baseline", None),
+])  # fmt: skip
+def test_sampled_joint_law_matches_the_oracle(small_vocab, strategy, tree):
     gen, prompt, law = small_vocab
-    gen.tree = TreeConfig(budget=12, max_depth=4)
-    assert pvalue(joint_counts(gen, prompt, strategy, 1000), law) > 1e-3
+    gen.tree = tree
+    accepted = Counter()
+    assert pvalue(joint_counts(gen, prompt, strategy, 1000, accepted), law) > 1e-3
+    if strategy != "baseline":  # speculated tokens were accepted: the accept path ran
+        assert accepted["draft"] + accepted["draft2"] > 0.02 * N_DRAWS
 
 
 def test_negative_control_biased_verifier_is_detected(small_vocab, monkeypatch):
