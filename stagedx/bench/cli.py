@@ -21,7 +21,7 @@ def _csv(value: str) -> tuple:
 @click.option("--max-new-tokens", type=int, default=128, show_default=True, help="fixed new tokens per run (EOS ignored)")
 @click.option("--repeats", type=int, default=1, show_default=True, help="interleaved repeats of the whole schedule")
 @click.option("--warmup", type=int, default=1, show_default=True, help="unrecorded warm-up runs per method and sampling")
-@click.option("--methods", default="baseline,speculative,staged", show_default=True)
+@click.option("--methods", default="baseline,speculative,staged,staged3", show_default=True)
 @click.option("--sampling", "samplings", default="greedy,topk:50", show_default=True, help="comma-separated sampling modes")
 @click.option("--threads", type=int, default=2, show_default=True, help="threads for every backend (pinned, recorded)")
 @click.option("--device", default="auto", show_default=True)
