@@ -141,6 +141,7 @@ def clean(obj):
 def write_json(path: Path, result: dict) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=".bench.", suffix=".json", dir=path.parent)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
     with os.fdopen(fd, "w") as f:
         json.dump(clean(result), f, indent=1, allow_nan=False)
         f.write("\n")

@@ -95,15 +95,22 @@ def generate(bundle, prompt, strategy, sampling, temperature, max_new_tokens, se
 
 def _compare(gen, prompt, max_new_tokens, opts) -> None:
     """Warm up, then run each strategy on the same prompt; greedy outputs must be identical."""
+    from .generator import THREE_STAGE_TREES, sampling_mode
+
     gen.generate(prompt, 8, **{**opts, "strategy": "staged"})
-    results = {}
-    for strategy in ("baseline", "speculative", "staged"):
-        results[strategy] = gen.generate(prompt, max_new_tokens, **{**opts, "strategy": strategy})
+    variants = {
+        "baseline": {"strategy": "baseline"},
+        "speculative": {"strategy": "speculative"},
+        "staged": {"strategy": "staged"},  # the tuned (else default) tree for this device
+        "staged3": {"strategy": "staged", "tree": THREE_STAGE_TREES[sampling_mode(opts["sampling"])]},
+    }
+    results = {name: gen.generate(prompt, max_new_tokens, **opts, **v) for name, v in variants.items()}
     base = results["baseline"]
     click.echo(f"device: {gen.device} ({gen.backend}), sampling {opts['sampling'].label}, tree {gen.tree_for(opts['sampling'])}")
     for name, res in results.items():
         speed = base.stats.time_s["total"] / max(res.stats.time_s["total"], 1e-9)
-        click.echo(f"{_stats_line(res)}  speedup x{speed:.2f}")
+        click.echo(f"{name:<12}{_stats_line(res)}  speedup x{speed:.2f}")
+    click.echo("(staged: tuned or default tree for this device; staged3: always draft2 -> draft -> oracle)")
     if opts["sampling"].greedy:
         same = all(r.tokens == base.tokens for r in results.values())
         click.echo("greedy outputs identical to baseline: " + ("yes" if same else "NO"))
