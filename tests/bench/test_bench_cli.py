@@ -76,7 +76,7 @@ def test_bench_end_to_end(tiny_bundle, tmp_path):
     assert set(env["versions"]) >= {"python", "numpy", "onnxruntime", "stagedx"}
     assert data["config"]["prompt_ids"] == ["HumanEval/0", "HumanEval/1"]
     recs = data["records"]
-    assert len(recs) == 3 * 2 * 2 * 2  # methods x samplings x prompts x repeats
+    assert len(recs) == 4 * 2 * 2 * 2  # methods (baseline, speculative, staged, staged3) x samplings x prompts x repeats
     assert all(r["new_tokens"] == NEW and r["finish_reason"] == "length" for r in recs)
     # the same seed for every method on one (prompt, repeat); greedy runs agree on nothing random
     seeds = {(r["prompt_index"], r["repeat"]): set() for r in recs}
