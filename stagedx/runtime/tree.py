@@ -79,13 +79,3 @@ def select_best_first(
     par = parent[picked]
     batch_parents = np.where(par < 0, 0, slot[np.maximum(par, 0)]).astype(np.int32)
     return Selection(picked, batch_parents)
-
-
-def children_of(parents: np.ndarray, node: int) -> np.ndarray:
-    return np.flatnonzero(parents == node)
-
-
-def find_child(parents: np.ndarray, tokens: np.ndarray, node: int, token: int) -> int:
-    """Index of the child of ``node`` carrying ``token``, or -1."""
-    hit = np.flatnonzero((parents == node) & (tokens == token))
-    return int(hit[0]) if hit.size else -1

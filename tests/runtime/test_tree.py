@@ -2,7 +2,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stagedx.runtime.tree import ancestor_mask, depths, find_child, is_valid_tree, select_best_first
+from stagedx.runtime.tree import ancestor_mask, depths, is_valid_tree, select_best_first
 
 
 @st.composite
@@ -69,10 +69,3 @@ def test_best_first_skips_infinite_and_orphans():
     logcum = np.array([-np.inf, -0.1, -0.5])
     sel = select_best_first(logcum, parents, np.array([1, 2, 1]), 3)
     assert sel.index.tolist() == [2]
-
-
-def test_find_child():
-    parents = np.array([-1, 0, 0, 1])
-    tokens = np.array([5, 7, 8, 9])
-    assert find_child(parents, tokens, 0, 8) == 2
-    assert find_child(parents, tokens, 1, 8) == -1
