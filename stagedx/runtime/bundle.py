@@ -35,7 +35,7 @@ def make_runner(
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     kind, index = parse_device(device)
-    if kind == "tensorrt" and has_engine(manifest, role):
+    if _use_engines(manifest, kind):
         return _trt_runner(bundle_dir, manifest, role, max_context, index)
     from .ort_runner import OrtRunner  # noqa: PLC0415 - keeps `import stagedx.runtime` light
 
@@ -47,6 +47,23 @@ def make_runner(
         max_context=max_context,
         reserved_slots=manifest.reserved_slots("onnxruntime"),
     )
+
+
+def _use_engines(manifest: Manifest, kind: str) -> bool:
+    """TensorRT engines run both models or neither: ``tensorrt`` uses them when the bundle has
+    engines (else ONNX Runtime's TensorRT EP), ``auto`` when they are usable on this machine."""
+    built = [r for r in ROLES if has_engine(manifest, r)]
+    if kind not in ("tensorrt", "auto") or not built:
+        return False
+    if len(built) != len(ROLES):
+        raise StagedxError(f"the bundle has TensorRT engines for {', '.join(built)} only: rerun stagedx build-engine")
+    if kind == "tensorrt":
+        return True
+    try:
+        from .trt_runner import tensorrt_unusable  # noqa: PLC0415 - TensorRT is optional
+    except ImportError:
+        return False
+    return tensorrt_unusable(manifest) is None
 
 
 def _trt_runner(bundle_dir, manifest: Manifest, role: str, max_context: int | None, index: int):

@@ -136,6 +136,15 @@ DEFAULT_TREES = {
 }
 
 
+def fit_tree(tree: OracleTree, rows: int) -> OracleTree:
+    """Near the context limit a wide tree may not fit the oracle's free KV rows (the TensorRT
+    runner writes every new row into its cache): keep its first ``rows`` nodes, which is
+    still a tree because parents come before children."""
+    if len(tree.tokens) <= rows:
+        return tree
+    return OracleTree(tree.tokens[:rows], tree.parents[:rows], tree.depth[:rows], tree.source[:rows])
+
+
 def sampling_mode(cfg: SamplingConfig) -> str:
     return "greedy" if cfg.greedy else "sample"
 
@@ -208,14 +217,20 @@ class Generator:
         req = self._request(prompt, max_new_tokens, **options)
         st = self._start(req)
         decoder = StreamDecoder(self.tokenizer)
+        # a stop string may begin in text already decoded: hold back its length minus one
+        hold = max((len(s) for s in req.stop), default=1) - 1
+        text, sent = "", 0
         for kept in self._rounds(req, st):
-            piece = decoder.push(kept)
-            if piece:
-                yield piece
-        tail = decoder.flush()
-        if tail:
-            yield tail
+            if st.finish == "eos":
+                kept = kept[:-1]  # the EOS token is not text
+            text += decoder.push(kept)
+            if st.finish is None and len(text) - hold > sent:
+                yield text[sent : len(text) - hold]
+                sent = len(text) - hold
         self.last_result = self._result(req, st)
+        final = self.last_result.text  # cut before a stop string, without EOS
+        if len(final) > sent:
+            yield final[sent:]
 
     # -- request set-up ------------------------------------------------------------------
     def _request(self, prompt, max_new_tokens, sampling="greedy", seed=None, stop=(), strategy=None,
@@ -267,6 +282,7 @@ class Generator:
                 st.finish = "context"
                 break
             tree, draft_path = self._propose(req, st, limit)
+            tree = fit_tree(tree, self.context_limit - n + 1)  # the oracle's free KV rows
             t0 = time.perf_counter()
             fetch = (FETCH_TOPK,) if req.sampling.greedy else (FETCH_LOGITS,)
             out = self.oracle.run(tree.tokens, n - 1 + tree.depth, ancestor_mask(tree.parents), fetch)
@@ -366,7 +382,7 @@ class Generator:
         done = self.tokenizer.decode(st.tokens[st.n_prompt :])
         for j in range(1, keep + 1):
             text = self.tokenizer.decode(st.tokens[st.n_prompt :] + emitted[:j].tolist())
-            if any(stop in text[max(0, len(done) - len(stop)) :] for stop in req.stop):
+            if any(stop in text[max(0, len(done) - len(stop) + 1) :] for stop in req.stop):
                 return j, True
         return keep, False
 

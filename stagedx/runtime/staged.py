@@ -89,10 +89,12 @@ def grow_draft_tree(
     depth0 = 0  # depth of the chain end below the root
     while True:
         t0 = time.perf_counter()
-        context = np.concatenate([history, np.asarray(tree.path, np.int64)])
-        room = max(0, depth_limit - depth0)  # draft2 may propose this many levels
-        cand, cpar = draft2.propose_tree(context, cfg.fanouts[:room]) if room else (np.zeros(0, np.int64), np.zeros(0, np.int32))
-        keep = max(0, cfg.draft_batch - len(chain))
+        # draft2 proposes the successors of the chain's end: history, the path, then g
+        below = chain[-1:] if root_parent >= 0 else chain[:0]
+        context = np.concatenate([history, np.asarray(tree.path, np.int64), below])
+        levels = max(0, depth_limit - depth0)  # draft2 may propose this many levels
+        cand, cpar = draft2.propose_tree(context, cfg.fanouts[:levels]) if levels else (np.zeros(0, np.int64), np.zeros(0, np.int32))
+        keep = max(0, min(cfg.draft_batch, draft.max_context - draft.length) - len(chain))
         cand, cpar = cand[:keep], cpar[:keep]  # a prefix keeps parents before children
         t1 = time.perf_counter()
         tokens, parents = _batch(chain, cand, cpar)

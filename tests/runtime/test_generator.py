@@ -250,6 +250,36 @@ def test_stream_equals_generate(tiny_bundle):
     assert gen.last_result.tokens == res.tokens
 
 
+def test_stream_drops_eos_and_honours_stop_strings(self_draft_bundle):
+    gen = Generator(self_draft_bundle, device="cpu", threads=1)
+    full = gen.generate(PROMPTS[1], 12, ignore_eos=True)
+    gen.eos = full.tokens[3]  # EOS inside an accepted run
+    res = gen.generate(PROMPTS[1], 12)
+    assert "".join(gen.stream(PROMPTS[1], 12)) == res.text and res.finish_reason == "eos"
+    gen.eos = 0
+    long = gen.generate(PROMPTS[0], 24, ignore_eos=True)
+    stop = long.text[9:13]
+    res = gen.generate(PROMPTS[0], 24, stop=[stop], ignore_eos=True)
+    streamed = "".join(gen.stream(PROMPTS[0], 24, stop=[stop], ignore_eos=True))
+    assert streamed == res.text and stop not in streamed and res.finish_reason == "stop"
+
+
+def test_trees_fit_the_oracle_cache_near_the_context_limit(self_draft_bundle):
+    """A wide tree near the end must not ask the oracle for more KV rows than it has (the
+    TensorRT runner writes every new row into its cache)."""
+    gen = Generator(self_draft_bundle, device="cpu", threads=1, max_context=48)
+    run = gen.oracle.run
+
+    def checked_run(tokens, positions, mask, fetch=("topk",)):
+        assert gen.oracle.length + len(tokens) <= gen.context_limit
+        return run(tokens, positions, mask, fetch)
+
+    gen.oracle.run = checked_run
+    for tree in (TreeConfig(budget=40, max_depth=12, draft_calls=2), THREE_STAGE_TREES["greedy"]):
+        res = gen.generate(PROMPTS[2], 100, ignore_eos=True, tree=tree)
+        assert res.finish_reason == "context"
+
+
 def test_context_limit_stops_cleanly(tiny_bundle):
     gen = Generator(tiny_bundle, device="cpu", threads=1, max_context=40)
     res = gen.generate(PROMPTS[0], 100, ignore_eos=True)
