@@ -283,22 +283,27 @@ def _umask() -> int:
     return mask
 
 
-def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> Path:
-    """Write ``manifest.json`` into ``folder`` atomically (temp file + rename)."""
-    folder = Path(folder)
-    path = folder / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".json", dir=folder)
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder + rename: a
+    reader sees the old file or the new one, never half of one; a failure leaves nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a bundle is meant to be shared
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest.to_dict(), f, indent=2, sort_keys=False)
-            f.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; bundles and results are shared
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> Path:
+    """Write ``manifest.json`` into ``folder`` atomically."""
+    return write_atomic(Path(folder) / MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=2) + "\n")
 
 
 def update_manifest(bundle: str | os.PathLike, **changes: Any) -> Manifest:

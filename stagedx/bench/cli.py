@@ -35,6 +35,7 @@ def bench(bundle, prompts, limit, max_new_tokens, repeats, warmup, methods, samp
     from pathlib import Path
 
     from .bench import STAGEDX_METHODS, BenchConfig, BenchRequest, benchmark
+    from ..manifest import write_atomic
     from .report import render, write_json, write_png
 
     methods_t, samplings_t = _csv(methods), _csv(samplings)
@@ -74,7 +75,7 @@ def bench(bundle, prompts, limit, max_new_tokens, repeats, warmup, methods, samp
     text = render(result)
     click.echo(text)
     write_json(out / "bench.json", result)
-    (out / "bench.txt").write_text(text + "\n")
+    write_atomic(out / "bench.txt", text + "\n")
     png = write_png(out / "bench.png", result["summary"], title=f"stagedx bench ({result['environment']['device']})")
     click.echo(f"wrote {out / 'bench.json'}, {out / 'bench.txt'}" + (f", {png}" if png else ""), err=True)
 

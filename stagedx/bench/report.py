@@ -3,11 +3,12 @@ a PNG in the style of the paper's Figure 2."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
+
+from ..manifest import write_atomic
 
 PAPER = {
     "note": "Spector & Re 2023, GPT-2-L (762M) oracle, 40M draft, RTX 4090, HumanEval",
@@ -140,13 +141,7 @@ def clean(obj):
 
 def write_json(path: Path, result: dict) -> Path:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".bench.", suffix=".json", dir=path.parent)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-    with os.fdopen(fd, "w") as f:
-        json.dump(clean(result), f, indent=1, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, json.dumps(clean(result), indent=1, allow_nan=False) + "\n")
 
 
 def write_png(path: Path, summary: dict, title: str = "") -> Path | None:
@@ -183,6 +178,8 @@ def write_png(path: Path, summary: dict, title: str = "") -> Path | None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    write_atomic(path, buf.getvalue())
     plt.close(fig)
     return Path(path)

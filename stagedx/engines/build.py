@@ -8,14 +8,21 @@ Engines are written atomically into ``BUNDLE/engines/`` and recorded in the mani
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StagedxError
-from ..manifest import ROLES, Manifest, ModelEntry, load_manifest, sha256_file, update_manifest, utc_now
+from ..manifest import (
+    ROLES,
+    Manifest,
+    ModelEntry,
+    load_manifest,
+    sha256_file,
+    update_manifest,
+    utc_now,
+    write_atomic,
+)
 from ..runtime.trt_runner import GpuInfo, gpu_info, import_cudart, import_tensorrt
 from .profiles import ProfileSpec, check_spec, profile_shapes, shapes_as_dict
 
@@ -157,17 +164,3 @@ def _read_cache(path: Path) -> bytes:
         return b""
     except OSError as exc:
         raise StagedxError(f"cannot read timing cache {path}: {exc}") from exc
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

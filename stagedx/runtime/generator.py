@@ -19,6 +19,7 @@ Who owns what during one ``generate`` call (see also docs/design.md):
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +169,7 @@ class Generator:
         threads: int | None = None,
         tree: TreeConfig | None = None,
         max_context: int | None = None,
+        tree_budget: int | None = None,
     ):
         if strategy not in STRATEGIES:
             raise StagedxError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
@@ -182,6 +184,7 @@ class Generator:
         self.tuning_key = f"{self.device}|{self.backend}|{self.threads}"
         self.tuned = find_tuning(self.manifest.tuning, self.device, self.backend, self.threads)
         self.tree = tree  # an explicit tree overrides the tuned / default one for every mode
+        self.tree_budget = tree_budget  # only the oracle's node budget, over whichever tree
         m = self.manifest
         self.context_limit = min(
             m.oracle.arch.max_positions, m.draft.arch.max_positions, self.oracle.max_context, self.draft.max_context
@@ -194,12 +197,14 @@ class Generator:
     # -- public API ----------------------------------------------------------------------
     def tree_for(self, sampling: SamplingConfig) -> TreeConfig:
         """The tree shape used for this sampling mode: explicit, else tuned, else default."""
-        if self.tree is not None:
-            return self.tree
         mode = sampling_mode(sampling)
-        if mode in self.tuned:
-            return TreeConfig.from_dict(self.tuned[mode])
-        return DEFAULT_TREES[mode]
+        if self.tree is not None:
+            tree = self.tree
+        elif mode in self.tuned:
+            tree = TreeConfig.from_dict(self.tuned[mode])
+        else:
+            tree = DEFAULT_TREES[mode]
+        return tree if self.tree_budget is None else dataclasses.replace(tree, budget=self.tree_budget)
 
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128, **options) -> GenerationResult:
         """Options: sampling ("greedy", "topk:50", SamplingConfig), seed, stop, strategy,

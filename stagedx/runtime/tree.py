@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NEG_INF = -np.inf
-
 
 def depths(parents: np.ndarray) -> np.ndarray:
     """[N] int: 0 for root-level nodes, depth(parent) + 1 otherwise."""

@@ -312,3 +312,11 @@ def test_runtime_generates_without_torch(tiny_bundle):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report == {"n": 8, "mods": []}
+
+
+def test_tree_budget_applies_to_every_mode(tiny_bundle):
+    gen = Generator(tiny_bundle, device="cpu", threads=1, tree_budget=5)
+    for spec in ("greedy", "topk:50"):
+        assert gen.tree_for(SamplingConfig.parse(spec)).budget == 5
+    res = gen.generate(PROMPTS[0], 10, ignore_eos=True)
+    assert len(res.tokens) == 10
