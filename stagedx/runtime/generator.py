@@ -267,7 +267,8 @@ class Generator:
         t0 = time.perf_counter()
         self.oracle.truncate(0)
         self.draft.truncate(0)
-        stats = Stats(req.strategy, req.sampling.label, accepted_by_depth=[0] * (req.tree.max_depth + 1))
+        depth = max(req.tree.max_depth, req.tree.spec_k)
+        stats = Stats(req.strategy, req.sampling.label, accepted_by_depth=[0] * (depth + 1))
         st = DecodeState(req.prompt.tolist(), len(req.prompt), np.random.default_rng(req.seed), stats)
         n = len(req.prompt)
         if n > 1:
@@ -282,11 +283,11 @@ class Generator:
         s = st.stats
         while st.finish is None:
             n = len(st.tokens)
-            limit = min(req.tree.max_depth, self.context_limit - n)  # deepest node this round
-            if limit < 0:
+            room = self.context_limit - n  # deepest node the context allows this round
+            if room < 0:
                 st.finish = "context"
                 break
-            tree, draft_path = self._propose(req, st, limit)
+            tree, draft_path = self._propose(req, st, room)
             tree = fit_tree(tree, self.context_limit - n + 1)  # the oracle's free KV rows
             t0 = time.perf_counter()
             fetch = (FETCH_TOPK,) if req.sampling.greedy else (FETCH_LOGITS,)
@@ -301,14 +302,15 @@ class Generator:
         s.time_s["total"] = time.perf_counter() - t_start + s.time_s["prefill"]
         s.time_s["other"] = s.time_s["total"] - sum(s.time_s[k] for k in ("prefill", "draft2", "draft", "oracle"))
 
-    def _propose(self, req: Request, st: DecodeState, limit: int) -> tuple[OracleTree, list]:
+    def _propose(self, req: Request, st: DecodeState, room: int) -> tuple[OracleTree, list]:
         """Returns the tree for the oracle and the draft's speculative path (tokens below the root)."""
         history = np.asarray(st.tokens, np.int64)
-        if req.strategy == "baseline" or limit == 0 or req.tree.budget == 0:
-            return root_only(st.tokens[-1]), []
-        if req.strategy == "speculative":
-            drafted = self._draft_chain(req, st, history, min(req.tree.spec_k, limit))
+        if req.strategy == "speculative" and min(req.tree.spec_k, room) > 0:
+            drafted = self._draft_chain(req, st, history, min(req.tree.spec_k, room))
             return chain_tree(np.concatenate([history[-1:], drafted])), drafted.tolist()[:-1]
+        limit = min(req.tree.max_depth, room)
+        if req.strategy != "staged" or limit == 0 or req.tree.budget == 0:
+            return root_only(st.tokens[-1]), []
         if req.tree.draft_calls == 0:
             t0 = time.perf_counter()
             tree = draft2_tree(self.draft2, history, req.tree, limit)

@@ -320,3 +320,11 @@ def test_tree_budget_applies_to_every_mode(tiny_bundle):
         assert gen.tree_for(SamplingConfig.parse(spec)).budget == 5
     res = gen.generate(PROMPTS[0], 10, ignore_eos=True)
     assert len(res.tokens) == 10
+
+
+def test_speculative_chain_length_is_spec_k_whatever_the_tree_depth(self_draft_bundle):
+    gen = Generator(self_draft_bundle, device="cpu", threads=1)
+    res = gen.generate(PROMPTS[1], 30, ignore_eos=True, strategy="speculative",
+                       tree=TreeConfig(max_depth=2, spec_k=5))  # fmt: skip
+    assert res.stats.draft_calls == 5 * res.stats.oracle_calls
+    assert res.stats.accepted_by_depth[4] > 0  # the oracle accepted 5-token chains
