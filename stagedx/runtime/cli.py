@@ -58,10 +58,13 @@ def _stats_line(res) -> str:
 @click.option("--truncate", is_flag=True, help="keep the end of a prompt longer than the context")
 @click.option("--stats", is_flag=True, help="print decoding statistics to stderr")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object (text, tokens, stats) instead of streaming")
-@click.option("--compare", is_flag=True, help="run baseline, speculative and staged on the prompt and compare")
+@click.option("--compare", is_flag=True,
+              help="run baseline, speculative, staged and staged3 (always three stages) on the prompt and compare")
 def generate(bundle, prompt, strategy, sampling, temperature, max_new_tokens, seed, stop, threads, device,
              tree_budget, max_depth, fanouts, draft_calls, ignore_eos, truncate, stats, as_json, compare):  # fmt: skip
-    """Generate a continuation of PROMPT with the bundle's models."""
+    """Generate a continuation of PROMPT with the bundle's models (PROMPT "-" reads stdin)."""
+    if prompt == "-":
+        prompt = sys.stdin.read()
     from .generator import Generator
     from .ort_runner import process_owner_thread_pool
     from .sampling import SamplingConfig
