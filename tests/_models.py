@@ -112,3 +112,58 @@ def make_gpt2_checkpoint(
             write_char_tokenizer(path, vocab_size)
     model.eval().save_pretrained(path)
     return path
+
+
+def _randomise_llama(model, weight_scale: float, seed: int) -> None:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if name.endswith("norm.weight"):  # RMSNorm gains
+                p.copy_(1.0 + 0.2 * noise)
+            else:  # weights and (attention_bias / mlp_bias) biases
+                p.copy_(0.02 * weight_scale * noise)
+
+
+def make_llama_checkpoint(
+    path,
+    *,
+    n_layer: int = 2,
+    hidden: int = 32,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    vocab="stdlib",
+    max_positions: int = 256,
+    seed: int = 0,
+    weight_scale: float = DEFAULT_WEIGHT_SCALE,
+    **config,
+) -> Path:
+    """Save a random ``LlamaForCausalLM`` + tokenizer.json at ``path`` and return it.
+
+    ``vocab`` as for :func:`make_gpt2_checkpoint`; ``config``: further ``LlamaConfig`` fields
+    (``tie_word_embeddings``, ``head_dim``, ``rope_theta``, ``attention_bias``, ``mlp_bias``,
+    ``intermediate_size``, ...). Tied embeddings by default, SwiGLU width 2 x hidden.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab_size = STDLIB_VOCAB if vocab == "stdlib" else int(vocab)
+    config = {"tie_word_embeddings": True, "intermediate_size": 2 * hidden, **config}
+    cfg = LlamaConfig(
+        num_hidden_layers=n_layer, hidden_size=hidden, num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads, vocab_size=vocab_size, max_position_embeddings=max_positions,
+        bos_token_id=0, eos_token_id=0, pad_token_id=None, **config,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    _randomise_llama(model, weight_scale, seed)
+    if vocab == "stdlib":
+        _copy_tokenizer(STDLIB_TOKENIZER_DIR, path)
+    else:
+        write_char_tokenizer(path, vocab_size)
+    model.eval().save_pretrained(path)
+    return path

@@ -2,9 +2,10 @@
 
 An entry (:class:`ArchSpec`) says which ``model_type`` values it covers, which transformers
 class loads the fp32 reference, how to read the graph dimensions off the config and how to
-build our own export module from the loaded weights. Adding the Llama family (RoPE, RMSNorm,
-GQA with ``n_kv_heads < n_heads``, SwiGLU) means writing ``llama.py`` with a
-``build_llama_graph`` and registering one more :class:`ArchSpec`; nothing else changes.
+build our own export module from the loaded weights. Two families are registered: GPT-2
+(``gpt2.py``) and Llama (``llama.py``: RoPE, RMSNorm, GQA with ``n_kv_heads < n_heads``, SwiGLU;
+rope_scaling variants are refused). Adding a family means writing ``<family>.py`` with a
+``build_<family>_graph`` and registering one more :class:`ArchSpec`; nothing else changes.
 
 Only :func:`load_reference` imports torch / transformers.
 """
@@ -64,6 +65,68 @@ def register(spec: ArchSpec) -> None:
 
 # gpt2, gpt2-medium/-large/-xl, distilgpt2 and the stdlib pair all have model_type "gpt2".
 register(ArchSpec("gpt2", ("gpt2",), "GPT2LMHeadModel", _gpt2_dims, _build_gpt2))
+
+
+def rope_type(cfg: dict) -> str:
+    """The RoPE variant a config.json dict asks for ("default" = plain RoPE)."""
+    for key in ("rope_scaling", "rope_parameters"):
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            return str(value)
+        kind = value.get("rope_type", value.get("type", "default"))
+        if kind != "default" or set(value) - {"rope_type", "type", "rope_theta"}:
+            return f"{key}={value}"
+    return "default"
+
+
+def rope_theta(cfg: dict) -> float:
+    """``rope_theta`` of a config.json dict (transformers 5 keeps it under rope_parameters)."""
+    if cfg.get("rope_theta") is not None:
+        return float(cfg["rope_theta"])
+    params = cfg.get("rope_parameters") or {}
+    return float(params.get("rope_theta", 10000.0))
+
+
+def check_rope(cfg: dict) -> None:
+    kind = rope_type(cfg)
+    if kind != "default":
+        raise StagedxError(f"unsupported Llama rope_scaling: {kind} (only plain RoPE is exported)")
+
+
+def _llama_dims(cfg: dict) -> ArchDims:
+    check_rope(cfg)
+    heads, hidden = int(cfg["num_attention_heads"]), int(cfg["hidden_size"])
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    if heads % kv_heads:
+        raise StagedxError(f"Llama config has num_attention_heads={heads} not a multiple of "
+                           f"num_key_value_heads={kv_heads}")
+    head_dim = cfg.get("head_dim")
+    if head_dim is None and hidden % heads:
+        raise StagedxError(f"Llama config has hidden_size={hidden} not divisible by "
+                           f"num_attention_heads={heads} and no head_dim")
+    return ArchDims(
+        family="llama",
+        n_layers=int(cfg["num_hidden_layers"]),
+        n_heads=heads,
+        n_kv_heads=kv_heads,
+        head_dim=int(head_dim) if head_dim is not None else hidden // heads,
+        hidden=hidden,
+        vocab_size=int(cfg["vocab_size"]),
+        max_positions=int(cfg["max_position_embeddings"]),
+    )
+
+
+def _build_llama(hf_model, topk: int, dtype):
+    from .llama import build_llama_graph
+
+    return build_llama_graph(hf_model, topk, dtype)
+
+
+# Llama 1/2/3 and look-alikes with model_type "llama" (plain RoPE only). Mistral is left out:
+# its sliding-window attention differs from full attention past the window.
+register(ArchSpec("llama", ("llama",), "LlamaForCausalLM", _llama_dims, _build_llama))
 
 
 def supported() -> str:

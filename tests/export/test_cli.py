@@ -71,13 +71,13 @@ def test_not_a_checkpoint(tiny_pair, tmp_path, monkeypatch, capsys):
 
 
 def test_unsupported_architecture_lists_the_supported_ones(tiny_pair, tmp_path, monkeypatch, capsys):
-    ck = tmp_path / "llama"
+    ck = tmp_path / "mamba"
     shutil.copytree(tiny_pair.oracle, ck)
     cfg = json.loads((ck / "config.json").read_text())
-    cfg["model_type"] = "llama"
+    cfg["model_type"] = "mamba"
     (ck / "config.json").write_text(json.dumps(cfg))
     code, _, err = run_main(monkeypatch, capsys, ["export", ck, "--draft", tiny_pair.draft, "-o", tmp_path / "b"])
-    assert_one_line_error(code, err, "unsupported architecture 'llama'", "gpt2")
+    assert_one_line_error(code, err, "unsupported architecture 'mamba'", "gpt2", "llama")
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
