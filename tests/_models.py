@@ -98,7 +98,7 @@ def make_gpt2_checkpoint(
         _perturb(model, perturb_scale, seed)
         _copy_tokenizer(Path(perturb_from), path)
     else:
-        vocab_size = STDLIB_VOCAB if vocab == "stdlib" else int(vocab)
+        vocab_size = _vocab_size(vocab)
         config = GPT2Config(
             n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size,
             n_positions=n_positions, bos_token_id=0, eos_token_id=0,
@@ -106,12 +106,21 @@ def make_gpt2_checkpoint(
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config)
         _randomise(model, weight_scale, seed)
-        if vocab == "stdlib":
-            _copy_tokenizer(STDLIB_TOKENIZER_DIR, path)
-        else:
-            write_char_tokenizer(path, vocab_size)
+        _write_tokenizer(path, vocab)
     model.eval().save_pretrained(path)
     return path
+
+
+def _vocab_size(vocab) -> int:
+    return STDLIB_VOCAB if vocab == "stdlib" else int(vocab)
+
+
+def _write_tokenizer(path: Path, vocab) -> None:
+    """The vendored stdlib tokenizer (``vocab="stdlib"``) or a char-level one of that size."""
+    if vocab == "stdlib":
+        _copy_tokenizer(STDLIB_TOKENIZER_DIR, path)
+    else:
+        write_char_tokenizer(path, _vocab_size(vocab))
 
 
 def _randomise_llama(model, weight_scale: float, seed: int) -> None:
@@ -151,7 +160,7 @@ def make_llama_checkpoint(
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    vocab_size = STDLIB_VOCAB if vocab == "stdlib" else int(vocab)
+    vocab_size = _vocab_size(vocab)
     config = {"tie_word_embeddings": True, "intermediate_size": 2 * hidden, **config}
     cfg = LlamaConfig(
         num_hidden_layers=n_layer, hidden_size=hidden, num_attention_heads=n_heads,
@@ -161,9 +170,6 @@ def make_llama_checkpoint(
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     _randomise_llama(model, weight_scale, seed)
-    if vocab == "stdlib":
-        _copy_tokenizer(STDLIB_TOKENIZER_DIR, path)
-    else:
-        write_char_tokenizer(path, vocab_size)
+    _write_tokenizer(path, vocab)
     model.eval().save_pretrained(path)
     return path

@@ -98,8 +98,9 @@ def grow_draft_tree(
         cand, cpar = cand[:keep], cpar[:keep]  # a prefix keeps parents before children
         t1 = time.perf_counter()
         tokens, parents = _batch(chain, cand, cpar)
-        positions = draft.length + depths(parents)
-        out = draft.run(tokens, positions, ancestor_mask(parents))
+        mask = ancestor_mask(parents)  # [T, T]
+        positions = draft.length + mask.sum(axis=1) - 1  # depth = ancestors in the batch
+        out = draft.run(tokens, positions, mask)
         t2 = time.perf_counter()
         tree.time_draft2 += t1 - t0
         tree.time_draft += t2 - t1

@@ -20,6 +20,7 @@ from stagedx.export.verify import (
 )
 from stagedx.manifest import load_manifest
 from tests._models import make_llama_checkpoint
+from tests.export._chain import whole_and_split
 
 # The draft exercises the other options: untied head, head_dim from config (16 != 32 / 4),
 # one KV head, attention and MLP biases, a different rope_theta.
@@ -128,21 +129,8 @@ def test_cached_keys_are_rotated_once(llama_bundle, llama_refs):
     returned keys equal transformers' cache, which holds keys after RoPE."""
     model, dims = llama_refs["oracle"]
     ids = np.random.default_rng(0).integers(0, dims.vocab_size, 9)
-    onnx_file = llama_bundle / "oracle.onnx"
-    empty = np.zeros((0, dims.n_kv_heads, dims.head_dim), np.float32)  # [0, H_kv, D]
-
-    def feeds(tokens, start, past):
-        t = len(tokens)
-        mask = np.concatenate([np.ones((t, start), bool), np.tril(np.ones((t, t), bool))], 1)
-        f = {"input_ids": tokens, "position_ids": np.arange(start, start + t), "tree_mask": mask}
-        for i in range(dims.n_layers):
-            f[f"past_key.{i}"], f[f"past_value.{i}"] = past.get(i, (empty, empty))
-        return f
-
-    whole = run_onnx(onnx_file, feeds(ids, 0, {}))
-    first = run_onnx(onnx_file, feeds(ids[:5], 0, {}))
-    past = {i: (first[f"new_key.{i}"], first[f"new_value.{i}"]) for i in range(dims.n_layers)}
-    second = run_onnx(onnx_file, feeds(ids[5:], 5, past))
+    kv_shape = (dims.n_kv_heads, dims.head_dim)
+    whole, second = whole_and_split(llama_bundle / "oracle.onnx", ids, dims.n_layers, kv_shape, cut=5)
     assert rel_error(second["logits"], whole["logits"][5:]) < 1e-5
     case = random_tree(dims.vocab_size, 9, 1, seed=0)
     ref = reference_outputs(model, type(case)(ids, case.tokens, case.parents), dims.n_layers)

@@ -15,6 +15,7 @@ from stagedx.export.verify import (
     run_onnx,
 )
 from stagedx.manifest import load_manifest
+from tests.export._chain import whole_and_split
 
 
 @pytest.fixture(scope="module")
@@ -70,21 +71,8 @@ def test_new_kv_continues_the_past(tiny_bundle, oracle_ref):
     model, dims = oracle_ref
     rng = np.random.default_rng(0)
     ids = rng.integers(0, dims.vocab_size, 9)
-    onnx_file = tiny_bundle / "oracle.onnx"
-    empty = np.zeros((0, dims.n_heads, dims.head_dim), np.float32)
-
-    def feeds(tokens, start, past):
-        t = len(tokens)
-        mask = np.concatenate([np.ones((t, start), bool), np.tril(np.ones((t, t), bool))], 1)
-        f = {"input_ids": tokens, "position_ids": np.arange(start, start + t), "tree_mask": mask}
-        for i in range(dims.n_layers):
-            f[f"past_key.{i}"], f[f"past_value.{i}"] = past.get(i, (empty, empty))
-        return f
-
-    whole = run_onnx(onnx_file, feeds(ids, 0, {}))
-    first = run_onnx(onnx_file, feeds(ids[:5], 0, {}))
-    past = {i: (first[f"new_key.{i}"], first[f"new_value.{i}"]) for i in range(dims.n_layers)}
-    second = run_onnx(onnx_file, feeds(ids[5:], 5, past))
+    kv_shape = (dims.n_heads, dims.head_dim)
+    whole, second = whole_and_split(tiny_bundle / "oracle.onnx", ids, dims.n_layers, kv_shape, cut=5)
     assert rel_error(second["logits"], whole["logits"][5:]) < 1e-5
 
 
