@@ -28,8 +28,9 @@ def _register() -> None:
     from .engines import cli as engines_cli
     from .export import cli as export_cli
     from .runtime import cli as runtime_cli
+    from .serve import cli as serve_cli
 
-    for module in (export_cli, engines_cli, runtime_cli, bench_cli):
+    for module in (export_cli, engines_cli, runtime_cli, bench_cli, serve_cli):
         for command in module.COMMANDS:
             cli.add_command(command)
 

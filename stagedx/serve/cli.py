@@ -1,0 +1,100 @@
+"""``stagedx serve``: load a bundle and serve the OpenAI API on it (uvicorn + Starlette)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+from pathlib import Path
+
+import click
+
+from ..errors import StagedxError
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind and listen before the server starts, so that ``--port 0`` can report its port."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StagedxError(f"cannot resolve --host {host!r}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise StagedxError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+@contextlib.contextmanager
+def _signals_end_cleanly():
+    """uvicorn shuts down gracefully on SIGTERM / SIGINT, then re-raises the signal so the
+    previous handler runs; make that handler a no-op so that a requested stop exits 0."""
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@click.command("serve")
+@click.argument("bundle", type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind (loopback unless you say otherwise)")
+@click.option("--port", type=int, default=8000, show_default=True, help="TCP port (0: any free port, printed at start)")
+@click.option("--api-key", default=None, envvar="STAGEDX_API_KEY",
+              help="require 'Authorization: Bearer KEY' on every endpoint but /health (or set STAGEDX_API_KEY)")
+@click.option("--max-queue", type=int, default=16, show_default=True, help="requests that may wait for the decode slot")
+@click.option("--timeout", "timeout_s", type=float, default=300.0, show_default=True,
+              help="seconds a request may take, queue wait included")
+@click.option("--grace", "grace_s", type=float, default=10.0, show_default=True,
+              help="on SIGTERM/SIGINT: seconds in-flight requests may run on before they are cancelled")
+@click.option("--model-name", default=None, help="the model id clients pass (default: the bundle folder's name)")
+@click.option("--strategy", type=click.Choice(["staged", "speculative", "baseline"]), default="staged", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | tensorrt")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+@click.option("--access-log", is_flag=True, help="log every request to stderr")
+def serve(bundle, host, port, api_key, max_queue, timeout_s, grace_s, model_name, strategy, device, threads, access_log):  # fmt: skip
+    """Serve BUNDLE over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions,
+    /v1/models, /health, /metrics), one decode at a time."""
+    if not 0 <= port <= 65535:
+        raise StagedxError(f"--port must lie in [0, 65535], got {port}")
+    if max_queue < 0 or timeout_s <= 0 or grace_s < 0:
+        raise StagedxError("--max-queue must be >= 0, --timeout > 0 and --grace >= 0")
+    if api_key is not None and not api_key.strip():
+        raise StagedxError("--api-key must not be empty")
+    try:
+        import uvicorn
+
+        from .app import ServeConfig, create_app
+    except ImportError as exc:
+        raise StagedxError(f"stagedx serve needs the 'serve' extra (pip install 'stagedx[serve]'): {exc}") from None
+    from ..runtime.generator import Generator
+    from ..runtime.ort_runner import process_owner_thread_pool
+
+    process_owner_thread_pool(threads)
+    gen = Generator(bundle, device=device, strategy=strategy, threads=threads)
+    gen.generate([gen.eos if gen.eos is not None else 0], 2)  # warm-up: the first request pays no set-up
+    name = model_name or Path(bundle).resolve().name
+    config = ServeConfig(model=name, api_key=api_key, max_queue=max_queue, timeout_s=timeout_s, grace_s=grace_s)
+    app = create_app(gen, config)
+    sock = _listen(host, port)
+    bound = sock.getsockname()[1]
+    uv = uvicorn.Config(app, log_level="warning", access_log=access_log, lifespan="on",
+                        timeout_graceful_shutdown=grace_s)  # fmt: skip
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"stagedx serve: model {name!r} on {gen.device} ({gen.backend}); listening on http://{shown}:{bound}",
+               err=False)  # fmt: skip
+    click.get_text_stream("stdout").flush()
+    with _signals_end_cleanly():
+        uvicorn.Server(uv).run(sockets=[sock])
+    sock.close()
+    click.echo("stagedx serve: stopped", err=True)
+
+
+COMMANDS = [serve]

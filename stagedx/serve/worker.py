@@ -1,0 +1,159 @@
+"""The decode slot: one thread runs one decode at a time (batch size 1 by design) from a
+bounded FIFO queue, so the server never calls the ``Generator`` from two threads.
+
+A :class:`Job` talks back to the event loop through an ``asyncio.Queue`` of events:
+``("text", str)`` for each piece the runtime accepts, then one ``("done",
+GenerationResult)`` or ``("error", ApiError)``. A job is cancelled (client gone, server
+shutting down) by setting its flag: the decode thread checks it after every piece the stream
+yields, closes the stream generator and takes the next job. The per-request deadline is
+checked at the same points and when a job leaves the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..errors import StagedxError
+from .metrics import Metrics
+from .schemas import ApiError
+
+log = logging.getLogger("stagedx.serve")
+
+
+@dataclass
+class Job:
+    prompt: tuple  # token ids
+    max_tokens: int
+    options: dict  # Generator options: sampling, seed, stop
+    deadline: float  # time.monotonic() after which the job is abandoned
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def emit(self, kind: str, value) -> None:
+        """Called from the decode thread."""
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        except RuntimeError:  # the event loop has closed: nobody is listening any more
+            self.cancel()
+
+
+def timeout_error(seconds: float) -> ApiError:
+    return ApiError(504, f"the request did not finish within the server's timeout of {seconds:g} s",
+                    kind="timeout", code="timeout")  # fmt: skip
+
+
+class DecodeWorker:
+    """``submit`` from the event loop; ``start`` / ``close`` around the server's life."""
+
+    def __init__(self, generator, metrics: Metrics, max_queue: int, timeout_s: float):
+        self.generator = generator
+        self.metrics = metrics
+        self.max_queue = max_queue
+        self.timeout_s = timeout_s
+        self._cond = threading.Condition()
+        self._waiting: deque[Job] = deque()
+        self._running: Job | None = None
+        self._closed = False
+        self._mean_s = 1.0  # running mean of a decode's duration, for Retry-After
+        self._thread = threading.Thread(target=self._loop, name="stagedx-decode", daemon=True)
+
+    # -- event-loop side -------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        with self._cond:
+            return len(self._waiting)
+
+    @property
+    def busy(self) -> bool:
+        with self._cond:
+            return self._running is not None
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job``, or raise 429 when ``max_queue`` requests already wait for the slot."""
+        with self._cond:
+            if self._closed:
+                raise ApiError(503, "the server is shutting down", kind="server_error", code="shutting_down")
+            if (self._running is not None or self._waiting) and len(self._waiting) >= self.max_queue:
+                wait = max(1, math.ceil(self._mean_s * (len(self._waiting) + 1)))
+                raise ApiError(429, f"the decode queue is full ({len(self._waiting)} waiting): retry later",
+                               kind="rate_limit_error", code="queue_full",
+                               headers={"Retry-After": str(wait)})  # fmt: skip
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def close(self, grace_s: float) -> None:
+        """Refuse new jobs, fail the waiting ones, cancel the running one, join the thread."""
+        with self._cond:
+            self._closed = True
+            waiting, self._waiting = list(self._waiting), deque()
+            if self._running is not None:
+                self._running.cancel()
+            self._cond.notify_all()
+        for job in waiting:
+            job.emit("error", ApiError(503, "the server is shutting down", kind="server_error", code="shutting_down"))
+        if self._thread.is_alive():
+            self._thread.join(timeout=grace_s)
+
+    # -- decode thread -----------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._closed:
+                    self._cond.wait()
+                if not self._waiting:
+                    return
+                job = self._running = self._waiting.popleft()
+            t0 = time.monotonic()
+            try:
+                self._run(job)
+            finally:
+                with self._cond:
+                    self._running = None
+                    self._mean_s = 0.8 * self._mean_s + 0.2 * (time.monotonic() - t0)
+
+    def _run(self, job: Job) -> None:
+        if job.cancelled.is_set():
+            self.metrics.outcome("cancelled")
+            return
+        if time.monotonic() > job.deadline:
+            self.metrics.outcome("timeout")
+            job.emit("error", timeout_error(self.timeout_s))
+            return
+        stream = self.generator.stream(list(job.prompt), job.max_tokens, **job.options)
+        try:
+            for piece in stream:
+                if job.cancelled.is_set():
+                    self.metrics.outcome("cancelled")
+                    return
+                if time.monotonic() > job.deadline:
+                    self.metrics.outcome("timeout")
+                    job.emit("error", timeout_error(self.timeout_s))
+                    return
+                job.emit("text", piece)
+            result = self.generator.last_result
+        except StagedxError as exc:
+            self.metrics.outcome("failed")
+            job.emit("error", ApiError(400, str(exc)))
+            return
+        except Exception as exc:  # noqa: BLE001 - a failed decode must not end the slot's thread
+            log.exception("decode failed")
+            self.metrics.outcome("failed")
+            job.emit("error", ApiError(500, f"the decode failed: {type(exc).__name__}", kind="server_error"))
+            return
+        finally:
+            stream.close()
+        self.metrics.decode(result)
+        job.emit("done", result)
