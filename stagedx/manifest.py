@@ -12,7 +12,7 @@ Schema (version 1), as JSON::
       "created_utc": "2026-11-24T12:00:00Z",
       "batch_size": 1,
       "tokenizer": {"file": "tokenizer.json", "sha256": "...", "eos_token_id": 0,
-                    "bos_token_id": 0, "vocab_size": 8192},
+                    "bos_token_id": 0, "vocab_size": 8192, "chat_template": "{% for m in messages %}..." | null},
       "models": {
         "oracle": ModelEntry, "draft": ModelEntry
       },
@@ -146,6 +146,7 @@ class TokenizerEntry:
     eos_token_id: int | None
     bos_token_id: int | None
     vocab_size: int
+    chat_template: str | None = None  # Jinja2 source from the checkpoint's tokenizer config
 
 
 @dataclass(frozen=True)

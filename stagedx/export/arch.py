@@ -151,6 +151,19 @@ class Checkpoint:
         p = self.path / "tokenizer.json"
         return p if p.is_file() else None
 
+    def chat_template(self) -> str | None:
+        """The tokenizer's chat template: ``chat_template.jinja``, else ``chat_template`` in
+        tokenizer_config.json (a string, or a list of named templates: the "default" one)."""
+        jinja = self.path / "chat_template.jinja"
+        if jinja.is_file():
+            return jinja.read_text()
+        config = self.path / "tokenizer_config.json"
+        value = _read_json(config).get("chat_template") if config.is_file() else None
+        if isinstance(value, list):
+            named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+            value = named.get("default")
+        return value if isinstance(value, str) and value.strip() else None
+
     def special_token(self, key: str) -> int | None:
         value = self.config.get(key)
         if value is None:

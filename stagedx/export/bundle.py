@@ -208,6 +208,7 @@ def export_bundle(config: ExportConfig, log: Callable[[str], None] | None = None
                 file=TOKENIZER_FILE, sha256=sha256_file(tmp / TOKENIZER_FILE),
                 eos_token_id=oracle.special_token("eos_token_id"),
                 bos_token_id=oracle.special_token("bos_token_id"), vocab_size=len(vocab),
+                chat_template=oracle.chat_template(),
             ),
             models=models,
             draft2=Draft2Entry(kind=kind, ngram=ngram),

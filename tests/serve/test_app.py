@@ -1,0 +1,201 @@
+"""The real server in a subprocess, driven by the official ``openai`` client and raw HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from stagedx.runtime import SamplingConfig
+
+from .conftest import API_KEY, metric
+
+openai = pytest.importorskip("openai")
+
+PROMPT = "def add(a, b):\n"
+LONG_PROMPT = "def fib(n):"  # greedy: 1000 tokens of repetition, no EOS (seconds of decoding)
+
+
+def client(server, key: str = API_KEY):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def raw(server, method: str, path: str, body=None, headers=None, key: str | None = API_KEY):
+    """(status, headers, parsed JSON or text) of one plain HTTP request."""
+    url = urlparse(server.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    if key is not None:
+        hdrs["Authorization"] = f"Bearer {key}"
+    data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
+    conn.request(method, path, body=data, headers=hdrs)
+    resp = conn.getresponse()
+    text = resp.read().decode()
+    conn.close()
+    try:
+        return resp.status, dict(resp.getheaders()), json.loads(text)
+    except ValueError:
+        return resp.status, dict(resp.getheaders()), text
+
+
+class LongStream:
+    """A streaming request of ~1000 greedy tokens, open until ``close``: it holds the slot."""
+
+    def __init__(self, server):
+        url = urlparse(server.url)
+        self.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+        body = {"model": "pair", "prompt": LONG_PROMPT, "max_tokens": 1000, "temperature": 0, "stream": True}
+        self.conn.request("POST", "/v1/completions", body=json.dumps(body),
+                          headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})  # fmt: skip
+        self.resp = self.conn.getresponse()
+        assert self.resp.status == 200
+        assert self.resp.readline().startswith(b"data: {")  # the decode is running
+
+    def close(self) -> None:
+        self.conn.sock.close()  # an abrupt disconnect, as a client that goes away
+        self.conn.close()
+
+
+def wait_until(predicate, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_greedy_text_equals_generator(pair_server, pair_generator):
+    want = pair_generator.generate(PROMPT, 40)
+    c = client(pair_server)
+    res = c.completions.create(model="pair", prompt=PROMPT, max_tokens=40, temperature=0)
+    assert res.choices[0].text == want.text
+    assert res.choices[0].finish_reason == {"eos": "stop", "length": "length"}[want.finish_reason]
+    assert res.usage.prompt_tokens == want.prompt_tokens and res.usage.completion_tokens == len(want.tokens)
+    ext = res.model_extra["stagedx"]
+    assert ext["strategy"] == "staged" and ext["sampling"] == "greedy"
+    assert ext["tokens_per_oracle_call"] == pytest.approx(len(want.tokens) / ext["oracle_calls"], rel=1e-3)
+
+    chunks = list(c.completions.create(model="pair", prompt=PROMPT, max_tokens=40, temperature=0, stream=True))
+    assert "".join(ch.choices[0].text for ch in chunks) == want.text
+    assert len(chunks) >= 2 and all(ch.choices[0].finish_reason is None for ch in chunks[:-1])
+    last = chunks[-1]
+    assert last.choices[0].finish_reason == res.choices[0].finish_reason
+    assert last.usage.completion_tokens == len(want.tokens) and "tokens_per_oracle_call" in last.model_extra["stagedx"]
+
+
+def test_stream_ends_with_done_event(pair_server):
+    status, headers, text = raw(pair_server, "POST", "/v1/completions",
+                                {"model": "pair", "prompt": PROMPT, "max_tokens": 8, "stream": True, "seed": 1})  # fmt: skip
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    events = [e for e in text.split("\n\n") if e]
+    assert events[-1] == "data: [DONE]" and all(e.startswith("data: {") for e in events[:-1])
+
+
+def test_sampled_with_seed_is_reproducible(pair_server, pair_generator):
+    c = client(pair_server)
+    kwargs = dict(model="pair", prompt=PROMPT, max_tokens=30, temperature=0.8, top_p=0.95, seed=7,
+                  extra_body={"top_k": 40})  # fmt: skip
+    first = c.completions.create(**kwargs).choices[0].text
+    streamed = "".join(ch.choices[0].text for ch in c.completions.create(stream=True, **kwargs))
+    cfg = SamplingConfig("sample", 0.8, top_k=40, top_p=0.95)
+    assert first == streamed == pair_generator.generate(PROMPT, 30, sampling=cfg, seed=7).text
+
+
+def test_stop_string_ends_the_text(pair_server, pair_generator):
+    full = pair_generator.generate(PROMPT, 40).text
+    stop = full[12:15]  # a string the greedy text reaches
+    want = pair_generator.generate(PROMPT, 40, stop=(stop,))
+    res = client(pair_server).completions.create(model="pair", prompt=PROMPT, max_tokens=40, temperature=0, stop=[stop])
+    assert res.choices[0].text == want.text == full[: full.find(stop)]
+    assert res.choices[0].finish_reason == "stop"
+
+
+def test_api_key_is_required_except_for_health(pair_server):
+    with pytest.raises(openai.AuthenticationError) as exc:
+        client(pair_server, key="wrong").completions.create(model="pair", prompt=PROMPT, max_tokens=2)
+    assert exc.value.status_code == 401 and exc.value.code == "invalid_api_key"
+    for path in ("/v1/models", "/metrics"):
+        status, _, body = raw(pair_server, "GET", path, key=None)
+        assert status == 401 and body["error"]["type"] == "authentication_error"
+    assert raw(pair_server, "GET", "/health", key=None)[0] == 200
+    models = client(pair_server).models.list()
+    assert [m.id for m in models.data] == ["pair"]
+    text = pair_server.metrics()
+    assert 'stagedx_requests_total{endpoint="completions",code="401"}' in text and "stagedx_queue_depth 0" in text
+
+
+@pytest.mark.parametrize(
+    "body, status, code",
+    [
+        (b"{bad json", 400, "invalid_json"),
+        (b"[1, 2]", 400, "invalid_json"),
+        ({"model": "pair", "prompt": PROMPT, "max_tokens": "ten"}, 422, "invalid_value"),
+        ({"model": "pair", "prompt": PROMPT, "temperature": 5}, 422, "invalid_value"),
+        ({"model": "pair", "prompt": PROMPT, "n": 2}, 422, "invalid_value"),
+        ({"model": "pair", "prompt": ""}, 422, "invalid_value"),
+        ({"model": "pair"}, 422, "invalid_value"),
+        ({"model": "other", "prompt": PROMPT}, 404, "model_not_found"),
+        ({"model": "pair", "prompt": "x = 1\n" * 1000}, 400, "context_length_exceeded"),
+        (b"{" + b" " * (2 << 20) + b"}", 413, "request_too_large"),
+    ],
+)
+def test_bad_requests_get_openai_json_errors(pair_server, body, status, code):
+    got, _, err = raw(pair_server, "POST", "/v1/completions", body)
+    assert got == status and err["error"]["code"] == code and err["error"]["message"]
+    assert "Traceback" not in json.dumps(err)
+
+
+def test_unknown_routes_and_chat_without_template(pair_server):
+    assert raw(pair_server, "GET", "/v2/nothing")[2]["error"]["code"] == "not_found"
+    assert raw(pair_server, "GET", "/v1/completions")[2]["error"]["code"] == "method_not_allowed"
+    with pytest.raises(openai.BadRequestError) as exc:
+        client(pair_server).chat.completions.create(model="pair", messages=[{"role": "user", "content": "hi"}])
+    assert exc.value.code == "no_chat_template"
+
+
+def test_full_queue_gets_429(pair_server, pair_generator):
+    long = LongStream(pair_server)  # holds the slot
+    queued = {}
+
+    def wait_in_queue():
+        queued["res"] = client(pair_server).completions.create(model="pair", prompt=PROMPT, max_tokens=5, temperature=0)
+
+    thread = threading.Thread(target=wait_in_queue)
+    try:
+        thread.start()
+        wait_until(lambda: pair_server.health()["queue_depth"] == 1)  # --max-queue 1: now full
+        status, headers, err = raw(pair_server, "POST", "/v1/completions", {"model": "pair", "prompt": PROMPT})
+        assert status == 429 and err["error"]["code"] == "queue_full" and int(headers["retry-after"]) >= 1
+        with pytest.raises(openai.RateLimitError):
+            client(pair_server).completions.create(model="pair", prompt=PROMPT, max_tokens=2)
+    finally:
+        long.close()
+        thread.join(60)
+    assert queued["res"].choices[0].text == pair_generator.generate(PROMPT, 5).text  # served, not lost
+
+
+def test_disconnect_mid_stream_frees_the_slot(pair_server, pair_generator):
+    before = pair_server.metrics()
+    cancelled = 'stagedx_decodes_total{outcome="cancelled"}'
+    long = LongStream(pair_server)
+    long.close()
+    wait_until(lambda: metric(pair_server.metrics(), cancelled) == metric(before, cancelled) + 1)
+    res = client(pair_server).completions.create(model="pair", prompt=PROMPT, max_tokens=5, temperature=0)
+    assert res.choices[0].text == pair_generator.generate(PROMPT, 5).text
+    after = pair_server.metrics()
+    # the cancelled decode stopped early: far fewer than its 1000 tokens were generated
+    done = metric(after, "stagedx_completion_tokens_total") - metric(before, "stagedx_completion_tokens_total")
+    assert done == 5
+    assert pair_server.health() == {"status": "ok", "model": "pair", "busy": False, "queue_depth": 0}
+
+
+def test_server_process_never_loads_torch(pair_server):
+    maps = Path(f"/proc/{pair_server.proc.pid}/maps")
+    if not maps.exists():
+        pytest.skip("needs /proc")
+    text = maps.read_text()
+    assert "onnxruntime" in text and "libtorch" not in text
