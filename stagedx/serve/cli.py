@@ -11,6 +11,8 @@ import click
 
 from ..errors import StagedxError
 
+SHUTDOWN_MARGIN_S = 5.0
+
 
 def _listen(host: str, port: int) -> socket.socket:
     """Bind and listen before the server starts, so that ``--port 0`` can report its port."""
@@ -41,6 +43,21 @@ def _signals_end_cleanly():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _server_class(uvicorn):
+    class GracefulServer(uvicorn.Server):
+        """Tells the decode worker when a shutdown signal arrives."""
+
+        def __init__(self, config, on_exit):
+            super().__init__(config)
+            self._on_exit = on_exit
+
+        def handle_exit(self, sig, frame) -> None:
+            self._on_exit()
+            super().handle_exit(sig, frame)
+
+    return GracefulServer
 
 
 @click.command("serve")
@@ -85,14 +102,16 @@ def serve(bundle, host, port, api_key, max_queue, timeout_s, grace_s, model_name
     app = create_app(gen, config)
     sock = _listen(host, port)
     bound = sock.getsockname()[1]
+    # uvicorn's own grace is a backstop: the worker ends in-flight decodes at grace_s itself, so
+    # that their responses close properly (a stream gets an error event and [DONE]).
     uv = uvicorn.Config(app, log_level="warning", access_log=access_log, lifespan="on",
-                        timeout_graceful_shutdown=grace_s)  # fmt: skip
+                        timeout_graceful_shutdown=grace_s + SHUTDOWN_MARGIN_S)  # fmt: skip
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"stagedx serve: model {name!r} on {gen.device} ({gen.backend}); listening on http://{shown}:{bound}",
                err=False)  # fmt: skip
     click.get_text_stream("stdout").flush()
     with _signals_end_cleanly():
-        uvicorn.Server(uv).run(sockets=[sock])
+        _server_class(uvicorn)(uv, lambda: app.state.server.worker.begin_shutdown(grace_s)).run(sockets=[sock])
     sock.close()
     click.echo("stagedx serve: stopped", err=True)
 

@@ -47,6 +47,10 @@ class Job:
             self.cancel()
 
 
+def shutdown_error() -> ApiError:
+    return ApiError(503, "the server is shutting down", kind="server_error", code="shutting_down")
+
+
 def timeout_error(seconds: float) -> ApiError:
     return ApiError(504, f"the request did not finish within the server's timeout of {seconds:g} s",
                     kind="timeout", code="timeout")  # fmt: skip
@@ -65,6 +69,7 @@ class DecodeWorker:
         self._running: Job | None = None
         self._closed = False
         self._mean_s = 1.0  # running mean of a decode's duration, for Retry-After
+        self.stop_at: float | None = None  # set once by begin_shutdown (from a signal handler)
         self._thread = threading.Thread(target=self._loop, name="stagedx-decode", daemon=True)
 
     # -- event-loop side -------------------------------------------------------------------
@@ -84,8 +89,8 @@ class DecodeWorker:
     def submit(self, job: Job) -> None:
         """Queue ``job``, or raise 429 when ``max_queue`` requests already wait for the slot."""
         with self._cond:
-            if self._closed:
-                raise ApiError(503, "the server is shutting down", kind="server_error", code="shutting_down")
+            if self._closed or self.stop_at is not None:
+                raise shutdown_error()
             if (self._running is not None or self._waiting) and len(self._waiting) >= self.max_queue:
                 wait = max(1, math.ceil(self._mean_s * (len(self._waiting) + 1)))
                 raise ApiError(429, f"the decode queue is full ({len(self._waiting)} waiting): retry later",
@@ -93,6 +98,12 @@ class DecodeWorker:
                                headers={"Retry-After": str(wait)})  # fmt: skip
             self._waiting.append(job)
             self._cond.notify()
+
+    def begin_shutdown(self, grace_s: float) -> None:
+        """Refuse new jobs; those running or waiting may go on for ``grace_s`` seconds, then
+        end with a 503. Safe in a signal handler: one attribute write, no lock."""
+        if self.stop_at is None:
+            self.stop_at = time.monotonic() + grace_s
 
     def close(self, grace_s: float) -> None:
         """Refuse new jobs, fail the waiting ones, cancel the running one, join the thread."""
@@ -103,7 +114,7 @@ class DecodeWorker:
                 self._running.cancel()
             self._cond.notify_all()
         for job in waiting:
-            job.emit("error", ApiError(503, "the server is shutting down", kind="server_error", code="shutting_down"))
+            job.emit("error", shutdown_error())
         if self._thread.is_alive():
             self._thread.join(timeout=grace_s)
 
@@ -124,23 +135,28 @@ class DecodeWorker:
                     self._running = None
                     self._mean_s = 0.8 * self._mean_s + 0.2 * (time.monotonic() - t0)
 
-    def _run(self, job: Job) -> None:
+    def _must_end(self, job: Job) -> bool:
+        """Whether ``job`` ends here: cancelled, past its deadline or past the shutdown grace."""
+        now = time.monotonic()
         if job.cancelled.is_set():
             self.metrics.outcome("cancelled")
-            return
-        if time.monotonic() > job.deadline:
+        elif now > job.deadline:
             self.metrics.outcome("timeout")
             job.emit("error", timeout_error(self.timeout_s))
+        elif self.stop_at is not None and now > self.stop_at:
+            self.metrics.outcome("cancelled")
+            job.emit("error", shutdown_error())
+        else:
+            return False
+        return True
+
+    def _run(self, job: Job) -> None:
+        if self._must_end(job):
             return
         stream = self.generator.stream(list(job.prompt), job.max_tokens, **job.options)
         try:
             for piece in stream:
-                if job.cancelled.is_set():
-                    self.metrics.outcome("cancelled")
-                    return
-                if time.monotonic() > job.deadline:
-                    self.metrics.outcome("timeout")
-                    job.emit("error", timeout_error(self.timeout_s))
+                if self._must_end(job):
                     return
                 job.emit("text", piece)
             result = self.generator.last_result

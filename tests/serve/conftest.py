@@ -58,7 +58,6 @@ class ServerProcess:
         raise RuntimeError(f"server at {self.url} never became healthy\n{self.stderr()}")
 
     def stderr(self) -> str:
-        self._err.flush()
         return self.log.read_text()
 
     def health(self) -> dict:
