@@ -33,6 +33,15 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
 @contextlib.contextmanager
 def _signals_end_cleanly():
     """uvicorn shuts down gracefully on SIGTERM / SIGINT, then re-raises the signal so the
@@ -110,6 +119,8 @@ def serve(bundle, host, port, api_key, max_queue, timeout_s, grace_s, model_name
     click.echo(f"stagedx serve: model {name!r} on {gen.device} ({gen.backend}); listening on http://{shown}:{bound}",
                err=False)  # fmt: skip
     click.get_text_stream("stdout").flush()
+    if api_key is None and not _is_loopback(sock.getsockname()[0]):
+        click.echo(f"warning: {host} is reachable from other machines and no --api-key is set", err=True)
     with _signals_end_cleanly():
         _server_class(uvicorn)(uv, lambda: app.state.server.worker.begin_shutdown(grace_s)).run(sockets=[sock])
     sock.close()
