@@ -1,4 +1,4 @@
-"""``stagedx serve`` as a command: one-line errors, and a clean exit on SIGTERM mid-stream."""
+"""``stagedx serve`` as a command: one-line errors, and a clean exit on SIGTERM / SIGINT mid-stream."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def test_port_in_use_is_one_line_and_exit_2(tiny_bundle, capsys):
     assert code == 2 and "cannot listen on 127.0.0.1:" in err and err.count("\n") == 1
 
 
-def test_sigterm_mid_stream_cancels_and_exits_0(pair_bundle, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_mid_stream_cancels_at_the_grace_and_exits_0(pair_bundle, tmp_path, sig):
     server = ServerProcess(pair_bundle, "--api-key", API_KEY, "--model-name", "pair", "--grace", "1", log=tmp_path / "e")
     long = LongStream(server)  # a decode of ~1000 tokens is running
     rest = {}
@@ -54,7 +55,7 @@ def test_sigterm_mid_stream_cancels_and_exits_0(pair_bundle, tmp_path):
     reader = threading.Thread(target=read_rest)
     reader.start()
     try:
-        assert server.stop(signal.SIGTERM, timeout=30) == 0
+        assert server.stop(sig, timeout=30) == 0
     finally:
         reader.join(30)
         long.close()
