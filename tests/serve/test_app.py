@@ -199,3 +199,22 @@ def test_server_process_never_loads_torch(pair_server):
         pytest.skip("needs /proc")
     text = maps.read_text()
     assert "onnxruntime" in text and "libtorch" not in text
+
+
+def test_a_client_that_leaves_the_queue_is_skipped(pair_server):
+    cancelled = 'stagedx_decodes_total{outcome="cancelled"}'
+    before = metric(pair_server.metrics(), cancelled)
+    tokens = metric(pair_server.metrics(), "stagedx_completion_tokens_total")
+    long = LongStream(pair_server)
+    try:
+        url = urlparse(pair_server.url)
+        waiting = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+        body = json.dumps({"model": "pair", "prompt": PROMPT, "max_tokens": 5})
+        waiting.request("POST", "/v1/completions", body=body, headers={"Authorization": f"Bearer {API_KEY}"})
+        wait_until(lambda: pair_server.health()["queue_depth"] == 1)
+        waiting.sock.close()  # gone while queued
+    finally:
+        long.close()
+    wait_until(lambda: metric(pair_server.metrics(), cancelled) == before + 2)
+    assert metric(pair_server.metrics(), "stagedx_completion_tokens_total") == tokens  # neither decode completed
+    wait_until(lambda: pair_server.health()["queue_depth"] == 0 and not pair_server.health()["busy"])
