@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import StagedxError
 from ..manifest import ROLES, Manifest, load_manifest
-from .device import parse_device
+from .device import check_threads, parse_device
 
 
 def open_bundle(path: str | os.PathLike, check: bool = True) -> tuple[Path, Manifest]:
@@ -34,6 +34,7 @@ def make_runner(
     runs the ONNX graph on ONNX Runtime (``auto``: CUDA EP when installed, else CPU)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    check_threads(threads)
     kind, index = parse_device(device)
     if _use_engines(manifest, kind):
         return _trt_runner(bundle_dir, manifest, role, max_context, index)
@@ -73,3 +74,68 @@ def _trt_runner(bundle_dir, manifest: Manifest, role: str, max_context: int | No
         raise StagedxError(f"the TensorRT runner is unavailable in this install ({exc}); "
                            "use --device cuda or --device cpu") from exc
     return TrtRunner(bundle_dir, role, max_context=max_context, device_index=index, manifest=manifest)
+
+
+# -- load-time cross-checks: a disagreement must fail here, in one line, not inside a backend --
+_ORT_TYPES = {"fp32": "tensor(float)", "fp16": "tensor(float16)"}
+
+
+def cross_check(bundle_dir, manifest: Manifest, tokenizer, draft2, runners) -> None:
+    """Oracle and draft vocabularies, the tokenizer, the n-gram's token ids and each ONNX
+    graph's real input/output shapes must agree with the manifest."""
+    o, d = manifest.oracle.arch, manifest.draft.arch
+    if o.vocab_size != d.vocab_size:
+        raise StagedxError(f"manifest: oracle vocab_size {o.vocab_size} != draft vocab_size {d.vocab_size}")
+    t = manifest.tokenizer
+    if tokenizer.vocab_size != t.vocab_size:
+        raise StagedxError(f"{t.file} has {tokenizer.vocab_size} tokens, the manifest says {t.vocab_size}")
+    if t.vocab_size > o.vocab_size:
+        raise StagedxError(f"{t.file} has {t.vocab_size} tokens, more than the models' vocab_size {o.vocab_size}")
+    for name, tok_id in (("eos_token_id", t.eos_token_id), ("bos_token_id", t.bos_token_id)):
+        if tok_id is not None and not 0 <= tok_id < o.vocab_size:
+            raise StagedxError(f"manifest tokenizer {name} {tok_id} lies outside the vocabulary [0, {o.vocab_size})")
+    ngram = getattr(draft2, "ngram", None)
+    if ngram is not None:
+        _check_ngram(ngram, manifest.draft2.ngram.file, o.vocab_size)
+    for runner in runners:
+        session = getattr(runner, "session", None)
+        if session is not None:  # ONNX Runtime: compare the graph's declared shapes
+            check_graph(session, runner.entry)
+
+
+def _check_ngram(ngram, file: str, vocab: int) -> None:
+    if ngram.vocab_size != vocab:
+        raise StagedxError(f"{file} was fitted for vocab_size {ngram.vocab_size}, the models have {vocab}")
+    arrays = (ngram.uni_top_ids, ngram.bi.ids, ngram.bi.top_ids, ngram.tri.ids, ngram.tri.top_ids, ngram.bi.keys)
+    for a in arrays:
+        if a.size and (a.min() < 0 or a.max() >= vocab):
+            raise StagedxError(f"{file} holds token ids outside the vocabulary [0, {vocab})")
+    if ngram.uni_p.shape != (vocab,):
+        raise StagedxError(f"{file}: unigram table has shape {ngram.uni_p.shape}, expected ({vocab},)")
+
+
+def check_graph(session, entry) -> None:
+    """Every static dimension the graph declares must equal the manifest's."""
+    a = entry.arch
+    want = {"logits": (None, a.vocab_size), "topk_values": (None, entry.topk), "topk_indices": (None, entry.topk)}
+    for i in range(a.n_layers):
+        for key in ("past_key", "past_value", "new_key", "new_value"):
+            want[entry.io_name(key, i)] = (None, a.n_kv_heads, a.head_dim)
+    names = {key: entry.io_name(key) for key in ("logits", "topk_values", "topk_indices")}
+    declared = {**{x.name: x for x in session.get_inputs()}, **{x.name: x for x in session.get_outputs()}}
+    past = {entry.io_name("past_key", i) for i in range(a.n_layers)}
+    prefix = entry.io["past_key"].split("{i}")[0]
+    extra = [n for n in declared if n.startswith(prefix) and n not in past]
+    if extra:
+        raise StagedxError(f"{entry.file} has inputs {sorted(extra)} beyond the manifest's {a.n_layers} layers")
+    for name, dims in want.items():
+        name = names.get(name, name)
+        node = declared.get(name)
+        if node is None:
+            continue  # the runner's contract check names missing inputs / outputs
+        shape = list(node.shape)
+        bad = len(shape) != len(dims) or any(isinstance(s, int) and w is not None and s != w for s, w in zip(shape, dims))
+        if bad:
+            raise StagedxError(f"{entry.file}: {name} has shape {shape}, the manifest's dims say {list(dims)}")
+        if name in past and node.type != _ORT_TYPES.get(entry.dtype, node.type):
+            raise StagedxError(f"{entry.file}: {name} is {node.type}, the manifest says dtype {entry.dtype}")
