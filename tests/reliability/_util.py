@@ -25,9 +25,13 @@ def run_cli(capsys, args, stdin: bytes | None = None, monkeypatch=None) -> tuple
     return code, out, err
 
 
-def assert_one_line_error(code: int, err: str, *needles: str) -> str:
-    """Exit 2, exactly one non-empty stderr line starting with ``error:`` and holding every needle."""
+def assert_one_line_error(code: int, err: str, *needles: str, progress: bool = False) -> str:
+    """Exit 2, exactly one non-empty stderr line starting with ``error:`` and holding every
+    needle (with ``progress``, after the command's own progress lines)."""
     lines = [ln for ln in err.splitlines() if ln.strip()]
+    if progress:
+        assert not [ln for ln in lines[:-1] if "error" in ln.lower()], err
+        lines = lines[-1:]
     assert code == 2, err
     assert len(lines) == 1, err
     assert lines[0].startswith("error: "), lines[0]
