@@ -49,6 +49,6 @@ def test_engines_doc_example_fits_the_vendored_pair():
 
 
 def test_readme_has_the_errors_and_safety_section():
-    section = README.split("## Errors and safety", 1)[1].split("\n## ", 1)[0]
+    section = " ".join(README.split("## Errors and safety", 1)[1].split("\n## ", 1)[0].split())
     for needle in ("exit", "--force", "thread", "sha256", "inside the bundle folder"):
         assert needle in section, needle
