@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import StagedxError
 from ..manifest import ROLES, Manifest, load_manifest
-from .device import check_threads, parse_device
+from .device import available_cores, check_threads, parse_device
 
 
 def open_bundle(path: str | os.PathLike, check: bool = True) -> tuple[Path, Manifest]:
@@ -35,6 +35,7 @@ def make_runner(
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     check_threads(threads)
+    threads = threads or available_cores()  # os.cpu_count() would ignore the affinity mask
     kind, index = parse_device(device)
     if _use_engines(manifest, kind):
         return _trt_runner(bundle_dir, manifest, role, max_context, index)

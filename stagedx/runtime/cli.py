@@ -48,7 +48,7 @@ def _stats_line(res) -> str:
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--seed", type=int, default=None, help="seed for sampling (same seed + settings = same output)")
 @click.option("--stop", multiple=True, help="stop string (repeatable)")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads, 1 to the CPU cores available [default: all of them]")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | tensorrt")
 @click.option("--tree-budget", type=int, default=None, help="oracle tree nodes per call (default: tuned, else built-in)")
 @click.option("--max-depth", type=int, default=None, help="deepest tree level")
@@ -69,7 +69,7 @@ def generate(bundle, prompt, strategy, sampling, temperature, max_new_tokens, se
             prompt = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         except UnicodeDecodeError as exc:
             raise StagedxError(f"the prompt on stdin is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    from .device import check_threads
+    from .device import available_cores, check_threads
     from .generator import Generator
     from .ort_runner import process_owner_thread_pool
     from .sampling import SamplingConfig
@@ -80,7 +80,7 @@ def generate(bundle, prompt, strategy, sampling, temperature, max_new_tokens, se
         raise StagedxError(f"--seed must be an integer >= 0, got {seed}")
     if max_new_tokens < 1:
         raise StagedxError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    process_owner_thread_pool(threads)
+    process_owner_thread_pool(threads or available_cores())
     gen = Generator(bundle, device=device, strategy=strategy, threads=threads)
     gen.tree = _tree_config(
         gen, cfg, {"budget": tree_budget, "max_depth": max_depth, "fanouts": fanouts, "draft_calls": draft_calls}

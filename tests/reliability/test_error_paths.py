@@ -123,3 +123,13 @@ def test_export_into_an_out_that_is_a_file(tiny_pair, tmp_path, capsys):
 def test_unchanged_bundle_still_loads(tiny_bundle):
     assert read_manifest(tiny_bundle)["schema_version"] == 1
     Generator(tiny_bundle, device="cpu", threads=1)
+
+
+def test_export_without_the_export_extra_says_how_to_install_it(tiny_pair, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    code, _, err = run_cli(capsys, ["export", tiny_pair.oracle, "--draft", tiny_pair.draft, "-o", tmp_path / "b"])
+    assert_one_line_error(code, err, "torch", "pip install", ".[export")
+    assert list(tmp_path.iterdir()) == []
