@@ -41,6 +41,7 @@ def make_runner(
         return _trt_runner(bundle_dir, manifest, role, max_context, index)
     from .ort_runner import OrtRunner  # noqa: PLC0415 - keeps `import stagedx.runtime` light
 
+    check_kv_memory(manifest.models[role], max_context, manifest.reserved_slots("onnxruntime"))
     return OrtRunner(
         bundle_dir,
         manifest.models[role],
@@ -102,6 +103,51 @@ def cross_check(bundle_dir, manifest: Manifest, tokenizer, draft2, runners) -> N
         session = getattr(runner, "session", None)
         if session is not None:  # ONNX Runtime: compare the graph's declared shapes
             check_graph(session, runner.entry)
+            if session.get_providers()[0] != "TensorrtExecutionProvider":  # TRT EP: no zero-row past
+                probe_last_position(runner)
+
+
+def check_kv_memory(entry, max_context: int | None, reserved: int) -> None:
+    """Refuse a KV cache larger than this machine's memory (a wrong max_positions would
+    otherwise end in a MemoryError of terabytes)."""
+    import numpy as np  # noqa: PLC0415
+
+    a = entry.arch
+    rows = a.max_positions if max_context is None else max(1, min(int(max_context), a.max_positions))
+    need = 2 * a.n_layers * (rows + reserved) * a.n_kv_heads * a.head_dim * np.dtype(np.float16 if entry.dtype == "fp16" else np.float32).itemsize
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return
+    if need > have:
+        raise StagedxError(
+            f"the {entry.role} KV cache for {rows} positions needs {need / 2**30:.1f} GiB, more than this machine's "
+            f"{have / 2**30:.1f} GiB: check max_positions ({a.max_positions}) in the manifest, or pass a smaller max_context"
+        )
+
+
+def probe_last_position(runner) -> None:
+    """One call at the last position the runner will use: a manifest whose max_positions
+    exceeds the graph's position table fails here, at load, not in the middle of a reply."""
+    import numpy as np  # noqa: PLC0415
+    import onnxruntime as ort  # noqa: PLC0415
+
+    e, last = runner.entry, runner.max_context - 1
+    a = e.arch
+    dtype = np.float16 if e.dtype == "fp16" else np.float32
+    past = np.zeros((0, a.n_kv_heads, a.head_dim), dtype)  # [0, H, D]
+    feeds = {e.io_name("input_ids"): np.zeros(1, np.int64), e.io_name("position_ids"): np.asarray([last], np.int64),
+             e.io_name("tree_mask"): np.ones((1, 1), bool)}  # fmt: skip
+    for i in range(a.n_layers):
+        feeds[e.io_name("past_key", i)] = feeds[e.io_name("past_value", i)] = past
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # the error is reported below, in one line
+    try:
+        runner.session.run([e.io_name("topk_indices")], feeds, quiet)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own exception types
+        first = " ".join(str(exc).split())[:200]
+        raise StagedxError(f"{e.file} cannot run at position {last} (max_positions {a.max_positions} in the "
+                           f"manifest): {first}") from exc
 
 
 def _check_ngram(ngram, file: str, vocab: int) -> None:

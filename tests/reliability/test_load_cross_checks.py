@@ -28,6 +28,10 @@ CASES = {
     "more layers": (_arch("draft", n_layers=3), "missing inputs"),
     "topk": (lambda d: d["models"]["oracle"].__setitem__("topk", 8), "topk_values"),
     "dtype": (lambda d: d["models"]["draft"].__setitem__("dtype", "fp16"), "dtype fp16"),
+    "positions beyond the graph's table": (lambda d: [_arch(r, max_positions=2 * d["models"][r]["arch"]["max_positions"])(d)
+                                                      for r in ("oracle", "draft")], "cannot run at position"),
+    "KV cache larger than memory": (lambda d: [_arch(r, max_positions=10**12)(d) for r in ("oracle", "draft")],
+                                    "more than this machine's"),
     "logits width": (lambda d: (_arch("oracle", vocab_size=9000)(d), _arch("draft", vocab_size=9000)(d)), "logits"),
 }  # fmt: skip
 
