@@ -229,6 +229,12 @@ class Generator:
         cross_check(self.bundle_dir, m, self.tokenizer, self.draft2, (self.oracle, self.draft))
         self._lock = threading.Lock()  # one decode at a time: the runners' KV caches are shared state
         self._owner: int | None = None  # thread id of the decode in progress
+        self._local = threading.local()  # last_result of each thread's latest stream
+
+    @property
+    def last_result(self) -> GenerationResult | None:
+        """The result of the latest ``stream`` this thread exhausted (per thread)."""
+        return getattr(self._local, "result", None)
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -287,8 +293,8 @@ class Generator:
             if st.finish is None and len(text) - hold > sent:
                 yield text[sent : len(text) - hold]
                 sent = len(text) - hold
-        self.last_result = self._result(req, st)
-        final = self.last_result.text  # cut before a stop string, without EOS
+        self._local.result = result = self._result(req, st)
+        final = result.text  # cut before a stop string, without EOS
         if len(final) > sent:
             yield final[sent:]
 
