@@ -114,7 +114,8 @@ def check_kv_memory(entry, max_context: int | None, reserved: int) -> None:
 
     a = entry.arch
     rows = a.max_positions if max_context is None else max(1, min(int(max_context), a.max_positions))
-    need = 2 * a.n_layers * (rows + reserved) * a.n_kv_heads * a.head_dim * np.dtype(np.float16 if entry.dtype == "fp16" else np.float32).itemsize
+    itemsize = np.dtype(np.float16 if entry.dtype == "fp16" else np.float32).itemsize
+    need = 2 * a.n_layers * (rows + reserved) * a.n_kv_heads * a.head_dim * itemsize
     try:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):

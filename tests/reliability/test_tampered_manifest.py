@@ -21,7 +21,8 @@ JSON_LEAF = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12),
     st.sampled_from(["../x", "/etc/passwd", "oracle.onnx", "draft.onnx", "tokenizer.json", "fp16", "gpt2", "ngram"]),
 )  # fmt: skip
-JSON = st.recursive(JSON_LEAF, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=6), kids, max_size=3), max_leaves=6)
+JSON = st.recursive(JSON_LEAF, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=6), kids, max_size=3),
+                    max_leaves=6)  # fmt: skip
 DELETE = object()
 
 
