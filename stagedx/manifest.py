@@ -58,6 +58,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -434,12 +435,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+PIDLESS_STALE_S = 3600.0  # a temporary without a PID is taken as abandoned after an hour
+
+
 def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
-    """Remove ``.NAME.tmp-PID-*`` / ``.NAME.old-PID`` next to ``target`` whose process is gone."""
+    """Remove ``.NAME.tmp-PID-*`` / ``.NAME.old-PID`` next to ``target`` whose process is gone,
+    and ``.NAME.tmp-XXXXXXXX`` (no PID: earlier stagedx versions) older than ``PIDLESS_STALE_S``."""
     target = Path(target)
     parent = target.parent if str(target.parent) else Path(".")
     removed = []
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:tmp-(\d+)-.+|old-(\d+))")
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:tmp-(\d+)-.+|old-(\d+)|tmp-([a-z0-9_]{{8}}))")
     try:
         siblings = list(parent.iterdir())
     except OSError:
@@ -448,7 +453,11 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
         m = pattern.fullmatch(path.name)
         if m is None or path.is_symlink() or not path.is_dir():
             continue
-        if not _pid_alive(int(m.group(1) or m.group(2))):
+        if m.group(3) is not None:
+            stale = time.time() - path.stat().st_mtime > PIDLESS_STALE_S
+        else:
+            stale = not _pid_alive(int(m.group(1) or m.group(2)))
+        if stale:
             _remove(path)
             removed.append(path)
     return removed

@@ -74,6 +74,15 @@ def test_stale_temporaries_of_dead_runs_are_removed_live_ones_kept(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:] + ["b"])
 
 
+def test_pidless_temporaries_of_older_versions_are_removed_once_old(tmp_path):
+    old, recent = tmp_path / ".b.tmp-ab12_xyz", tmp_path / ".b.tmp-qwertyui"
+    for path in (old, recent):
+        path.mkdir()
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert remove_stale_temporaries(tmp_path / "b") == [old]
+    assert [p.name for p in tmp_path.iterdir()] == [recent.name]
+
+
 def test_atomic_folder_turns_a_full_disk_into_one_error_and_leaves_nothing(tmp_path):
     import errno
 
