@@ -55,8 +55,17 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv or os.environ.get("STAGEDX_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]
     _register()
+    previous = None
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _run(argv, debug)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str], debug: bool) -> None:
     try:
         cli.main(args=argv, prog_name="stagedx", standalone_mode=False)
     except click.exceptions.Abort as exc:  # click wraps KeyboardInterrupt and EOFError in Abort
