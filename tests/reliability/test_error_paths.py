@@ -137,3 +137,11 @@ def test_export_without_the_export_extra_says_how_to_install_it(tiny_pair, tmp_p
     code, _, err = run_cli(capsys, ["export", tiny_pair.oracle, "--draft", tiny_pair.draft, "-o", tmp_path / "b"])
     assert_one_line_error(code, err, "torch", "pip install", ".[export")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, needle", [(["--ngram-max-contexts", "-1", "--draft2", "ngram", "--corpus", "stdlib"],
+                                           "--ngram-max-contexts"), (["--topk", "0"], "--topk")])  # fmt: skip
+def test_export_options_out_of_range(tiny_pair, tmp_path, capsys, args, needle):
+    code, _, err = run_cli(capsys, ["export", tiny_pair.oracle, "--draft", tiny_pair.draft, "-o", tmp_path / "b", *args])
+    assert_one_line_error(code, err, needle)
+    assert list(tmp_path.iterdir()) == []
