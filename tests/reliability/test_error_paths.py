@@ -145,3 +145,11 @@ def test_export_options_out_of_range(tiny_pair, tmp_path, capsys, args, needle):
     code, _, err = run_cli(capsys, ["export", tiny_pair.oracle, "--draft", tiny_pair.draft, "-o", tmp_path / "b", *args])
     assert_one_line_error(code, err, needle)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_validate_with_an_empty_reference_npz(tiny_bundle, tmp_path, capsys):
+    pytest.importorskip("polygraphy")
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    edit_manifest(bundle, lambda d: replace_file(bundle, "reference.npz", b"", d["reference"]))
+    code, _, err = run_cli(capsys, ["validate", bundle])
+    assert_one_line_error(code, err, "reference.npz")
