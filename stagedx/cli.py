@@ -5,7 +5,9 @@ module; those modules import their heavy dependencies inside the commands, so ``
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import traceback
 
 import click
@@ -35,14 +37,43 @@ def _register() -> None:
             cli.add_command(command)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every ``finally`` / ``AtomicFolder`` cleans up."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def _interrupted(exc: BaseException) -> None:
+    terminated = isinstance(exc, Terminated) or isinstance(exc.__context__, Terminated)
+    click.echo("terminated" if terminated else "interrupted", err=True)
+    sys.exit(143 if terminated else 130)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("STAGEDX_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]
     _register()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _run(argv, debug)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str], debug: bool) -> None:
     try:
         cli.main(args=argv, prog_name="stagedx", standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:  # click wraps KeyboardInterrupt and EOFError in Abort
+        if isinstance(exc.__context__, EOFError):
+            _unexpected(exc.__context__, debug)
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            _interrupted(exc.__context__)
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.exceptions.ClickException as exc:
@@ -53,11 +84,15 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
     except Exception as exc:  # noqa: BLE001 - the CLI must never dump a traceback by default
-        if debug:
-            traceback.print_exc()
-        click.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
-        sys.exit(1)
+        _unexpected(exc, debug)
+
+
+def _unexpected(exc: BaseException, debug: bool) -> None:
+    if debug:
+        traceback.print_exception(exc)
+    text = " ".join(str(exc).split())[:300]
+    click.echo(f"error: {type(exc).__name__}: {text} (run with --debug for the traceback)", err=True)
+    sys.exit(1)

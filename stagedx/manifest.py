@@ -55,8 +55,10 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -196,9 +198,13 @@ class Manifest:
 
     @staticmethod
     def from_dict(d: dict) -> "Manifest":
+        if not isinstance(d, dict):
+            raise StagedxError(f"manifest.json must hold a JSON object, not a {type(d).__name__}")
         version = d.get("schema_version")
-        if not isinstance(version, int):
+        if type(version) is not int:
             raise StagedxError("manifest.json has no integer schema_version: not a stagedx bundle")
+        if version < 1:
+            raise StagedxError(f"bundle manifest has schema version {version}; this stagedx reads 1 to {SCHEMA_VERSION}")
         if version > SCHEMA_VERSION:
             raise StagedxError(
                 f"bundle manifest has schema version {version}, newer than this stagedx "
@@ -211,7 +217,7 @@ class Manifest:
                 kind=d["draft2"]["kind"],
                 ngram=None if ng is None else NgramEntry(**{**ng, "corpus": tuple(ng.get("corpus", ()))}),
             )
-            return Manifest(
+            manifest = Manifest(
                 tokenizer=TokenizerEntry(**d["tokenizer"]),
                 models=models,
                 draft2=draft2,
@@ -224,8 +230,12 @@ class Manifest:
                 engines=tuple(d.get("engines", ())),
                 tuning=dict(d.get("tuning", {})),
             )
-        except (KeyError, TypeError) as exc:
-            raise StagedxError(f"manifest.json is malformed: {exc!r}") from exc
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StagedxError(f"manifest.json is malformed: {type(exc).__name__} {exc}") from exc
+        from .manifest_check import check_manifest  # noqa: PLC0415 - keeps this module short
+
+        check_manifest(manifest)
+        return manifest
 
 
 def _model_from_dict(d: dict) -> ModelEntry:
@@ -260,18 +270,32 @@ def load_manifest(bundle: str | os.PathLike, check_files: bool = True) -> Manife
     if not path.is_file():
         raise StagedxError(f"{bundle} is not a stagedx bundle: no {MANIFEST_NAME}")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise StagedxError(f"cannot read {path}: {exc}") from exc
     manifest = Manifest.from_dict(data)
+    for ref in manifest.files():
+        bundle_file(bundle, ref.file)  # confinement is checked even when hashes are not
     if check_files:
         verify_files(bundle, manifest)
     return manifest
 
 
+def bundle_file(bundle: str | os.PathLike, name: str) -> Path:
+    """``bundle / name``, refused (before anything reads it) unless it is a relative path that
+    resolves, symbolic links followed, to a place inside the bundle folder."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise StagedxError(f"manifest names an invalid file {name!r}")
+    path = Path(bundle) / name
+    root = Path(bundle).resolve()
+    if Path(name).is_absolute() or not path.resolve().is_relative_to(root):
+        raise StagedxError(f"manifest names {name!r}, which lies outside the bundle folder {bundle}: refused")
+    return path
+
+
 def verify_files(bundle: Path, manifest: Manifest) -> None:
     for ref in manifest.files():
-        p = Path(bundle) / ref.file
+        p = bundle_file(bundle, ref.file)
         if not p.is_file():
             raise StagedxError(f"bundle file missing: {p}")
         if sha256_file(p) != ref.sha256:
@@ -295,9 +319,11 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # disk full, read-only: one line; the old file is intact
+            raise StagedxError(f"cannot write {path}: {exc.strerror or exc}") from exc
         raise
     return path
 
@@ -318,8 +344,12 @@ def update_manifest(bundle: str | os.PathLike, **changes: Any) -> Manifest:
 class AtomicFolder:
     """Build a folder under a temporary name next to ``target`` and rename it at the end.
 
-    ``with AtomicFolder(target, force) as tmp: ...write into tmp...``; on any exception the
-    temporary folder is removed and ``target`` is untouched.
+    ``with AtomicFolder(target, force) as tmp: ...write into tmp...``; on any exception
+    (SIGTERM included, which the CLI turns into KeyboardInterrupt) the temporary folder is
+    removed and ``target`` is untouched. ``force`` replaces only an empty folder or a stagedx
+    bundle (a folder holding a manifest): never a file or a folder of the user's. Temporaries
+    left by an earlier run that was killed (``.NAME.tmp-PID-*``, ``.NAME.old-PID``, whose PID is
+    no longer running) are removed on entry.
     """
 
     def __init__(self, target: str | os.PathLike, force: bool = False):
@@ -328,8 +358,10 @@ class AtomicFolder:
         self.tmp: Path | None = None
 
     def __enter__(self) -> Path:
-        if self.target.exists() and not self.force:
-            raise StagedxError(f"output exists: {self.target} (use --force to replace it)")
+        if self.target.exists() or self.target.is_symlink():
+            if not self.force:
+                raise StagedxError(f"output exists: {self.target} (use --force to replace it)")
+            _check_replaceable(self.target)
         parent = self.target.parent if str(self.target.parent) else Path(".")
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -337,8 +369,9 @@ class AtomicFolder:
             raise StagedxError(f"cannot create the output's parent folder {parent}: {exc.strerror}") from exc
         if not os.access(parent, os.W_OK):
             raise StagedxError(f"output location is not writable: {parent}")
+        remove_stale_temporaries(self.target)
         try:
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=parent))
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-{os.getpid()}-", dir=parent))
             os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         except OSError as exc:
             raise StagedxError(f"cannot create a folder in {parent}: {exc}") from exc
@@ -348,12 +381,91 @@ class AtomicFolder:
         assert self.tmp is not None
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if isinstance(exc, OSError):  # disk full, permissions: one line, nothing left behind
+                where = f" ({exc.filename})" if exc.filename else ""
+                raise StagedxError(f"writing {self.target} failed: {exc.strerror or exc}{where}; "
+                                   "nothing was written") from exc  # fmt: skip
             return False
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
-            os.replace(self.target, old)
-            os.replace(self.tmp, self.target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.target)
+        try:
+            if self.target.exists() or self.target.is_symlink():
+                old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
+                os.replace(self.target, old)
+                try:
+                    os.replace(self.tmp, self.target)
+                except BaseException:
+                    os.replace(old, self.target)
+                    raise
+                _remove(old)
+            else:
+                os.replace(self.tmp, self.target)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         return False
+
+
+def _check_replaceable(target: Path) -> None:
+    """``--force`` may replace an empty folder or a stagedx bundle, nothing else."""
+    if target.is_dir() and not target.is_symlink():
+        names = {p.name for p in target.iterdir()}
+        if not names or _holds_manifest(target):
+            return
+    raise StagedxError(
+        f"--force replaces only a stagedx bundle (a folder with {MANIFEST_NAME}) or an empty folder; "
+        f"{target} is neither, so nothing was replaced: choose another output or remove it yourself"
+    )
+
+
+def _holds_manifest(folder: Path) -> bool:
+    try:
+        data = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "schema_version" in data and "models" in data
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+PIDLESS_STALE_S = 3600.0  # a temporary without a PID is taken as abandoned after an hour
+
+
+def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
+    """Remove ``.NAME.tmp-PID-*`` / ``.NAME.old-PID`` next to ``target`` whose process is gone,
+    and ``.NAME.tmp-XXXXXXXX`` (no PID: earlier stagedx versions) older than ``PIDLESS_STALE_S``."""
+    target = Path(target)
+    parent = target.parent if str(target.parent) else Path(".")
+    removed = []
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:tmp-(\d+)-.+|old-(\d+)|tmp-([a-z0-9_]{{8}}))")
+    try:
+        siblings = list(parent.iterdir())
+    except OSError:
+        return removed
+    for path in siblings:
+        m = pattern.fullmatch(path.name)
+        if m is None or path.is_symlink() or not path.is_dir():
+            continue
+        if m.group(3) is not None:
+            stale = time.time() - path.stat().st_mtime > PIDLESS_STALE_S
+        else:
+            stale = not _pid_alive(int(m.group(1) or m.group(2)))
+        if stale:
+            _remove(path)
+            removed.append(path)
+    return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)

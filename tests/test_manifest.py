@@ -101,6 +101,7 @@ def test_atomic_folder(tmp_path):
     target = tmp_path / "out"
     with AtomicFolder(target) as tmp:
         (tmp / "a").write_text("1")
+        (tmp / "manifest.json").write_text('{"schema_version": 1, "models": {}}')  # a bundle: --force may replace it
         assert not target.exists()
     assert (target / "a").read_text() == "1"
     with pytest.raises(StagedxError, match="output exists"):
@@ -111,7 +112,7 @@ def test_atomic_folder(tmp_path):
             (tmp / "b").write_text("2")
             raise RuntimeError
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    assert [p.name for p in target.iterdir()] == ["a"]
+    assert sorted(p.name for p in target.iterdir()) == ["a", "manifest.json"]
     with AtomicFolder(target, force=True) as tmp:
         (tmp / "b").write_text("2")
     assert [p.name for p in target.iterdir()] == ["b"]

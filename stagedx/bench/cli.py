@@ -13,6 +13,34 @@ def _csv(value: str) -> tuple:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
+def check_writable_folder(folder, option: str) -> None:
+    """``folder`` is (or can be created as) a writable folder: checked before a long run."""
+    import os
+    from pathlib import Path
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise StagedxError(f"{option} {folder} exists and is not a folder")
+    probe = folder
+    while not probe.exists():  # the nearest existing ancestor must let us create the rest
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise StagedxError(f"{option} {folder} is not writable ({probe} does not allow it)")
+
+
+def check_bundle_writable(bundle) -> None:
+    """tune stores its result in the manifest: refuse a read-only bundle before measuring."""
+    import os
+    from pathlib import Path
+
+    from ..manifest import MANIFEST_NAME
+
+    folder = Path(bundle)
+    if folder.is_dir() and not (os.access(folder, os.W_OK | os.X_OK) and os.access(folder / MANIFEST_NAME, os.W_OK)):
+        raise StagedxError(f"{folder} is read-only: tune stores its result in {folder / MANIFEST_NAME}; "
+                           "copy the bundle somewhere writable first")  # fmt: skip
+
+
 @click.command("bench")
 @click.argument("bundle", type=click.Path())
 @click.option("--prompts", default="humaneval", show_default=True,
@@ -46,12 +74,16 @@ def bench(bundle, prompts, limit, max_new_tokens, repeats, warmup, methods, samp
         raise StagedxError("--sampling needs at least one mode")
     if max_new_tokens < 1 or repeats < 1 or warmup < 0 or threads < 1:
         raise StagedxError("--max-new-tokens, --repeats and --threads must be >= 1, --warmup >= 0")
+    if seed < 0:
+        raise StagedxError(f"--seed must be an integer >= 0, got {seed}")
     from ..runtime import SamplingConfig
+    from ..runtime.device import check_threads
 
+    check_threads(threads, "--threads")
     for s in samplings_t:
         SamplingConfig.parse(s)  # fail early on a bad mode
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(out, "--out")  # created only when there are results to write
     cfg = BenchConfig(methods_t, samplings_t, max_new_tokens, repeats, warmup, seed)
     req = BenchRequest(bundle, prompts, limit or None, cfg, threads, device, peers)
 
@@ -74,6 +106,10 @@ def bench(bundle, prompts, limit, max_new_tokens, repeats, warmup, methods, samp
             bar_state["bar"].__exit__(None, None, None)
     text = render(result)
     click.echo(text)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StagedxError(f"cannot create --out {out}: {exc.strerror}") from exc
     write_json(out / "bench.json", result)
     write_atomic(out / "bench.txt", text + "\n")
     png = write_png(out / "bench.png", result["summary"], title=f"stagedx bench ({result['environment']['device']})")
@@ -99,9 +135,15 @@ def tune(bundle, calibration, limit, max_new_tokens, sampling, passes, threads, 
 
     if max_new_tokens < 1 or passes < 1 or threads < 1:
         raise StagedxError("--max-new-tokens, --passes and --threads must be >= 1")
+    from ..runtime.device import check_threads
+
+    check_threads(threads, "--threads")
     samplings = _csv(sampling)
+    if not samplings:
+        raise StagedxError("--sampling needs at least one mode")
     for mode in samplings:
         SamplingConfig.parse(mode)
+    check_bundle_writable(bundle)  # before the measurement, not after it
     process_owner_thread_pool(threads)
     gen = Generator(bundle, device=device, strategy="staged", threads=threads)
     cfg = TuneConfig(calibration=calibration, limit=limit or None, max_new_tokens=max_new_tokens, samplings=samplings,

@@ -66,9 +66,18 @@ def parse_range(spec: str) -> tuple[int, int]:
     return lo, hi
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise StagedxError(f"prompt file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise StagedxError(f"cannot read prompt file {path}: {exc.strerror}") from None
+
+
 def load_jsonl(path: Path) -> list[Prompt]:
     prompts = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -83,7 +92,7 @@ def load_jsonl(path: Path) -> list[Prompt]:
 
 
 def load_text(path: Path) -> list[Prompt]:
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     blocks = [b for b in re.split(r"\n[ \t]*\n+", text) if b.strip()]
     return [Prompt(f"{path.name}#{i}", b if b.endswith("\n") else b + "\n") for i, b in enumerate(blocks)]
 

@@ -155,7 +155,8 @@ def write_png(path: Path, summary: dict, title: str = "") -> Path | None:
         from matplotlib.ticker import MaxNLocator
     except ImportError:
         return None
-    panels = [s for s, cells in summary.items() if any("speedup_per_prompt" in c for c in cells.values())]
+    panels = [s for s, cells in summary.items()
+              if any("speedup_per_prompt" in c for m, c in cells.items() if m != "baseline")]  # fmt: skip
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)

@@ -45,7 +45,7 @@ def resolve_spec(cfg: BuildConfig, manifest: Manifest) -> ProfileSpec:
     max_context = cfg.max_context if cfg.max_context is not None else min(2048, max_positions)
     spec = ProfileSpec(cfg.max_tree, max_context, manifest.reserved_slots("tensorrt"))
     check_spec(spec, max_positions)
-    if not cfg.workspace_gb > 0:
+    if not 0 < cfg.workspace_gb < float("inf"):
         raise StagedxError(f"--workspace must be positive (got {cfg.workspace_gb} GB)")
     return spec
 

@@ -9,6 +9,7 @@ the reference with the manifest's tolerance for the graph's dtype. The error mea
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,8 +168,11 @@ def validate_bundle(bundle: str | Path) -> list[Check]:
     except ImportError as exc:
         raise StagedxError("validate needs Polygraphy: pip install 'stagedx[validate]'") from exc
     G_LOGGER.module_severity = G_LOGGER.ERROR
-    with np.load(bundle / manifest.reference["file"], allow_pickle=False) as npz:
-        ref = {k: npz[k] for k in npz.files}
+    try:
+        with np.load(bundle / manifest.reference["file"], allow_pickle=False) as npz:
+            ref = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # empty / truncated / not npz
+        raise StagedxError(f"cannot read {manifest.reference['file']}: {type(exc).__name__}: {exc}") from exc
     missing = [f"{r}.logits" for r in manifest.models if f"{r}.logits" not in ref]
     if missing:
         raise StagedxError(f"reference.npz lacks {missing}; re-export the bundle")

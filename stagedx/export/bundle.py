@@ -70,6 +70,8 @@ def _check_config(cfg: ExportConfig) -> str:
         raise StagedxError(f"unknown dtype {cfg.dtype!r} (choose from {', '.join(DTYPES)})")
     if cfg.topk < 1:
         raise StagedxError(f"--topk must be at least 1, got {cfg.topk}")
+    if cfg.ngram_max_contexts is not None and cfg.ngram_max_contexts < 1:
+        raise StagedxError(f"--ngram-max-contexts must be at least 1, got {cfg.ngram_max_contexts}")
     if kind in ("ngram", "both") and not cfg.corpus:
         raise StagedxError(f"--draft2 {kind} needs --corpus PATH (files or folders to fit the n-gram on)")
     if cfg.corpus and kind not in ("ngram", "both"):

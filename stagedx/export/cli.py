@@ -29,6 +29,7 @@ def export(oracle, draft, draft2, corpus, exclude_from, dtype, topk, ngram_max_c
     """Export ORACLE and --draft to ONNX graphs in a verified bundle folder."""
     import time
 
+    _require_export_extra()
     from .bundle import ExportConfig, export_bundle
 
     config = ExportConfig(
@@ -42,6 +43,18 @@ def export(oracle, draft, draft2, corpus, exclude_from, dtype, topk, ngram_max_c
     click.echo(f"exported {output} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f}s")
 
 
+def _require_export_extra() -> None:
+    """export runs PyTorch, transformers and onnx: say how to install them, not ModuleNotFoundError."""
+    import importlib.util
+
+    from ..errors import StagedxError
+
+    missing = [m for m in ("torch", "transformers", "onnx") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise StagedxError(f"stagedx export needs {', '.join(missing)} (not installed): install the export extra, "
+                           "e.g. pip install torch==2.13.0 && pip install '.[export,cpu]' from a checkout")  # fmt: skip
+
+
 def _fmt_bytes(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
@@ -52,6 +65,11 @@ def _fmt_bytes(n: int) -> str:
 
 def summary(bundle: Path) -> str:
     """The manifest of ``bundle`` as readable lines (also reports files that fail their sha256)."""
+    return summarize(bundle)[0]
+
+
+def summarize(bundle: Path) -> tuple[str, str | None]:
+    """``(summary lines, problem)``: problem is the file check's error, or None."""
     from ..errors import StagedxError
     from ..manifest import load_manifest, verify_files
 
@@ -87,19 +105,26 @@ def summary(bundle: Path) -> str:
         f"\n           {e.get('file')}" + (f" ({e['device']})" if e.get("device") else "") for e in m.engines))
     if m.tuning:
         lines.append("tuning     " + ", ".join(sorted(m.tuning)))
+    problem = None
     try:
         verify_files(bundle, m)
         lines.append("files      all present, sha256 ok")
     except StagedxError as exc:
+        problem = str(exc)
         lines.append(f"files      PROBLEM: {exc}")
-    return "\n".join(lines)
+    return "\n".join(lines), problem
 
 
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 def inspect(bundle):
-    """Print the manifest of BUNDLE as a readable summary."""
-    click.echo(summary(bundle))
+    """Print the manifest of BUNDLE as a readable summary (exit 2 when a file fails its check)."""
+    from ..errors import StagedxError
+
+    text, problem = summarize(bundle)
+    click.echo(text)
+    if problem is not None:
+        raise StagedxError(problem)
 
 
 COMMANDS = [export, inspect]

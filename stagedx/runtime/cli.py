@@ -22,10 +22,10 @@ def _tree_config(gen, sampling, overrides: dict):
             overrides["fanouts"] = tuple(int(x) for x in overrides["fanouts"].split(",") if x.strip())
         except ValueError:
             raise StagedxError(f"--fanouts must be comma-separated integers, got {overrides['fanouts']!r}") from None
-    tree = dataclasses.replace(gen.tree_for(sampling), **overrides)
-    if tree.budget < 0 or tree.max_depth < 1 or tree.draft_calls < 0 or min(tree.fanouts, default=1) < 1:
-        raise StagedxError("tree options: --tree-budget >= 0, --max-depth >= 1, --draft-calls >= 0, fan-outs >= 1")
-    return tree
+    try:  # TreeConfig validates itself; name the options the value came from
+        return dataclasses.replace(gen.tree_for(sampling), **overrides)
+    except StagedxError as exc:
+        raise StagedxError(f"{exc} (from --tree-budget / --max-depth / --fanouts / --draft-calls)") from None
 
 
 def _stats_line(res) -> str:
@@ -48,7 +48,7 @@ def _stats_line(res) -> str:
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--seed", type=int, default=None, help="seed for sampling (same seed + settings = same output)")
 @click.option("--stop", multiple=True, help="stop string (repeatable)")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads, 1 to the CPU cores available [default: all of them]")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | tensorrt")
 @click.option("--tree-budget", type=int, default=None, help="oracle tree nodes per call (default: tuned, else built-in)")
 @click.option("--max-depth", type=int, default=None, help="deepest tree level")
@@ -64,13 +64,23 @@ def generate(bundle, prompt, strategy, sampling, temperature, max_new_tokens, se
              tree_budget, max_depth, fanouts, draft_calls, ignore_eos, truncate, stats, as_json, compare):  # fmt: skip
     """Generate a continuation of PROMPT with the bundle's models (PROMPT "-" reads stdin)."""
     if prompt == "-":
-        prompt = sys.stdin.read()
+        try:
+            raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+            prompt = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError as exc:
+            raise StagedxError(f"the prompt on stdin is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    from .device import available_cores, check_threads
     from .generator import Generator
     from .ort_runner import process_owner_thread_pool
     from .sampling import SamplingConfig
 
     cfg = SamplingConfig.parse(sampling, temperature)
-    process_owner_thread_pool(threads)
+    check_threads(threads, "--threads")
+    if seed is not None and seed < 0:
+        raise StagedxError(f"--seed must be an integer >= 0, got {seed}")
+    if max_new_tokens < 1:
+        raise StagedxError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    process_owner_thread_pool(threads or available_cores())
     gen = Generator(bundle, device=device, strategy=strategy, threads=threads)
     gen.tree = _tree_config(
         gen, cfg, {"budget": tree_budget, "max_depth": max_depth, "fanouts": fanouts, "draft_calls": draft_calls}

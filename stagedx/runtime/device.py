@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..errors import StagedxError
 
@@ -24,6 +27,24 @@ class DeviceChoice:
     def name(self) -> str:
         """What the runner reports as its device: "cpu" or "cuda:N"."""
         return "cpu" if self.kind == "cpu" else f"cuda:{self.index}"
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_threads(threads, option: str = "threads") -> None:
+    """``None`` (the backend's default) or an integer in [1, available cores]: more threads
+    than cores only makes the workers fight for them (999 would start ~1000 threads)."""
+    if threads is None:
+        return
+    cores = available_cores()
+    if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or not 1 <= threads <= cores:
+        raise StagedxError(f"{option} must be an integer in [1, {cores}] (the CPU cores available), got {threads!r}")
 
 
 def parse_device(device: str) -> tuple[str, int]:

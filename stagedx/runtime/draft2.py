@@ -17,6 +17,7 @@ NumPy and the standard library only: this module runs in the latency-critical de
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -76,15 +77,20 @@ class NgramModel:
         try:
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {name: npz[name] for name in npz.files}
-        except (OSError, ValueError) as exc:
-            raise StagedxError(f"cannot read n-gram file {path}: {exc}") from exc
-        version = int(arrays.get("format_version", -1))
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # empty / truncated / not npz
+            raise StagedxError(f"cannot read n-gram file {path}: {type(exc).__name__}: {exc}") from exc
+        try:
+            version = int(arrays.get("format_version", -1))
+        except (TypeError, ValueError):
+            version = -1
         if version != FORMAT_VERSION:
             raise StagedxError(f"{path}: n-gram format {version}, expected {FORMAT_VERSION}")
         try:
             return cls(arrays)
         except KeyError as exc:
             raise StagedxError(f"{path}: n-gram file lacks array {exc}") from exc
+        except (ValueError, IndexError, TypeError) as exc:
+            raise StagedxError(f"{path}: n-gram tables are inconsistent ({exc})") from exc
 
     def _rows(self, context: Sequence[int]) -> tuple[int, int]:
         """(trigram row, bigram row) of the context's last two tokens; -1 where not stored."""

@@ -19,7 +19,9 @@ Who owns what during one ``generate`` call (see also docs/design.md):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,7 @@ import numpy as np
 
 from ..errors import StagedxError
 from . import accept
-from .bundle import make_runner, open_bundle
+from .bundle import cross_check, make_runner, open_bundle
 from .draft2 import Draft2
 from .runner import FETCH_LOGITS, FETCH_TOPK, chain_mask
 from .sampling import SamplingConfig, rank_logprobs, sample, warp
@@ -160,7 +162,37 @@ def find_tuning(tuning: dict, device: str, backend: str, threads: int | None) ->
     return same[min(same, key=lambda t: (abs(t - want), -t))]
 
 
+def check_tuning(tuned: dict, key: str) -> dict:
+    """A tuned entry read from a manifest, with each mode's tree shape validated."""
+    for mode in ("greedy", "sample"):
+        if mode in tuned:
+            try:
+                TreeConfig.from_dict(tuned[mode])
+            except (StagedxError, TypeError) as exc:
+                raise StagedxError(f"manifest tuning[{key!r}][{mode!r}] is invalid: {exc}; rerun stagedx tune") from None
+    return tuned
+
+
+def prompt_ids(prompt, tokenizer: Tokenizer) -> np.ndarray:
+    """``str`` (encoded) or a sequence of int token ids; anything else is refused."""
+    if isinstance(prompt, str):
+        return np.asarray(tokenizer.encode(prompt), np.int64)
+    if isinstance(prompt, (bytes, bytearray, memoryview)):
+        raise StagedxError("prompt is bytes: pass a str (decode it first) or a sequence of int token ids")
+    if not isinstance(prompt, (Sequence, np.ndarray)):
+        raise StagedxError(f"prompt must be a str or a sequence of int token ids, got {type(prompt).__name__}")
+    ids = np.asarray(prompt)
+    if ids.size and (ids.ndim != 1 or ids.dtype.kind not in "iu"):
+        raise StagedxError(f"prompt token ids must be a flat sequence of ints, got dtype {ids.dtype} shape {ids.shape}")
+    return ids.astype(np.int64).reshape(-1)
+
+
 class Generator:
+    """Decodes with one bundle. Safe to share between threads: each ``generate`` call and each
+    ``stream`` iteration (from its first item to its end or ``close()``) holds the Generator's
+    lock, so concurrent calls run one after another, never interleaved. A second call from the
+    thread that is iterating an unfinished stream is refused (it would wait for itself)."""
+
     def __init__(
         self,
         bundle: str | Path,
@@ -182,7 +214,8 @@ class Generator:
         self.device, self.backend = self.oracle.device, self.oracle.backend
         self.threads = getattr(self.oracle, "threads", threads) or 0  # what the backend really uses
         self.tuning_key = f"{self.device}|{self.backend}|{self.threads}"
-        self.tuned = find_tuning(self.manifest.tuning, self.device, self.backend, self.threads)
+        self.tuned = check_tuning(find_tuning(self.manifest.tuning, self.device, self.backend, self.threads),
+                                  self.tuning_key)  # fmt: skip
         self.tree = tree  # an explicit tree overrides the tuned / default one for every mode
         self.tree_budget = tree_budget  # only the oracle's node budget, over whichever tree
         m = self.manifest
@@ -193,6 +226,28 @@ class Generator:
         self.eos = m.tokenizer.eos_token_id
         self.oracle_weight_bytes = m.oracle.weight_bytes
         self.draft_weight_bytes = m.draft.weight_bytes
+        cross_check(self.bundle_dir, m, self.tokenizer, self.draft2, (self.oracle, self.draft))
+        self._lock = threading.Lock()  # one decode at a time: the runners' KV caches are shared state
+        self._owner: int | None = None  # thread id of the decode in progress
+        self._local = threading.local()  # last_result of each thread's latest stream
+
+    @property
+    def last_result(self) -> GenerationResult | None:
+        """The result of the latest ``stream`` this thread exhausted (per thread)."""
+        return getattr(self._local, "result", None)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        me = threading.get_ident()
+        if self._owner == me:
+            raise StagedxError("this Generator is already decoding in this thread (an unfinished stream()?): "
+                               "exhaust or close() it first")  # fmt: skip
+        with self._lock:
+            self._owner = me
+            try:
+                yield
+            finally:
+                self._owner = None
 
     # -- public API ----------------------------------------------------------------------
     def tree_for(self, sampling: SamplingConfig) -> TreeConfig:
@@ -211,15 +266,21 @@ class Generator:
         ignore_eos, truncate (drop the prompt's start when it does not fit), tree (a
         TreeConfig for this call only)."""
         req = self._request(prompt, max_new_tokens, **options)
-        st = self._start(req)
-        for _ in self._rounds(req, st):
-            pass
-        return self._result(req, st)
+        with self._exclusive():
+            st = self._start(req)
+            for _ in self._rounds(req, st):
+                pass
+            return self._result(req, st)
 
     def stream(self, prompt: str | Sequence[int], max_new_tokens: int = 128, **options) -> Iterator[str]:
         """Yield text as it is accepted, never splitting a UTF-8 character; the full result
-        is left in ``self.last_result`` when the iterator is exhausted."""
+        is left in ``self.last_result`` when the iterator is exhausted. The Generator's lock is
+        held from the first item until the iterator ends or is closed."""
         req = self._request(prompt, max_new_tokens, **options)
+        with self._exclusive():
+            yield from self._stream(req)
+
+    def _stream(self, req: Request) -> Iterator[str]:
         st = self._start(req)
         decoder = StreamDecoder(self.tokenizer)
         # a stop string may begin in text already decoded: hold back its length minus one
@@ -232,15 +293,25 @@ class Generator:
             if st.finish is None and len(text) - hold > sent:
                 yield text[sent : len(text) - hold]
                 sent = len(text) - hold
-        self.last_result = self._result(req, st)
-        final = self.last_result.text  # cut before a stop string, without EOS
+        self._local.result = result = self._result(req, st)
+        final = result.text  # cut before a stop string, without EOS
         if len(final) > sent:
             yield final[sent:]
 
     # -- request set-up ------------------------------------------------------------------
     def _request(self, prompt, max_new_tokens, sampling="greedy", seed=None, stop=(), strategy=None,
                  ignore_eos=False, truncate=False, tree=None) -> Request:  # fmt: skip
-        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else np.asarray(list(prompt), np.int64)
+        if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise StagedxError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0):
+            raise StagedxError(f"seed must be an integer >= 0 (or None), got {seed!r}")
+        if not isinstance(sampling, (str, SamplingConfig)):
+            raise StagedxError(f"sampling must be a str such as 'topk:50' or a SamplingConfig, got {sampling!r}")
+        if tree is not None and not isinstance(tree, TreeConfig):
+            raise StagedxError(f"tree must be a TreeConfig, got {type(tree).__name__}")
+        if not isinstance(stop, str) and not (isinstance(stop, (list, tuple)) and all(isinstance(x, str) for x in stop)):
+            raise StagedxError(f"stop must be a str or a sequence of str, got {stop!r}")
+        ids = prompt_ids(prompt, self.tokenizer)
         if ids.size == 0:
             raise StagedxError("empty prompt: give at least one token")
         if ids.min() < 0 or ids.max() >= self.vocab:
@@ -252,8 +323,6 @@ class Generator:
                     "(use --truncate to keep its end)"
                 )
             ids = ids[-max(1, self.context_limit - min(max_new_tokens, self.context_limit // 2)) :]
-        if max_new_tokens < 1:
-            raise StagedxError("max_new_tokens must be at least 1")
         cfg = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig.parse(sampling)
         strategy = strategy or self.strategy
         if strategy not in STRATEGIES:

@@ -7,11 +7,15 @@ the distribution the verifier will draw from.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import StagedxError
+
+
+MODES = ("greedy", "sample")
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,17 @@ class SamplingConfig:
     top_k: int = 0  # 0 = no top-k cut
     top_p: float = 1.0  # 1.0 = no nucleus cut
 
+    def __post_init__(self) -> None:
+        """Refuse what cannot be sampled from, however the config was built (parser or API)."""
+        if self.mode not in MODES:
+            raise StagedxError(f"sampling mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not _is_real(self.temperature) or not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise StagedxError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise StagedxError(f"top_k must be an integer >= 0 (0 = no top-k cut), got {self.top_k!r}")
+        if not _is_real(self.top_p) or not 0.0 < self.top_p <= 1.0:
+            raise StagedxError(f"top_p must be a number in (0, 1] (1 = no nucleus cut), got {self.top_p!r}")
+
     @property
     def greedy(self) -> bool:
         return self.mode == "greedy"
@@ -29,8 +44,8 @@ class SamplingConfig:
     def parse(spec: str = "greedy", temperature: float = 1.0) -> "SamplingConfig":
         """``greedy`` | ``sample`` | ``topk:50`` | ``topp:0.9`` (with ``temperature``)."""
         spec = (spec or "greedy").strip().lower()
-        if temperature <= 0:
-            raise StagedxError(f"temperature must be > 0, got {temperature}")
+        if not _is_real(temperature) or not math.isfinite(temperature) or temperature <= 0:
+            raise StagedxError(f"--temperature must be a finite number > 0, got {temperature!r}")
         try:
             if spec == "greedy":
                 return SamplingConfig()
@@ -39,7 +54,7 @@ class SamplingConfig:
             kind, _, value = spec.partition(":")
             if kind == "topk" and int(value) > 0:
                 return SamplingConfig("sample", temperature, top_k=int(value))
-            if kind == "topp" and 0.0 < float(value) <= 1.0:
+            if kind == "topp" and math.isfinite(float(value)) and 0.0 < float(value) <= 1.0:
                 return SamplingConfig("sample", temperature, top_p=float(value))
         except ValueError:
             pass
@@ -51,6 +66,14 @@ class SamplingConfig:
             return "greedy"
         cut = f"topk:{self.top_k}" if self.top_k else (f"topp:{self.top_p:g}" if self.top_p < 1 else "sample")
         return cut if self.temperature == 1.0 else f"{cut},T={self.temperature:g}"
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:

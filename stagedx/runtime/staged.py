@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import StagedxError
 from .runner import Runner
 from .tree import ancestor_mask, depths, select_best_first
 
@@ -44,13 +45,35 @@ class TreeConfig:
     tau: float = 0.1  # greedy ranking temperature
     spec_k: int = 4  # chain length of the classic speculative strategy
 
+    def __post_init__(self) -> None:
+        """Refuse shapes the decode loop cannot run, however the config was built."""
+        for name, low in (("budget", 0), ("max_depth", 1), ("draft_calls", 0), ("draft_batch", 1), ("spec_k", 1)):
+            value = getattr(self, name)
+            if not _is_int(value) or not low <= value <= MAX_TREE_FIELD:
+                raise StagedxError(f"tree {name} must be an integer in [{low}, {MAX_TREE_FIELD}], got {value!r}")
+        if not isinstance(self.fanouts, tuple) or not all(_is_int(f) and 1 <= f <= MAX_TREE_FIELD for f in self.fanouts):
+            raise StagedxError(f"tree fanouts must be a tuple of integers in [1, {MAX_TREE_FIELD}], got {self.fanouts!r}")
+        if not isinstance(self.tau, (int, float)) or isinstance(self.tau, bool) or not 0 < self.tau < float("inf"):
+            raise StagedxError(f"tree tau (greedy ranking temperature) must be a finite number > 0, got {self.tau!r}")
+
     @staticmethod
     def from_dict(d: dict) -> "TreeConfig":
+        if not isinstance(d, dict):
+            raise StagedxError(f"a tree shape must be a JSON object, got {type(d).__name__}")
         names = TreeConfig.__dataclass_fields__
         kw = {k: v for k, v in d.items() if k in names}
         if "fanouts" in kw:
-            kw["fanouts"] = tuple(int(x) for x in kw["fanouts"])
+            if not isinstance(kw["fanouts"], (list, tuple)):
+                raise StagedxError(f"tree fanouts must be a list of integers, got {kw['fanouts']!r}")
+            kw["fanouts"] = tuple(kw["fanouts"])
         return TreeConfig(**kw)
+
+
+MAX_TREE_FIELD = 4096  # far above any useful tree; keeps a typo from allocating gigabytes
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
 @dataclass

@@ -152,6 +152,7 @@ def test_existing_output_refused_without_force_then_replaced_with_it(tiny_pair, 
     code, _, err = run_main(monkeypatch, capsys, args)
     assert_one_line_error(code, err, "output exists", "--force")
     assert (out / "old.txt").read_text() == "old"
+    (out / "manifest.json").write_text('{"schema_version": 1, "models": {}}')  # an (old) bundle: replaceable
     code, stdout, err = run_main(monkeypatch, capsys, args + ["--force", "--no-verify", "--topk", "8"])
     assert code == 0, err
     assert not (out / "old.txt").exists()
@@ -195,7 +196,7 @@ def test_inspect_reports_a_modified_file(tiny_bundle, tmp_path, monkeypatch, cap
     with open(copy / "draft.onnx", "ab") as f:
         f.write(b"\0")
     code, out, _ = run_main(monkeypatch, capsys, ["inspect", copy])
-    assert code == 0 and "PROBLEM" in out and "draft.onnx" in out
+    assert code == 2 and "PROBLEM" in out and "draft.onnx" in out  # the summary, then exit 2
 
 
 def test_inspect_not_a_bundle(tmp_path, monkeypatch, capsys):
