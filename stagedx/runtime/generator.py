@@ -56,6 +56,7 @@ class Stats:
     strategy: str
     sampling: str
     oracle_calls: int = 0
+    oracle_tokens: int = 0  # tree tokens scored by the oracle, summed over calls (prefill excluded)
     draft_calls: int = 0
     new_tokens: int = 0
     rounds: int = 0
@@ -74,6 +75,7 @@ class Stats:
             "strategy": self.strategy,
             "sampling": self.sampling,
             "oracle_calls": self.oracle_calls,
+            "oracle_tokens": self.oracle_tokens,
             "draft_calls": self.draft_calls,
             "new_tokens": self.new_tokens,
             "rounds": self.rounds,
@@ -294,6 +296,7 @@ class Generator:
             out = self.oracle.run(tree.tokens, n - 1 + tree.depth, ancestor_mask(tree.parents), fetch)
             s.time_s["oracle"] += time.perf_counter() - t0
             s.oracle_calls += 1
+            s.oracle_tokens += len(tree.tokens)
             verdict = self._verify(req, st, tree, out)
             kept = self._commit(req, st, tree, verdict, draft_path)
             s.rounds += 1
