@@ -271,15 +271,20 @@ def cmd_scale(args) -> None:
 
 
 # -- exported bundles ------------------------------------------------------------------
-def _runner_greedy(bundle: Path, role: str, prompt, n: int, threads: int):
+def _runner(bundle: Path, role: str, threads: int):
+    from stagedx.runtime.bundle import make_runner, open_bundle
+
+    bundle_dir, manifest = open_bundle(bundle)
+    return make_runner(bundle_dir, manifest, role, "cpu", threads)
+
+
+def _runner_greedy(runner, prompt, n: int):
     """Greedy tokens and their top-1 logits from one model of a bundle (baseline decoding)."""
     import numpy as np
 
-    from stagedx.runtime.bundle import make_runner, open_bundle
     from stagedx.runtime.runner import chain_mask
 
-    bundle_dir, manifest = open_bundle(bundle)
-    runner = make_runner(bundle_dir, manifest, role, "cpu", threads)
+    runner.truncate(0)
     chain, tokens, values = np.asarray(prompt, np.int64), [], []
     for _ in range(n):
         out = runner.run(chain, runner.length + np.arange(len(chain)), chain_mask(len(chain)))
@@ -316,9 +321,10 @@ def compare_bundles(small: Path, big: Path, prompts: list, n: int, threads: int 
     worst = {}
     for role in ("oracle", "draft"):
         worst[role] = 0.0
+        ours, theirs = _runner(small, role, threads), _runner(big, role, threads)
         for i, ids in enumerate(prompts):
-            a, va = _runner_greedy(small, role, ids, n, threads)
-            b, vb = _runner_greedy(big, role, ids, n, threads)
+            a, va = _runner_greedy(ours, ids, n)
+            b, vb = _runner_greedy(theirs, ids, n)
             if a != b:
                 raise StagedxError(f"{big} {role}: greedy output differs from {small} on prompt {i}")
             worst[role] = max(worst[role], float(np.abs(va - vb).max() / np.abs(va).max()))
