@@ -307,6 +307,8 @@ class Generator:
 
     def _propose(self, req: Request, st: DecodeState, room: int) -> tuple[OracleTree, list]:
         """Returns the tree for the oracle and the draft's speculative path (tokens below the root)."""
+        if req.strategy == "baseline":  # before the O(context) history array below
+            return root_only(st.tokens[-1]), []
         history = np.asarray(st.tokens, np.int64)
         if req.strategy == "speculative" and min(req.tree.spec_k, room) > 0:
             drafted = self._draft_chain(req, st, history, min(req.tree.spec_k, room))
