@@ -134,7 +134,7 @@ def write_figure1(path: Path, results: Sequence[dict], title: str = "") -> Path 
             ax.plot(p["intensity"], p["flops_per_s"], METHOD_MARKERS.get(p["method"], "x"), ms=8 if filled else 7,
                     color=colour, mfc=colour if filled else "none", mew=1.2)  # fmt: skip
             if p["decode_tokens_per_s"]:
-                ax.annotate(f"{p['decode_tokens_per_s']:.0f}", (p["intensity"], p["flops_per_s"]),
+                ax.annotate(f"{p['decode_tokens_per_s']:.3g}", (p["intensity"], p["flops_per_s"]),
                             textcoords="offset points", xytext=(5, 3), fontsize=7, color=colour)  # fmt: skip
     for method, marker in METHOD_MARKERS.items():
         ax.plot([], [], marker, color="gray", label=method)
