@@ -87,6 +87,7 @@ class StagedxMethod:
         return {
             "new_tokens": int(stats["new_tokens"]),
             "oracle_calls": int(stats["oracle_calls"]),
+            "oracle_tokens": int(stats["oracle_tokens"]),
             "draft_calls": int(stats["draft_calls"]),
             "rounds": int(stats.get("rounds", stats["oracle_calls"])),
             "wall_s": wall,
@@ -197,6 +198,7 @@ class BenchRequest:
     threads: int = 2
     device: str = "auto"
     peers: bool = False
+    cost_curve: bool = True  # measure the oracle's latency against tree size (Figure 1)
 
 
 def benchmark(req: BenchRequest, progress: Callable | None = None, echo: Callable = print) -> dict:
@@ -227,7 +229,7 @@ def benchmark(req: BenchRequest, progress: Callable | None = None, echo: Callabl
             "bundle": str(req.bundle), "prompts": req.prompts, "limit": req.limit, "n_prompts": len(prompts),
             "prompt_ids": [p.id for p in prompts], "methods": list(cfg.methods), "samplings": list(cfg.samplings),
             "max_new_tokens": cfg.max_new_tokens, "repeats": cfg.repeats, "warmup": cfg.warmup, "seed": cfg.seed,
-            "peers": req.peers, "stop_rule": "fixed new-token count, EOS ignored", "timing": "wall clock of each generate call, prefill included",
+            "peers": req.peers, "stop_rule": "fixed new-token count, EOS ignored", "timing": "wall clock of each generate call, prefill included (decode_tokens_per_s: prefill excluded)",
             "tree": {s: _tree_record(gen, s) for s in cfg.samplings},
             "tree_source": {s: _tree_source(gen, s) for s in cfg.samplings},
         },  # fmt: skip
@@ -241,6 +243,10 @@ def benchmark(req: BenchRequest, progress: Callable | None = None, echo: Callabl
     )
     if base:
         result["roofline"] = roofline(base["tokens_per_s"], weights["oracle"]).as_dict()
+    if req.cost_curve:
+        from .figure1 import measure_cost_curve
+
+        result["cost_curve"] = measure_cost_curve(gen)
     if req.peers:
         from .peers import summarize_peers
 

@@ -57,13 +57,16 @@ def check_bundle_writable(bundle) -> None:
 @click.option("--out", "out_dir", type=click.Path(), default="bench-out", show_default=True,
               help="folder for bench.json, bench.txt and bench.png")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--figure-with", "figure_with", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="bench.json of another pair to draw beside this one in figure1.png (repeatable)")
 def bench(bundle, prompts, limit, max_new_tokens, repeats, warmup, methods, samplings, threads, device, peers,
-          out_dir, seed):  # fmt: skip
+          out_dir, seed, figure_with):  # fmt: skip
     """Measure baseline, speculative and staged decoding on BUNDLE (the paper's table)."""
     from pathlib import Path
 
     from .bench import STAGEDX_METHODS, BenchConfig, BenchRequest, benchmark
     from ..manifest import write_atomic
+    from .figure1 import write_figure1
     from .report import render, write_json, write_png
 
     methods_t, samplings_t = _csv(methods), _csv(samplings)
@@ -82,6 +85,7 @@ def bench(bundle, prompts, limit, max_new_tokens, repeats, warmup, methods, samp
     check_threads(threads, "--threads")
     for s in samplings_t:
         SamplingConfig.parse(s)  # fail early on a bad mode
+    others = [_load_bench_json(Path(p)) for p in figure_with]
     out = Path(out_dir)
     check_writable_folder(out, "--out")  # created only when there are results to write
     cfg = BenchConfig(methods_t, samplings_t, max_new_tokens, repeats, warmup, seed)
@@ -113,7 +117,21 @@ def bench(bundle, prompts, limit, max_new_tokens, repeats, warmup, methods, samp
     write_json(out / "bench.json", result)
     write_atomic(out / "bench.txt", text + "\n")
     png = write_png(out / "bench.png", result["summary"], title=f"stagedx bench ({result['environment']['device']})")
-    click.echo(f"wrote {out / 'bench.json'}, {out / 'bench.txt'}" + (f", {png}" if png else ""), err=True)
+    fig1 = write_figure1(out / "figure1.png", [result, *others])
+    written = [out / "bench.json", out / "bench.txt", *(p for p in (png, fig1) if p)]
+    click.echo("wrote " + ", ".join(str(p) for p in written), err=True)
+
+
+def _load_bench_json(path) -> dict:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StagedxError(f"--figure-with {path}: not a readable bench.json ({exc})") from exc
+    if not isinstance(data, dict) or "cost_curve" not in data or "summary" not in data:
+        raise StagedxError(f"--figure-with {path}: no cost curve in it (written by an older stagedx bench?)")
+    return data
 
 
 @click.command("tune")

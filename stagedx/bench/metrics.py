@@ -38,6 +38,29 @@ def tokens_per_second(records: Sequence[dict]) -> float:
     return sum(r["new_tokens"] for r in records) / wall if wall > 0 else float("nan")
 
 
+def decode_tokens_per_second(records: Sequence[dict]) -> float:
+    """New tokens over decode time: each run's wall time minus its prefill (the prompt's
+    forward pass), the measure of runtimes that report decode speed separately."""
+    wall = sum(r["wall_s"] - r.get("time_s", {}).get("prefill", 0.0) for r in records)
+    return sum(r["new_tokens"] for r in records) / wall if wall > 0 else float("nan")
+
+
+def tree_tokens_per_oracle_call(records: Sequence[dict]) -> float:
+    """Mean tokens the oracle scores per decode call (1 for baseline, k + 1 for speculative,
+    the tree size for staged): the x of the roofline figure."""
+    calls = sum(r["oracle_calls"] for r in records)
+    if not calls or any("oracle_tokens" not in r for r in records):  # records of an older bench.json
+        return float("nan")
+    return sum(r["oracle_tokens"] for r in records) / calls
+
+
+def oracle_seconds_per_call(records: Sequence[dict]) -> float:
+    calls = sum(r["oracle_calls"] for r in records)
+    if not calls or any("oracle" not in r.get("time_s", {}) for r in records):
+        return float("nan")
+    return sum(r["time_s"]["oracle"] for r in records) / calls
+
+
 def per_token_latencies_ms(records: Sequence[dict]) -> np.ndarray:
     """One value per run: its wall time divided by its new tokens, in milliseconds."""
     return np.asarray([1e3 * r["wall_s"] / r["new_tokens"] for r in records if r["new_tokens"] > 0], float)
@@ -120,9 +143,12 @@ def summarize_group(records: Sequence[dict], baseline_records: Sequence[dict] | 
         "draft_calls": int(sum(r["draft_calls"] for r in records)),
         "wall_s": float(sum(r["wall_s"] for r in records)),
         "tokens_per_s": tokens_per_second(records),
+        "decode_tokens_per_s": decode_tokens_per_second(records),
         "latency_ms_per_token": latency_summary(records),
         "tokens_per_oracle_call": tokens_per_oracle_call(records),
         "relative_traffic": relative_traffic(records, weights["oracle"], weights["draft"]),
+        "tree_tokens_per_oracle_call": tree_tokens_per_oracle_call(records),
+        "oracle_s_per_call": oracle_seconds_per_call(records),
         "acceptance_by_stage": acceptance_by_stage(records),
         "acceptance_by_depth": acceptance_by_depth(records),
     }
@@ -131,6 +157,7 @@ def summarize_group(records: Sequence[dict], baseline_records: Sequence[dict] | 
         out["speedup_per_prompt"] = {str(k): v for k, v in sp.items()}
         out["speedup_mean"] = mean_speedup(sp)
         out["speedup_pooled"] = out["tokens_per_s"] / tokens_per_second(baseline_records)
+        out["decode_speedup_pooled"] = out["decode_tokens_per_s"] / decode_tokens_per_second(baseline_records)
     return out
 
 

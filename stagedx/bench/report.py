@@ -36,7 +36,7 @@ def _ordered(methods) -> list:
 
 
 def main_table(summary: dict) -> str:
-    head = ("sampling", "method", "tokens/s", "ms/tok mean", "p50", "p90", "speedup", "tok/oracle call", "rel. traffic")
+    head = ("sampling", "method", "tokens/s", "decode tok/s", "ms/tok mean", "p50", "p90", "speedup", "tok/oracle call", "rel. traffic")
     rows = [head]
     for sampling, cells in summary.items():
         for i, method in enumerate(_ordered(cells)):
@@ -44,6 +44,7 @@ def main_table(summary: dict) -> str:
             lat = c["latency_ms_per_token"]
             rows.append((
                 sampling_label(sampling) if i == 0 else "", method, _f(c["tokens_per_s"], "{:.1f}"),
+                _f(c.get("decode_tokens_per_s"), "{:.1f}"),
                 _f(lat["mean"]), _f(lat["p50"]), _f(lat["p90"]), _f(c.get("speedup_mean"), "{:.2f}x"),
                 _f(c["tokens_per_oracle_call"]), _f(c["relative_traffic"]),
             ))  # fmt: skip
@@ -117,9 +118,20 @@ def render(result: dict) -> str:
     ]
     if result.get("roofline"):
         parts += ["", _roofline_line(result["roofline"])]
+    if result.get("cost_curve"):
+        parts += [cost_curve_line(result["cost_curve"])]
     if result.get("peers"):
         parts += ["", peers_lines(result["peers"])]
     return "\n".join(parts)
+
+
+def cost_curve_line(curve: dict) -> str:
+    """The oracle's call latency against tree tokens T, relative to T=1."""
+    lat = {int(t): v for t, v in curve["latency_s"].items()}
+    one = lat[min(lat)]
+    steps = ", ".join(f"T={t} {v / one:.2f}x" for t, v in sorted(lat.items()) if t > min(lat))
+    return (f"oracle cost curve (past {curve['past_len']}): T={min(lat)} {1e3 * one:.2f} ms; {steps}; "
+            f"peak fp32 GEMM {curve['peak_flops'] / 1e9:.0f} GFLOP/s")
 
 
 def _roofline_line(r: dict) -> str:
@@ -156,7 +168,7 @@ def write_png(path: Path, summary: dict, title: str = "") -> Path | None:
     except ImportError:
         return None
     panels = [s for s, cells in summary.items()
-              if any("speedup_per_prompt" in c for m, c in cells.items() if m != "baseline")]  # fmt: skip
+              if any("speedup_per_prompt" in c for m, c in cells.items() if m != "baseline")]
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)

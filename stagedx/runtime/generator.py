@@ -58,6 +58,7 @@ class Stats:
     strategy: str
     sampling: str
     oracle_calls: int = 0
+    oracle_tokens: int = 0  # tree tokens scored by the oracle, summed over calls (prefill excluded)
     draft_calls: int = 0
     new_tokens: int = 0
     rounds: int = 0
@@ -76,6 +77,7 @@ class Stats:
             "strategy": self.strategy,
             "sampling": self.sampling,
             "oracle_calls": self.oracle_calls,
+            "oracle_tokens": self.oracle_tokens,
             "draft_calls": self.draft_calls,
             "new_tokens": self.new_tokens,
             "rounds": self.rounds,
@@ -363,6 +365,7 @@ class Generator:
             out = self.oracle.run(tree.tokens, n - 1 + tree.depth, ancestor_mask(tree.parents), fetch)
             s.time_s["oracle"] += time.perf_counter() - t0
             s.oracle_calls += 1
+            s.oracle_tokens += len(tree.tokens)
             verdict = self._verify(req, st, tree, out)
             kept = self._commit(req, st, tree, verdict, draft_path)
             s.rounds += 1
@@ -373,6 +376,8 @@ class Generator:
 
     def _propose(self, req: Request, st: DecodeState, room: int) -> tuple[OracleTree, list]:
         """Returns the tree for the oracle and the draft's speculative path (tokens below the root)."""
+        if req.strategy == "baseline":  # before the O(context) history array below
+            return root_only(st.tokens[-1]), []
         history = np.asarray(st.tokens, np.int64)
         if req.strategy == "speculative" and min(req.tree.spec_k, room) > 0:
             drafted = self._draft_chain(req, st, history, min(req.tree.spec_k, room))

@@ -105,13 +105,17 @@ class DeviceKV:
             self._sv_ptr = [self.scratch_v.data_ptr() + i * layer for i in range(s.n_layers)]
             self._cap = cap
 
-    def bind(self, binder, names, t: int) -> None:
+    def bind_past(self, binder, names) -> None:
         s, dt, w = self.shape, self.shape.np_dtype, self.where
         past = (s.reserved + self._length, s.n_heads, s.head_dim)
-        new = (t, s.n_heads, s.head_dim)
         for layer in range(s.n_layers):
             binder.input(names.past_key[layer], w, dt, past, self._k_ptr[layer])
             binder.input(names.past_value[layer], w, dt, past, self._v_ptr[layer])
+
+    def bind_new(self, binder, names, t: int) -> None:
+        s, dt, w = self.shape, self.shape.np_dtype, self.where
+        new = (t, s.n_heads, s.head_dim)
+        for layer in range(s.n_layers):
             binder.output(names.new_key[layer], w, dt, new, self._sk_ptr[layer])
             binder.output(names.new_value[layer], w, dt, new, self._sv_ptr[layer])
 

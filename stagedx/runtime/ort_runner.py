@@ -154,15 +154,21 @@ class HostKV:
             self.scratch_v = np.zeros_like(self.scratch_k)
             self._sk_ptr, self._sv_ptr = _layer_ptrs(self.scratch_k), _layer_ptrs(self.scratch_v)
 
-    def bind(self, binder: Binder, names: "IoNames", t: int) -> None:
-        """Past = the live prefix of each layer; new rows -> scratch ``[:, :t]``."""
+    def bind_past(self, binder: Binder, names: "IoNames") -> None:
+        """Past = the live prefix of each layer (its shape changes with every commit)."""
         s, dt = self.shape, self.shape.np_dtype
         past = (s.reserved + self.cache.length, s.n_heads, s.head_dim)
-        new = (t, s.n_heads, s.head_dim)
-        bin_, bout = binder.input, binder.output
+        bin_ = binder.input
         for layer in range(s.n_layers):
             bin_(names.past_key[layer], "cpu", dt, past, self._k_ptr[layer])
             bin_(names.past_value[layer], "cpu", dt, past, self._v_ptr[layer])
+
+    def bind_new(self, binder: Binder, names: "IoNames", t: int) -> None:
+        """New rows -> scratch ``[:, :t]`` (unchanged while T and the scratch are)."""
+        s, dt = self.shape, self.shape.np_dtype
+        new = (t, s.n_heads, s.head_dim)
+        bout = binder.output
+        for layer in range(s.n_layers):
             bout(names.new_key[layer], "cpu", dt, new, self._sk_ptr[layer])
             bout(names.new_value[layer], "cpu", dt, new, self._sv_ptr[layer])
 
@@ -242,6 +248,7 @@ class OrtRunner:
         self._binder = Binder(self.session, "cpu" if choice.kind == "cpu" else "cuda", choice.index)
         self._kv = HostKV(shape) if choice.kind == "cpu" else _device_kv(shape, self._binder)
         self._cap = 0  # tokens per call the buffers below hold
+        self._out_key = self._in_key = None  # what the bound outputs / ids and positions fit
         self._grow(16)
         self._last_t: int | None = None  # rows of the last run, awaiting commit
 
@@ -274,18 +281,26 @@ class OrtRunner:
         mask[:, self.reserved : past] = True
         mask[:, past:] = tree_mask
         b, nm, p = self._binder, self.names, self._ptr
-        b.clear_outputs()
-        b.input(nm.input_ids, "cpu", np.int64, (t,), p["ids"])
-        b.input(nm.position_ids, "cpu", np.int64, (t,), p["pos"])
-        b.input(nm.tree_mask, "cpu", np.bool_, (t, width), p["mask"])
-        self._kv.bind(b, nm, t)
         topv, topi = self._topv[:t], self._topi[:t]
-        want_topk = FETCH_TOPK in fetch
-        if want_topk:
-            b.output(nm.topk_values, "cpu", self._dtype, topv.shape, p["topv"])
-            b.output(nm.topk_indices, "cpu", np.int64, topi.shape, p["topi"])
+        want_topk, want_logits = FETCH_TOPK in fetch, FETCH_LOGITS in fetch
+        # Bindings persist between runs: outputs and ids / positions are rebound only when
+        # T, the fetch set or the buffers changed (a baseline decode rebinds mask and past only).
+        out_key = (t, want_topk, self._cap)
+        if want_logits or out_key != self._out_key:
+            b.clear_outputs()
+            self._kv.bind_new(b, nm, t)
+            if want_topk:
+                b.output(nm.topk_values, "cpu", self._dtype, topv.shape, p["topv"])
+                b.output(nm.topk_indices, "cpu", np.int64, topi.shape, p["topi"])
+            self._out_key = None if want_logits else out_key  # a fresh logits array each call
+        if (t, self._cap) != self._in_key:
+            b.input(nm.input_ids, "cpu", np.int64, (t,), p["ids"])
+            b.input(nm.position_ids, "cpu", np.int64, (t,), p["pos"])
+            self._in_key = (t, self._cap)
+        b.input(nm.tree_mask, "cpu", np.bool_, (t, width), p["mask"])
+        self._kv.bind_past(b, nm)
         logits = None
-        if FETCH_LOGITS in fetch:
+        if want_logits:
             logits = np.empty((t, self.entry.arch.vocab_size), self._dtype)  # [T, V]
             b.array_output(nm.logits, logits)
         self._last_t = None

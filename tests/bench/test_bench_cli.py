@@ -89,6 +89,19 @@ def test_bench_end_to_end(tiny_bundle, tmp_path):
     assert roof["fraction"] == pytest.approx(data["summary"]["greedy"]["baseline"]["tokens_per_s"] / roof["limit_tokens_per_s"])
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "bench.txt").read_text().strip()
+    # decode-only speed beside end-to-end; Figure 1 from the measured cost curve
+    assert "decode tok/s" in res.output and "oracle cost curve" in res.output
+    for cells in data["summary"].values():
+        for c in cells.values():
+            assert c["decode_tokens_per_s"] > c["tokens_per_s"]
+            assert c["tree_tokens_per_oracle_call"] >= 1.0
+        assert cells["baseline"]["tree_tokens_per_oracle_call"] == 1.0
+    assert set(data["cost_curve"]["latency_s"]) >= {"1", "8", "64"} and data["cost_curve"]["peak_flops"] > 0
+    assert (out / "figure1.png").read_bytes()[:4] == b"\x89PNG"
+    again = invoke(["bench", str(tiny_bundle), "--limit", "1", "--max-new-tokens", "4", "--warmup", "0",
+                    "--methods", "baseline", "--sampling", "greedy", "--threads", "1", "--out", str(tmp_path / "two"),
+                    "--figure-with", str(out / "bench.json")])  # fmt: skip
+    assert "figure1.png" in again.output and (tmp_path / "two" / "figure1.png").is_file()
 
 
 def test_bench_self_draft_accepts_everything(self_draft_bundle, tmp_path):

@@ -60,6 +60,18 @@ def test_mean_speedup_is_over_prompts_not_pooled():
     assert s["speedup_pooled"] == pytest.approx(2.0 / 1.25)
 
 
+def test_decode_tokens_per_second_excludes_prefill_and_tree_size():
+    recs = [dict(rec("staged", "g", 0, 1.0, new=30, oracle=10), oracle_tokens=80,
+                 time_s={"prefill": 0.25, "oracle": 0.5}),
+            dict(rec("staged", "g", 1, 2.0, new=30, oracle=10), oracle_tokens=40,
+                 time_s={"prefill": 0.75, "oracle": 1.5})]
+    assert metrics.tokens_per_second(recs) == pytest.approx(60 / 3.0)
+    assert metrics.decode_tokens_per_second(recs) == pytest.approx(60 / 2.0)
+    assert metrics.tree_tokens_per_oracle_call(recs) == pytest.approx(6.0)
+    assert metrics.oracle_seconds_per_call(recs) == pytest.approx(0.1)
+    assert math.isnan(metrics.tree_tokens_per_oracle_call(RECORDS))  # older records: unknown
+
+
 def test_tokens_per_oracle_call_and_traffic():
     s = metrics.summarize(RECORDS, WEIGHTS)["greedy"]
     assert s["baseline"]["tokens_per_oracle_call"] == pytest.approx(1.0)
