@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .distill_cli import distill
+
 
 @click.command()
 @click.argument("oracle")
@@ -102,4 +104,4 @@ def inspect(bundle):
     click.echo(summary(bundle))
 
 
-COMMANDS = [export, inspect]
+COMMANDS = [export, inspect, distill]
