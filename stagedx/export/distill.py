@@ -181,8 +181,9 @@ class _Bar:
                 from tqdm import tqdm
 
                 self.bar = tqdm(total=self.total, initial=self.pos, file=sys.stderr, dynamic_ncols=True,
-                                desc="distill", unit="step" if self.by_steps else "s",
-                                mininterval=0.5 if sys.stderr.isatty() else 30.0)
+                                desc="distill", unit="step", mininterval=0.5 if sys.stderr.isatty() else 30.0,
+                                bar_format=None if self.by_steps else
+                                "{l_bar}{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]")
             except ImportError:
                 pass
 
