@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import StagedxError
-from ..manifest import AtomicFolder, utc_now
+from ..manifest import AtomicFolder, _umask, utc_now
 from .distill_data import BatchSampler, CorpusSpec, eval_contexts, load_tokens
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -307,6 +307,9 @@ def _write_output(cfg: DistillConfig, oracle_ckpt, draft, record: dict) -> None:
                 shutil.copyfile(oracle_ckpt.path / name, tmp / name)
         (tmp / "distill.json").write_text(json.dumps(record, indent=2) + "\n")
         (tmp / "README.md").write_text(model_card(record))
+        mode = 0o666 & ~_umask()
+        for f in tmp.iterdir():  # safetensors writes 0600 files
+            f.chmod(mode)
 
 
 def distill(cfg: DistillConfig, log: Callable[[str], None] | None = None,
