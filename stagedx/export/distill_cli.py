@@ -21,7 +21,7 @@ import click
                    "held-out text of the metrics).")
 @click.option("--minutes", type=float, default=None, help="Training budget in wall minutes.")
 @click.option("--steps", type=int, default=None, help="Training budget in optimizer steps.")
-@click.option("--seq-len", type=int, default=256, show_default=True, help="Tokens per training window.")
+@click.option("--seq-len", type=int, default=256, show_default=True, help="Tokens per training window. Positions beyond it are not trained: use at least the context length you decode at.")
 @click.option("--batch", type=int, default=16, show_default=True, help="Windows per step.")
 @click.option("--lr", type=float, default=3e-4, show_default=True, help="Peak AdamW learning rate.")
 @click.option("--temperature", type=float, default=1.0, show_default=True,
