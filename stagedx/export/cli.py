@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .distill_cli import distill
+
 
 @click.command()
 @click.argument("oracle")
@@ -127,4 +129,4 @@ def inspect(bundle):
         raise StagedxError(problem)
 
 
-COMMANDS = [export, inspect]
+COMMANDS = [export, inspect, distill]
