@@ -44,6 +44,7 @@ from .staged import (
     oracle_tree,
     root_only,
 )
+from .sampled import SampledTree, grow_sampled_tree
 from .tokenizer import StreamDecoder, Tokenizer
 from .tree import ancestor_mask
 
@@ -113,6 +114,7 @@ class DecodeState:
     stats: Stats
     finish: str | None = None
     draft_q: list = field(default_factory=list)  # [k][V] q of each sampled draft token (speculative)
+    sampled: SampledTree | None = None  # this round's sampled tree (staged, sampled modes)
 
     @property
     def generated(self) -> int:
@@ -309,8 +311,11 @@ class Generator:
             drafted = self._draft_chain(req, st, history, min(req.tree.spec_k, room))
             return chain_tree(np.concatenate([history[-1:], drafted])), drafted.tolist()[:-1]
         limit = min(req.tree.max_depth, room)
+        st.sampled = None
         if req.strategy != "staged" or limit == 0 or req.tree.budget == 0:
             return root_only(st.tokens[-1]), []
+        if req.tree.widths and not req.sampling.greedy:
+            return self._sampled_tree(req, st, history, limit)
         if req.tree.draft_calls == 0:
             t0 = time.perf_counter()
             tree = draft2_tree(self.draft2, history, req.tree, limit)
@@ -322,6 +327,16 @@ class Generator:
         st.stats.time_s["draft2"] += dtree.time_draft2
         st.stats.time_s["draft"] += dtree.time_draft
         return oracle_tree(dtree, req.tree.budget, limit, self.vocab), dtree.path
+
+    def _sampled_tree(self, req: Request, st: DecodeState, history: np.ndarray, limit: int) -> tuple[OracleTree, list]:
+        """Children drawn from the draft's q (``sampled.py``), cut to the node budget."""
+        sp = grow_sampled_tree(self.draft, self.draft2, history, req.tree.widths, req.tree.extra, req.sampling,
+                               st.rng, limit)  # fmt: skip
+        st.stats.draft_calls += sp.calls
+        st.stats.time_s["draft"] += sp.time_draft
+        st.stats.time_s["draft2"] += sp.time_draft2
+        st.sampled = sp
+        return fit_tree(sp.tree, req.tree.budget + 1), sp.path
 
     def _draft_chain(self, req: Request, st: DecodeState, history: np.ndarray, k: int) -> np.ndarray:
         """Classic drafting: k sequential draft calls; sampled drafts keep q for verification."""
@@ -347,6 +362,10 @@ class Generator:
     def _verify(self, req: Request, st: DecodeState, tree: OracleTree, out) -> accept.Verdict:
         if req.sampling.greedy:
             return accept.walk_tree(tree.parents, tree.tokens, accept.greedy_draw(out.topk_indices[:, 0]))
+        if st.sampled is not None:
+            sp = st.sampled
+            return accept.verify_sampled(tree.parents, tree.tokens, sp.drawn[: len(tree.tokens)], sp.q.__getitem__,
+                                         lambda v: warp(out.logits[v], req.sampling), st.rng)  # fmt: skip
         if req.strategy == "speculative" and len(tree.tokens) > 1:
             p = warp(out.logits, req.sampling)  # [k+1, V]
             emitted = accept.verify_chain(tree.tokens[1:], np.stack(st.draft_q), p, st.rng)

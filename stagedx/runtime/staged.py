@@ -43,13 +43,17 @@ class TreeConfig:
     draft_batch: int = 32  # nodes per draft call, chain included
     tau: float = 0.1  # greedy ranking temperature
     spec_k: int = 4  # chain length of the classic speculative strategy
+    stop_p: float = 0.0  # dynamic depth: no further draft call once the draft's path prob < stop_p
+    widths: tuple[int, ...] = ()  # sampled modes: children drawn from q per level (sampled.py); () = best-first
+    extra: int = 0  # sampled trees: deterministic root leaves (draft2's, then the draft's top tokens)
 
     @staticmethod
     def from_dict(d: dict) -> "TreeConfig":
         names = TreeConfig.__dataclass_fields__
         kw = {k: v for k, v in d.items() if k in names}
-        if "fanouts" in kw:
-            kw["fanouts"] = tuple(int(x) for x in kw["fanouts"])
+        for name in ("fanouts", "widths"):
+            if name in kw:
+                kw[name] = tuple(int(x) for x in kw[name])
         return TreeConfig(**kw)
 
 
@@ -66,6 +70,13 @@ class DraftTree:
     calls: int = 0
     time_draft2: float = 0.0
     time_draft: float = 0.0
+    path_p: float = 1.0  # the draft's T=1 probability of its path, g included (dynamic depth)
+
+
+def _top1_prob(topk_values: np.ndarray) -> np.ndarray:
+    """[T] softmax weight of the best of the K returned logits (T=1): the draft's confidence."""
+    v = np.asarray(topk_values, np.float64)
+    return 1.0 / np.exp(v - v[:, :1]).sum(axis=1)
 
 
 def _batch(chain: np.ndarray, cand_tokens: np.ndarray, cand_parents: np.ndarray):
@@ -119,6 +130,7 @@ def grow_draft_tree(
         tree.topk_logp.append(rank(out.topk_values[m - 1 :]))
 
         # commit the chain and the draft's greedy path through the candidates
+        top1 = _top1_prob(out.topk_values[m - 1 :])  # [1 + C] draft's T=1 prob of its greedy token
         rows = list(range(m))
         local = m - 1
         while depth0 + len(rows) - m < depth_limit:
@@ -126,6 +138,7 @@ def grow_draft_tree(
             hit = np.flatnonzero((parents == local) & (tokens == want))
             if hit.size == 0:
                 break
+            tree.path_p *= top1[local - (m - 1)]
             local = int(hit[0])
             rows.append(local)
         draft.commit(rows)
@@ -135,8 +148,9 @@ def grow_draft_tree(
         end = base + (local - (m - 1))  # global id of the path end
 
         g = int(ids[local - (m - 1), 0])  # the draft's greedy token below the path end
+        tree.path_p *= top1[local - (m - 1)]
         depth0 = len(tree.path) + 1
-        if tree.calls >= cfg.draft_calls or depth0 >= depth_limit:
+        if tree.calls >= cfg.draft_calls or depth0 >= depth_limit or tree.path_p < cfg.stop_p:
             return tree
         chain = np.asarray([g], np.int64)
         root_parent = end

@@ -150,6 +150,8 @@ def small_vocab(small_vocab_bundle):
 @pytest.mark.parametrize("strategy,tree", [
     ("staged", TreeConfig(budget=12, max_depth=4)),  # draft2 -> draft -> oracle
     ("staged", TreeConfig(budget=6, max_depth=3, fanouts=(3, 2), draft_calls=0)),  # draft2 -> oracle
+    ("staged", TreeConfig(budget=12, max_depth=4, widths=(3, 2, 1), extra=2)),  # drawn children + leaves
+    ("staged", TreeConfig(budget=12, max_depth=4, widths=(1, 1, 1))),  # a drawn chain, committed level by level
     ("speculative", None),
     ("baseline", None),
 ])  # fmt: skip
@@ -186,6 +188,34 @@ def test_negative_control_biased_verifier_is_detected(small_vocab, monkeypatch):
 
     monkeypatch.setattr(gen, "_verify", biased_verify)
     gen.tree = TreeConfig(budget=12, max_depth=4)
+    assert pvalue(joint_counts(gen, prompt, "staged", 5000), law) < 1e-6
+
+
+def test_negative_control_sampled_tree_without_residual_is_detected(small_vocab, monkeypatch):
+    """Recursive rejection sampling that keeps p after a rejection (no residual) is biased."""
+    from stagedx.runtime import accept
+
+    gen, prompt, law = small_vocab
+
+    def no_residual(parents, tokens, drawn, q_at, p_at, rng):
+        node, path, emitted = 0, [0], []
+        while True:
+            p, q = p_at(node), q_at(node).copy() if drawn[parents == node].any() else None
+            kids = np.flatnonzero(parents == node)
+            for c in kids[drawn[kids]]:
+                if rng.random() * q[tokens[c]] < p[tokens[c]]:
+                    break
+                q[tokens[c]] = 0
+                q /= q.sum()
+            else:
+                emitted.append(int(rng.choice(len(p), p=p)))
+                return accept.Verdict(np.asarray(path), np.asarray(emitted))
+            emitted.append(int(tokens[c]))
+            path.append(int(c))
+            node = int(c)
+
+    monkeypatch.setattr(accept, "verify_sampled", no_residual)
+    gen.tree = TreeConfig(budget=12, max_depth=4, widths=(3, 2, 1))
     assert pvalue(joint_counts(gen, prompt, "staged", 5000), law) < 1e-6
 
 
