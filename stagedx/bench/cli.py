@@ -91,7 +91,10 @@ def bench(bundle, prompts, limit, max_new_tokens, repeats, warmup, methods, samp
 @click.option("--passes", type=int, default=1, show_default=True, help="coordinate-ascent passes over the search space")
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def tune(bundle, calibration, limit, max_new_tokens, sampling, passes, threads, device):
+@click.option("--acceptance-from", "acceptance_from", type=click.Path(), default=None,
+              help="run the calibration generations on this bundle (same functions, e.g. the small pair a "
+                   "cost-scaled twin was built from); latency is still measured on BUNDLE")
+def tune(bundle, calibration, limit, max_new_tokens, sampling, passes, threads, device, acceptance_from):
     """Measure this device and store the best tree shape in BUNDLE's manifest."""
     from ..runtime import Generator, SamplingConfig
     from ..runtime.ort_runner import process_owner_thread_pool
@@ -104,9 +107,14 @@ def tune(bundle, calibration, limit, max_new_tokens, sampling, passes, threads, 
         SamplingConfig.parse(mode)
     process_owner_thread_pool(threads)
     gen = Generator(bundle, device=device, strategy="staged", threads=threads)
+    twin = None
+    if acceptance_from:
+        twin = Generator(acceptance_from, device=device, strategy="staged", threads=threads)
+        if twin.vocab != gen.vocab or twin.tokenizer.encode("def f(x):").tolist() != gen.tokenizer.encode("def f(x):").tolist():
+            raise StagedxError(f"--acceptance-from {acceptance_from}: its tokenizer differs from {bundle}'s")
     cfg = TuneConfig(calibration=calibration, limit=limit or None, max_new_tokens=max_new_tokens, samplings=samplings,
-                     passes=passes)  # fmt: skip
-    tune_bundle(bundle, gen, cfg, echo=click.echo)
+                     passes=passes, acceptance_from=acceptance_from)  # fmt: skip
+    tune_bundle(bundle, gen, cfg, echo=click.echo, twin=twin)
 
 
 COMMANDS = [bench, tune]

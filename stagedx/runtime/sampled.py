@@ -54,89 +54,113 @@ class SampledTree:
     calls: int = 0
     time_draft: float = 0.0
     time_draft2: float = 0.0
+    sizes: list = field(default_factory=list)  # tokens of each draft call (for tune's cost model)
 
 
 def grow_sampled_tree(
     draft: Runner,
     draft2,  # stagedx.runtime.draft2.Draft2 | None
     history: np.ndarray,  # [n] committed tokens; history[-1] is the root
-    widths: tuple,
-    extra: int,
+    shape,  # TreeConfig: widths, extra, budget
     sampling: SamplingConfig,
     rng: np.random.Generator,
     depth_limit: int,
 ) -> SampledTree:
+    """Grow level by level; after each level's draws keep only the ``budget - extra`` drawn
+    nodes of highest path probability under q (a node's key is capped by its earlier
+    siblings', so the kept siblings are always a prefix of the draw order, and by its
+    parent's, so the kept set is a tree); pruned nodes are never scored by the draft."""
     t0 = time.perf_counter()
     chain = history[draft.length :]  # catch-up rows + the root
     out = draft.run(chain, draft.length + np.arange(len(chain)), chain_mask(len(chain)), (FETCH_LOGITS,))
     draft.commit(np.arange(len(chain)))
-    tokens, parents, depth, drawn, source = [int(history[-1])], [-1], [0], [False], [-1]
+    n = _Nodes(int(history[-1]))
     q = {0: warp(out.logits[-1], sampling)}
-    frontier = [0]
-    committed = 0  # tree levels below the root already in the draft's cache
-    path: list = []
-    calls, t_draft2 = 1, 0.0
-    levels = list(widths[: max(0, depth_limit)])
+    room = max(0, shape.budget - shape.extra)  # drawn nodes the oracle call can take
+    frontier, committed, path, sizes = [0], 0, [], [len(chain)]
+    levels = list(shape.widths[: max(0, depth_limit)])
     for d, w in enumerate(levels):
-        new = []
         for node in frontier:
-            for tok in draw_without_replacement(q[node], int(w), rng):
-                tokens.append(int(tok))
-                parents.append(node)
-                depth.append(d + 1)
-                drawn.append(True)
-                source.append(SOURCE_DRAFT)
-                new.append(len(tokens) - 1)
-        if d == 0 and extra > 0:
-            t1 = time.perf_counter()
-            _add_extras(tokens, parents, depth, drawn, source, q[0], draft2, history, extra)
-            t_draft2 += time.perf_counter() - t1
+            key = n.key[node]
+            with np.errstate(divide="ignore"):
+                for tok in draw_without_replacement(q[node], int(w), rng):
+                    key = min(key, n.key[node] + float(np.log(q[node][tok])))
+                    n.add(int(tok), node, d + 1, key)
+        q = n.prune(room, q)
+        new = [i for i in range(len(n.tokens)) if n.depth[i] == d + 1]
         if not new or d + 1 == len(levels):
             break
         # one draft call scores the new level below the committed levels
-        batch = [i for i in range(1, len(tokens)) if depth[i] > committed and drawn[i]]  # extras are leaves
+        batch = [i for i in range(1, len(n.tokens)) if n.depth[i] > committed]
         local = {g: j for j, g in enumerate(batch)}
-        bpar = np.asarray([local.get(parents[g], -1) for g in batch], np.int32)
-        btok = np.asarray([tokens[g] for g in batch], np.int64)
-        bpos = draft.length + np.asarray([depth[g] - committed - 1 for g in batch], np.int64)
+        bpar = np.asarray([local.get(n.parents[g], -1) for g in batch], np.int32)
+        btok = np.asarray([n.tokens[g] for g in batch], np.int64)
+        bpos = draft.length + np.asarray([n.depth[g] - committed - 1 for g in batch], np.int64)
         out = draft.run(btok, bpos, ancestor_mask(bpar), (FETCH_LOGITS,))
-        calls += 1
-        rows = [local[g] for g in new]
-        qs = warp(out.logits[rows], sampling)  # [len(new), V]
-        for g, qg in zip(new, qs):
-            q[g] = qg
-        if len(new) == 1 and len(batch) == 1:  # the level is the only path: commit it
+        sizes.append(len(batch))
+        qs = warp(out.logits[[local[g] for g in new]], sampling)  # [len(new), V]
+        q.update(zip(new, qs))
+        if len(batch) == 1:  # the level is the only path: commit it
             draft.commit([0])
             committed += 1
-            path.append(tokens[new[0]])
+            path.append(n.tokens[new[0]])
         frontier = new
-    t_end = time.perf_counter()
-    tree = OracleTree(
-        np.asarray(tokens, np.int64), np.asarray(parents, np.int32), np.asarray(depth, np.int64),
-        np.asarray(source, np.int64),
-    )  # fmt: skip
-    return SampledTree(tree, np.asarray(drawn, bool), q, path, calls, t_end - t0 - t_draft2, t_draft2)
+    t1 = time.perf_counter()
+    drawn = len(n.tokens)
+    if shape.extra > 0:
+        _add_extras(n, q[0], draft2, history, shape.extra)
+    t2 = time.perf_counter()
+    tree = OracleTree(np.asarray(n.tokens, np.int64), np.asarray(n.parents, np.int32),
+                      np.asarray(n.depth, np.int64), np.asarray(n.source, np.int64))  # fmt: skip
+    is_drawn = np.arange(len(n.tokens)) < drawn
+    is_drawn[0] = False
+    return SampledTree(tree, is_drawn, q, path, len(sizes), t1 - t0, t2 - t1, sizes)
 
 
-def _add_extras(tokens, parents, depth, drawn, source, q_root, draft2, history, extra: int) -> None:
-    """Deterministic root leaves: draft2's candidates, then the draft's most likely tokens."""
-    taken = {tokens[i] for i in range(1, len(tokens)) if parents[i] == 0}
+class _Nodes:
+    """The growing tree: parallel lists, node 0 = the root, parents before children."""
+
+    def __init__(self, root: int):
+        self.tokens, self.parents, self.depth, self.key, self.source = [root], [-1], [0], [0.0], [-1]
+
+    def add(self, token: int, parent: int, depth: int, key: float, source: int = SOURCE_DRAFT) -> None:
+        self.tokens.append(token)
+        self.parents.append(parent)
+        self.depth.append(depth)
+        self.key.append(key)
+        self.source.append(source)
+
+    def prune(self, room: int, q: dict) -> dict:
+        """Keep the ``room`` best non-root nodes (ties: earlier first); re-index; return q."""
+        if len(self.tokens) - 1 <= room:
+            return q
+        key = np.asarray(self.key[1:])
+        order = np.lexsort((np.arange(len(key)), -key))[:room] + 1  # ancestors and earlier siblings first
+        keep = np.concatenate([[0], np.sort(order)])
+        slot = {int(g): j for j, g in enumerate(keep)}
+        self.tokens = [self.tokens[g] for g in keep]
+        self.parents = [-1] + [slot[self.parents[g]] for g in keep[1:]]
+        self.depth = [self.depth[g] for g in keep]
+        self.key = [self.key[g] for g in keep]
+        self.source = [self.source[g] for g in keep]
+        return {slot[g]: v for g, v in q.items() if g in slot}
+
+
+def _add_extras(n: _Nodes, q_root: np.ndarray, draft2, history: np.ndarray, extra: int) -> None:
+    """Deterministic root leaves: draft2's candidates, then the draft's most likely tokens,
+    never a token already below the root."""
+    taken = {n.tokens[i] for i in range(1, len(n.tokens)) if n.parents[i] == 0}
     picks: list = []
     if draft2 is not None and getattr(draft2, "kind", "none") != "none":
         ids, _ = draft2.successors(history, extra + len(taken))
-        picks += [(int(t), SOURCE_DRAFT2) for t in ids if int(t) not in taken]
-    order = np.argsort(-q_root, kind="stable")[: extra + len(taken) + len(picks)]
+        picks += [(int(t), SOURCE_DRAFT2) for t in ids]
+    order = np.argsort(-q_root, kind="stable")[: extra + len(taken)]
     picks += [(int(t), SOURCE_DRAFT) for t in order if q_root[t] > 0]
     added = 0
     for tok, src in picks:
         if added >= extra:
             break
-        if tok in taken:
-            continue
-        taken.add(tok)
-        tokens.append(tok)
-        parents.append(0)
-        depth.append(1)
-        drawn.append(False)
-        source.append(src)
-        added += 1
+        if tok not in taken:
+            taken.add(tok)
+            n.add(tok, 0, 1, 0.0, src)
+            added += 1

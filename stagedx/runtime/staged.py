@@ -43,7 +43,7 @@ class TreeConfig:
     draft_batch: int = 32  # nodes per draft call, chain included
     tau: float = 0.1  # greedy ranking temperature
     spec_k: int = 4  # chain length of the classic speculative strategy
-    stop_p: float = 0.0  # dynamic depth: no further draft call once the draft's path prob < stop_p
+    stop_p: float = 0.0  # dynamic depth: no further draft call once the path's ranking prob < stop_p
     widths: tuple[int, ...] = ()  # sampled modes: children drawn from q per level (sampled.py); () = best-first
     extra: int = 0  # sampled trees: deterministic root leaves (draft2's, then the draft's top tokens)
 
@@ -70,13 +70,8 @@ class DraftTree:
     calls: int = 0
     time_draft2: float = 0.0
     time_draft: float = 0.0
-    path_p: float = 1.0  # the draft's T=1 probability of its path, g included (dynamic depth)
-
-
-def _top1_prob(topk_values: np.ndarray) -> np.ndarray:
-    """[T] softmax weight of the best of the K returned logits (T=1): the draft's confidence."""
-    v = np.asarray(topk_values, np.float64)
-    return 1.0 / np.exp(v - v[:, :1]).sum(axis=1)
+    path_p: float = 1.0  # ranking probability of the draft's path, g included (dynamic depth)
+    sizes: list = field(default_factory=list)  # tokens of each draft call (for tune's cost model)
 
 
 def _batch(chain: np.ndarray, cand_tokens: np.ndarray, cand_parents: np.ndarray):
@@ -116,6 +111,7 @@ def grow_draft_tree(
         tree.time_draft2 += t1 - t0
         tree.time_draft += t2 - t1
         tree.calls += 1
+        tree.sizes.append(len(tokens))
 
         # register the chain end and the candidates as tree nodes (catch-up rows are not)
         m = len(chain)
@@ -130,7 +126,7 @@ def grow_draft_tree(
         tree.topk_logp.append(rank(out.topk_values[m - 1 :]))
 
         # commit the chain and the draft's greedy path through the candidates
-        top1 = _top1_prob(out.topk_values[m - 1 :])  # [1 + C] draft's T=1 prob of its greedy token
+        top1 = np.exp(tree.topk_logp[-1][:, 0])  # [1 + C] ranking prob of the draft's greedy token
         rows = list(range(m))
         local = m - 1
         while depth0 + len(rows) - m < depth_limit:
