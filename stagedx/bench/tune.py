@@ -209,11 +209,12 @@ def coordinate_search(start, score: Callable, passes: int = 1, on_eval: Callable
     space = SEARCH_SPACE if space is None else space
 
     def get(cfg):
-        if cfg not in cache:
-            cache[cfg] = score(cfg)
+        key = effective(cfg)
+        if key not in cache:
+            cache[key] = score(cfg)
             if on_eval:
-                on_eval(cache[cfg])
-        return cache[cfg]
+                on_eval(cache[key])
+        return cache[key]
 
     best = start
     for _ in range(passes):
@@ -223,7 +224,25 @@ def coordinate_search(start, score: Callable, passes: int = 1, on_eval: Callable
             cands = [dataclasses.replace(best, **{name: v}) for v in values]
             cands = [c for c in cands if _valid(c)]
             best = max([best] + cands, key=lambda c: get(c).predicted_tokens_per_s)
-    return cache[best], best, list(cache.values())
+    return get(best), best, list(cache.values())
+
+
+def effective(cfg):
+    """The config with every field that cannot change what it does normalised, so configs that
+    behave alike are evaluated once (e.g. a budget above the nodes a shape can propose)."""
+    base = type(cfg)()
+    if cfg.budget == 0:  # no speculation, whatever the shape
+        return dataclasses.replace(base, budget=0, tau=cfg.tau, spec_k=cfg.spec_k)
+    if cfg.widths:
+        widths = cfg.widths[: cfg.max_depth]
+        nodes = int(np.sum(np.cumprod(widths))) + cfg.extra
+        return dataclasses.replace(base, budget=min(cfg.budget, nodes), max_depth=len(widths), widths=widths,
+                                   extra=cfg.extra, tau=cfg.tau, spec_k=cfg.spec_k)  # fmt: skip
+    if cfg.draft_calls == 0:
+        nodes = int(sum(cfg.fanouts[: cfg.max_depth]))
+        return dataclasses.replace(cfg, budget=min(cfg.budget, nodes), stop_p=base.stop_p, draft_batch=base.draft_batch,
+                                   extra=0)  # fmt: skip
+    return dataclasses.replace(cfg, extra=0)
 
 
 def _relevant(name: str, cfg) -> bool:
