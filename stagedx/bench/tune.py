@@ -76,6 +76,7 @@ class TuneConfig:
     passes: int = 1
     seed: int = 0
     acceptance_from: str | None = None  # a bundle computing the same functions runs the generations
+    reuse_curves: bool = False  # price with the curves and factors already stored for this device
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,7 @@ def coordinate_search(start, score: Callable, passes: int = 1, on_eval: Callable
         return cache[key]
 
     best = start
+    get(best)
     for _ in range(passes):
         for name, values in space.items():
             if not _relevant(name, best):
@@ -274,20 +276,25 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print, twin=None
     ids = np.concatenate([np.asarray(gen.tokenizer.encode(p.text), np.int64) for p in prompts])
     need = tune.past_len
     context = np.resize(ids, need) if len(ids) else np.zeros(need, np.int64)
-    echo(f"measuring oracle latency vs tree size and draft latency vs batch (past {need} tokens) ...")
-    oracle_curve = latency_curve(gen.oracle, ORACLE_SIZES, context, tune.latency_repeats)
-    draft_curve = latency_curve(gen.draft, DRAFT_SIZES, context, tune.latency_repeats)
-    echo("  oracle ms: " + "  ".join(f"T={t}:{1e3 * s:.2f}" for t, s in oracle_curve.items()))
-    echo("  draft  ms: " + "  ".join(f"B={t}:{1e3 * s:.2f}" for t, s in draft_curve.items()))
-    curves = (oracle_curve, draft_curve)
-    factors = in_loop_factors(gen, prompts[0], curves)
-    echo(f"  in-loop factors (phase time / isolated curve): oracle {factors['oracle']:.2f}, draft {factors['draft']:.2f}")
-    if twin is not None:
-        echo(f"calibration generations run on {tune.acceptance_from} (same functions, acceptance only)")
-
     tuning = dict(load_manifest(bundle, check_files=False).tuning)
     key = tuning_key(gen)
     entry = dict(tuning.get(key, {}))
+    if tune.reuse_curves:
+        curves, factors, need = stored_curves(entry, key)
+        echo(f"pricing with the curves stored under {key!r} (past {need} tokens)")
+    else:
+        echo(f"measuring oracle latency vs tree size and draft latency vs batch (past {need} tokens) ...")
+        oracle_curve = latency_curve(gen.oracle, ORACLE_SIZES, context, tune.latency_repeats)
+        draft_curve = latency_curve(gen.draft, DRAFT_SIZES, context, tune.latency_repeats)
+        curves = (oracle_curve, draft_curve)
+        factors = in_loop_factors(gen, prompts[0], curves)
+    echo("  oracle ms: " + "  ".join(f"T={t}:{1e3 * s:.2f}" for t, s in curves[0].items()))
+    echo("  draft  ms: " + "  ".join(f"B={t}:{1e3 * s:.2f}" for t, s in curves[1].items()))
+    echo(f"  in-loop factors (phase time / isolated curve): oracle {factors['oracle']:.2f}, draft {factors['draft']:.2f}")
+    oracle_curve, draft_curve = curves
+    if twin is not None:
+        echo(f"calibration generations run on {tune.acceptance_from} (same functions, acceptance only)")
+
     for sampling in tune.samplings:
         mode = sampling_mode(SamplingConfig.parse(sampling))
         entry[mode] = search_mode(twin or gen, prompts, dataclasses.replace(tune, samplings=(sampling,)), curves, echo,
@@ -308,6 +315,17 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print, twin=None
     update_manifest(bundle, tuning=tuning)
     echo(f"stored tuning[{key!r}] for {', '.join(m for m in ('greedy', 'sample') if m in entry)}")
     return entry
+
+
+def stored_curves(entry: dict, key: str) -> tuple:
+    """(curves, factors, past_len) a previous ``tune`` stored for this device."""
+    from ..errors import StagedxError
+
+    if not entry.get("oracle_latency_s") or not entry.get("draft_latency_s"):
+        raise StagedxError(f"--reuse-curves: the bundle has no curves stored under {key!r}; run tune without it first")
+    curves = tuple({int(t): float(v) for t, v in entry[k].items()} for k in ("oracle_latency_s", "draft_latency_s"))
+    factors = entry.get("in_loop_factors") or {"oracle": 1.0, "draft": 1.0}
+    return curves, factors, int(entry.get("past_len", 0))
 
 
 def in_loop_factors(gen, prompt, curves: tuple, new_tokens: int = 24) -> dict:
