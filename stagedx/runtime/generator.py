@@ -150,7 +150,7 @@ DEFAULT_TREES = {
 # the defaults then grow the tree with the draft alone, at least as deep as speculative's chain.
 NO_DRAFT2_TREES = {
     "greedy": TreeConfig(budget=11, max_depth=12, fanouts=(), draft_calls=6, stop_p=0.05),
-    "sample": TreeConfig(budget=6, max_depth=4, widths=(2, 1, 1, 1)),
+    "sample": TreeConfig(budget=7, max_depth=4, widths=(2, 1, 1), extra=1),
 }
 
 
@@ -224,8 +224,11 @@ class Generator:
         return tree if self.tree_budget is None else dataclasses.replace(tree, budget=self.tree_budget)
 
     def three_stage_tree(self, sampling: SamplingConfig) -> TreeConfig:
-        """A tree that always runs draft2 -> draft -> oracle: tune's best such one, else the default."""
+        """A tree that always runs draft2 -> draft -> oracle: tune's best such one, else the default.
+        Without draft2 there is no third stage: the draft-only tree (tuned, else default)."""
         mode = sampling_mode(sampling)
+        if self.draft2.kind == "none":
+            return self.tree_for(sampling) if self.tree is None and mode in self.tuned else NO_DRAFT2_TREES[mode]
         tuned = self.tuned.get(mode, {}).get("three_stage")
         return TreeConfig.from_dict(tuned) if tuned else THREE_STAGE_TREES[mode]
 
