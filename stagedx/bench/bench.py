@@ -72,11 +72,9 @@ class StagedxMethod:
 
     def run(self, prompt: Prompt, sampling: str, seed: int) -> dict:
         from ..runtime import SamplingConfig
-        from ..runtime.generator import THREE_STAGE_TREES, sampling_mode
-
         strategy, tree = self.name, None
-        if self.name == "staged3":
-            strategy, tree = "staged", THREE_STAGE_TREES[sampling_mode(SamplingConfig.parse(sampling))]
+        if self.name == "staged3":  # tune's best three-stage tree, else the default one
+            strategy, tree = "staged", self.gen.three_stage_tree(SamplingConfig.parse(sampling))
         t0 = time.perf_counter()
         res = self.gen.generate(
             prompt.text, self.max_new_tokens, sampling=sampling, seed=seed, strategy=strategy,

@@ -145,14 +145,20 @@ def _load_bench_json(path) -> dict:
 @click.option("--passes", type=int, default=1, show_default=True, help="coordinate-ascent passes over the search space")
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def tune(bundle, calibration, limit, max_new_tokens, sampling, passes, threads, device):
+@click.option("--acceptance-from", "acceptance_from", type=click.Path(), default=None,
+              help="run the calibration generations on this bundle (same functions, e.g. the small pair a "
+                   "cost-scaled twin was built from); latency is still measured on BUNDLE")
+@click.option("--reuse-curves", is_flag=True,
+              help="price with the latency curves a previous tune stored for this device (with --acceptance-from, "
+                   "BUNDLE's models are then never loaded: a large oracle is tuned at the twin's speed)")
+def tune(bundle, calibration, limit, max_new_tokens, sampling, passes, threads, device, acceptance_from, reuse_curves):
     """Measure this device and store the best tree shape in BUNDLE's manifest."""
     from ..runtime import Generator, SamplingConfig
     from ..runtime.ort_runner import process_owner_thread_pool
     from .tune import TuneConfig, tune_bundle
 
-    if max_new_tokens < 1 or passes < 1 or threads < 1:
-        raise StagedxError("--max-new-tokens, --passes and --threads must be >= 1")
+    if max_new_tokens < 1 or passes < 0 or threads < 1:
+        raise StagedxError("--max-new-tokens and --threads must be >= 1, --passes >= 0 (0: evaluate the starts only)")
     from ..runtime.device import check_threads
 
     check_threads(threads, "--threads")
@@ -163,10 +169,20 @@ def tune(bundle, calibration, limit, max_new_tokens, sampling, passes, threads, 
         SamplingConfig.parse(mode)
     check_bundle_writable(bundle)  # before the measurement, not after it
     process_owner_thread_pool(threads)
-    gen = Generator(bundle, device=device, strategy="staged", threads=threads)
+    twin = Generator(acceptance_from, device=device, strategy="staged", threads=threads) if acceptance_from else None
+    if twin is not None and reuse_curves:  # BUNDLE's models are not needed: only its manifest is
+        from ..manifest import load_manifest
+
+        if load_manifest(bundle, check_files=False).tokenizer.sha256 != twin.manifest.tokenizer.sha256:
+            raise StagedxError(f"--acceptance-from {acceptance_from}: its tokenizer differs from {bundle}'s")
+        gen, twin = twin, None
+    else:
+        gen = Generator(bundle, device=device, strategy="staged", threads=threads)
+        if twin is not None and twin.manifest.tokenizer.sha256 != gen.manifest.tokenizer.sha256:
+            raise StagedxError(f"--acceptance-from {acceptance_from}: its tokenizer differs from {bundle}'s")
     cfg = TuneConfig(calibration=calibration, limit=limit or None, max_new_tokens=max_new_tokens, samplings=samplings,
-                     passes=passes)  # fmt: skip
-    tune_bundle(bundle, gen, cfg, echo=click.echo)
+                     passes=passes, acceptance_from=acceptance_from, reuse_curves=reuse_curves)  # fmt: skip
+    tune_bundle(bundle, gen, cfg, echo=click.echo, twin=twin)
 
 
 COMMANDS = [bench, tune]

@@ -9,12 +9,24 @@ Method (all measured here, nothing assumed):
    default, disjoint from a benchmark over the first 82 or fewer) for each candidate tree
    configuration; the decode statistics give, per round, the accepted tokens (and their
    depths), the draft calls and the Python overhead (draft2 + bookkeeping time).
-3. **Cost model.** expected tokens/s = (tokens per round) / (draft calls per round x
-   draft latency(batch) + oracle latency(budget + 1) + overhead per round). Acceptance
-   counts are properties of the models (deterministic for greedy decoding), the costs come
-   from the smooth latency curves, so noise from a shared machine barely moves the choice.
-4. **Search.** Coordinate ascent from the runtime defaults over budget, max depth, draft2
-   fan-outs, draft calls and draft batch; every evaluated candidate is kept in the result.
+3. **Cost model.** expected tokens/s = tokens / (sum over the runs' draft calls of draft
+   latency(call size) x f_draft + sum over oracle calls of oracle latency(tree size) x f_oracle
+   + Python overhead). Every call's size is counted by the decode loop (``Stats.call_sizes``),
+   so dynamic depth and pruned trees are priced as they really ran. ``f_draft`` / ``f_oracle``
+   are in-loop factors: the phase times of a short staged run on the tuned bundle divided by
+   what the isolated curves predict for the same calls (a draft call right after an oracle call
+   costs more than in isolation). Acceptance counts are properties of the models, the costs
+   come from smooth curves, so noise from a shared machine barely moves the choice.
+4. **Search.** Coordinate ascent over a per-mode space (budget up to 63 tree nodes, depth,
+   draft2 fan-outs, draft calls, dynamic-depth threshold, draft batch; for sampled modes also
+   drawn-children widths and deterministic extras), from several starts (draft2-only, draft
+   chain, three-stage; sampled chain and sampled tree) sharing one cache of evaluations.
+   Every evaluated candidate is kept in the result; the best three-stage candidate (draft2 ->
+   draft -> oracle) is stored beside the winner for ``bench``'s ``staged3``.
+5. **A large oracle without hours of generation** (``acceptance_from``): acceptance depends
+   only on what the models compute, so a bundle that computes the same functions (the small
+   pair a cost-scaled twin was built from) runs the calibration generations, while the latency
+   curves and in-loop factors are measured on the tuned bundle itself.
 
 The winners are stored in the bundle's manifest under ``tuning["<device>|<backend>|<threads>"]``
 as ``{"greedy": {TreeConfig fields...}, "sample": {...}, <measured curves>}`` with one atomic
@@ -33,13 +45,23 @@ import numpy as np
 
 ORACLE_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 DRAFT_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64)
-SEARCH_SPACE = {
-    "budget": (0, 2, 4, 6, 8, 12, 16, 24, 32, 48),  # 0: no speculation (never slower than baseline)
-    "max_depth": (3, 4, 6, 8, 10, 12),
-    "fanouts": ((2, 1, 1, 1, 1, 1), (2, 1, 1, 1, 1, 1, 1, 1, 1, 1), (4, 2, 1, 1, 1, 1), (4, 2, 1, 1, 1, 1, 1, 1, 1, 1),
-                (8, 4, 2, 1, 1, 1), (12, 7, 4, 1, 1, 1), (16, 8, 4, 2, 1, 1)),  # fmt: skip
-    "draft_calls": (0, 1, 2, 3, 4),  # 0: draft2 feeds the oracle directly
+SEARCH_SPACE = {  # greedy
+    "budget": (0, 2, 4, 7, 11, 15, 23, 31, 47, 63),  # 0: no speculation; budget + 1 = tree tokens
+    "max_depth": (3, 4, 6, 8, 10, 12, 16),
+    "fanouts": ((), (2, 1, 1, 1, 1, 1), (2,) + (1,) * 9, (1,) * 15, (2,) + (1,) * 15, (4, 2, 1, 1, 1, 1),
+                (4, 2) + (1,) * 8, (8, 4, 2, 1, 1, 1), (12, 7, 4, 1, 1, 1), (16, 8, 4, 2, 1, 1)),  # fmt: skip
+    "draft_calls": (0, 1, 2, 3, 4, 6, 8),  # 0: draft2 feeds the oracle directly
+    "stop_p": (0.0, 0.05, 0.2, 0.5),  # dynamic depth (with draft_calls as the cap)
     "draft_batch": (8, 16, 32, 48),
+}
+SAMPLED_SPACE = {  # sampled modes: drawn children (widths) or, with widths (), best-first trees
+    "budget": SEARCH_SPACE["budget"][1:],
+    "widths": ((), (1, 1, 1), (1, 1, 1, 1), (1, 1, 1, 1, 1, 1), (2, 1, 1), (2, 1, 1, 1), (2, 1, 1, 1, 1, 1),
+               (3, 1, 1, 1), (4, 1, 1), (4, 1, 1, 1), (4, 2, 1), (8, 1, 1), (4, 2, 1, 1)),  # fmt: skip
+    "extra": (0, 1, 2, 4),
+    "max_depth": (3, 4, 6, 8),
+    "fanouts": SEARCH_SPACE["fanouts"][:2] + ((4, 2, 1), (3,)),
+    "draft_calls": (0, 1, 2, 3),
 }
 
 
@@ -53,6 +75,8 @@ class TuneConfig:
     latency_repeats: int = 7
     passes: int = 1
     seed: int = 0
+    acceptance_from: str | None = None  # a bundle computing the same functions runs the generations
+    reuse_curves: bool = False  # price with the curves and factors already stored for this device
 
 
 @dataclass(frozen=True)
@@ -67,6 +91,7 @@ class Evaluation:
     wall_s: float
     accepted_by_depth: tuple
     predicted_tokens_per_s: float
+    call_sizes: dict = dataclasses.field(default_factory=dict)
 
     @property
     def tokens_per_round(self) -> float:
@@ -119,8 +144,19 @@ def draft_batch_size(tree: dict) -> float:
     return float(min(int(tree["draft_batch"]), 1 + sum(tree["fanouts"][:depth])))
 
 
-def predict_tokens_per_s(ev_counts: dict, tree: dict, oracle_curve: dict, draft_curve: dict) -> float:
-    """ev_counts: new_tokens, rounds, draft_calls, overhead_s (sums over calibration runs)."""
+def predict_tokens_per_s(ev_counts: dict, tree: dict, oracle_curve: dict, draft_curve: dict,
+                         factors: dict | None = None) -> float:  # fmt: skip
+    """ev_counts: new_tokens, rounds, draft_calls, overhead_s (sums over calibration runs) and,
+    when the decode loop counted them, call_sizes ``{"oracle": {T: calls}, "draft": {B: calls}}``:
+    then every call is priced at its own size, times the in-loop ``factors``."""
+    sizes = ev_counts.get("call_sizes")
+    if sizes:
+        f = {"oracle": 1.0, "draft": 1.0, **(factors or {})}
+        total = ev_counts["overhead_s"] + sum(
+            f[m] * n * interp(curve, int(t)) for m, curve in (("oracle", oracle_curve), ("draft", draft_curve))
+            for t, n in sizes.get(m, {}).items()
+        )  # fmt: skip
+        return ev_counts["new_tokens"] / total if total > 0 else 0.0
     rounds = max(1, ev_counts["rounds"])
     round_s = (
         ev_counts["draft_calls"] / rounds * interp(draft_curve, draft_batch_size(tree))
@@ -132,15 +168,16 @@ def predict_tokens_per_s(ev_counts: dict, tree: dict, oracle_curve: dict, draft_
 
 def tree_dict(cfg) -> dict:
     d = dataclasses.asdict(cfg)
-    d["fanouts"] = list(d["fanouts"])
+    d["fanouts"], d["widths"] = list(d["fanouts"]), list(d["widths"])
     return d
 
 
 # -- acceptance on calibration prompts ---------------------------------------------------------
-def evaluate(gen, cfg, prompts, tune: TuneConfig, curves: tuple) -> Evaluation:
+def evaluate(gen, cfg, prompts, tune: TuneConfig, curves: tuple, factors: dict | None = None) -> Evaluation:
     """Staged runs of every calibration prompt with tree config ``cfg``."""
     gen.tree = cfg
-    sums = {"new_tokens": 0, "rounds": 0, "draft_calls": 0, "overhead_s": 0.0}
+    sums = {"new_tokens": 0, "rounds": 0, "draft_calls": 0, "overhead_s": 0.0,
+            "call_sizes": {"oracle": {}, "draft": {}}}  # fmt: skip
     wall, depth = 0.0, np.zeros(cfg.max_depth, np.int64)
     for i, prompt in enumerate(prompts):
         t0 = time.perf_counter()
@@ -152,33 +189,73 @@ def evaluate(gen, cfg, prompts, tune: TuneConfig, curves: tuple) -> Evaluation:
         sums["rounds"] += s.get("rounds", s["oracle_calls"])
         sums["draft_calls"] += s["draft_calls"]
         sums["overhead_s"] += s["time_s"]["draft2"] + s["time_s"]["other"]
+        for m, hist in s.get("call_sizes", {}).items():
+            for t, n in hist.items():
+                sums["call_sizes"][m][int(t)] = sums["call_sizes"][m].get(int(t), 0) + n
         acc = np.asarray(s["accepted_by_depth"][: cfg.max_depth], np.int64)
         depth[: len(acc)] += acc
     tree = tree_dict(cfg)
-    pred = predict_tokens_per_s(sums, tree, *curves)
+    pred = predict_tokens_per_s(sums, tree, *curves, factors)
     return Evaluation(tree, sums["new_tokens"], sums["rounds"], sums["draft_calls"], sums["overhead_s"], wall,
-                      tuple(int(x) for x in depth), pred)  # fmt: skip
+                      tuple(int(x) for x in depth), pred,
+                      {m: {str(t): n for t, n in sorted(h.items())} for m, h in sums["call_sizes"].items()})  # fmt: skip
 
 
-def coordinate_search(start, score: Callable, passes: int = 1, on_eval: Callable | None = None) -> tuple:
-    """Coordinate ascent over SEARCH_SPACE from ``start`` (a TreeConfig); ``score(cfg)`` returns an
-    Evaluation. Returns (best Evaluation, best TreeConfig, all evaluations)."""
-    cache: dict = {}
+def coordinate_search(start, score: Callable, passes: int = 1, on_eval: Callable | None = None,
+                      space: dict | None = None, cache: dict | None = None) -> tuple:  # fmt: skip
+    """Coordinate ascent over ``space`` (default SEARCH_SPACE) from ``start`` (a TreeConfig);
+    ``score(cfg)`` returns an Evaluation; ``cache`` (cfg -> Evaluation) may be shared between
+    starts. Returns (best Evaluation, best TreeConfig, all evaluations)."""
+    cache = {} if cache is None else cache
+    space = SEARCH_SPACE if space is None else space
 
     def get(cfg):
-        if cfg not in cache:
-            cache[cfg] = score(cfg)
+        key = effective(cfg)
+        if key not in cache:
+            cache[key] = score(cfg)
             if on_eval:
-                on_eval(cache[cfg])
-        return cache[cfg]
+                on_eval(cache[key])
+        return cache[key]
 
     best = start
+    get(best)
     for _ in range(passes):
-        for name, values in SEARCH_SPACE.items():
+        for name, values in space.items():
+            if not _relevant(name, best):
+                continue
             cands = [dataclasses.replace(best, **{name: v}) for v in values]
             cands = [c for c in cands if _valid(c)]
             best = max([best] + cands, key=lambda c: get(c).predicted_tokens_per_s)
-    return cache[best], best, list(cache.values())
+    return get(best), best, list(cache.values())
+
+
+def effective(cfg):
+    """The config with every field that cannot change what it does normalised, so configs that
+    behave alike are evaluated once (e.g. a budget above the nodes a shape can propose)."""
+    base = type(cfg)()
+    if cfg.budget == 0:  # no speculation, whatever the shape
+        return dataclasses.replace(base, budget=0, tau=cfg.tau, spec_k=cfg.spec_k)
+    if cfg.widths:
+        widths = cfg.widths[: cfg.max_depth]
+        nodes = int(np.sum(np.cumprod(widths))) + cfg.extra
+        return dataclasses.replace(base, budget=min(cfg.budget, nodes), max_depth=len(widths), widths=widths,
+                                   extra=cfg.extra, tau=cfg.tau, spec_k=cfg.spec_k)  # fmt: skip
+    if cfg.draft_calls == 0:
+        nodes = int(sum(cfg.fanouts[: cfg.max_depth]))
+        return dataclasses.replace(cfg, budget=min(cfg.budget, nodes), stop_p=base.stop_p, draft_batch=base.draft_batch,
+                                   extra=0)  # fmt: skip
+    return dataclasses.replace(cfg, extra=0)
+
+
+def _relevant(name: str, cfg) -> bool:
+    """Whether ``name`` changes what a tree config does (skip evaluations that cannot differ)."""
+    if cfg.widths:  # a sampled tree: draws per level, extras, budget, depth
+        return name in ("budget", "widths", "extra", "max_depth")
+    if name == "extra":
+        return False
+    if cfg.draft_calls == 0:
+        return name not in ("stop_p", "draft_batch")
+    return True
 
 
 def _valid(cfg) -> bool:
@@ -186,8 +263,10 @@ def _valid(cfg) -> bool:
 
 
 # -- the command ---------------------------------------------------------------------------------
-def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print) -> dict:
-    """Measure, search, store. Returns the stored entry."""
+def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print, twin=None) -> dict:
+    """Measure, search, store. ``twin``: a Generator on ``tune.acceptance_from`` that runs the
+    calibration generations in place of ``gen`` (curves and factors still come from ``gen``).
+    Returns the stored entry."""
     from ..manifest import load_manifest, update_manifest, utc_now
     from ..runtime.generator import sampling_mode
     from ..runtime.sampling import SamplingConfig
@@ -197,26 +276,40 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print) -> dict:
     ids = np.concatenate([np.asarray(gen.tokenizer.encode(p.text), np.int64) for p in prompts])
     need = tune.past_len
     context = np.resize(ids, need) if len(ids) else np.zeros(need, np.int64)
-    echo(f"measuring oracle latency vs tree size and draft latency vs batch (past {need} tokens) ...")
-    oracle_curve = latency_curve(gen.oracle, ORACLE_SIZES, context, tune.latency_repeats)
-    draft_curve = latency_curve(gen.draft, DRAFT_SIZES, context, tune.latency_repeats)
-    echo("  oracle ms: " + "  ".join(f"T={t}:{1e3 * s:.2f}" for t, s in oracle_curve.items()))
-    echo("  draft  ms: " + "  ".join(f"B={t}:{1e3 * s:.2f}" for t, s in draft_curve.items()))
-    curves = (oracle_curve, draft_curve)
-
     tuning = dict(load_manifest(bundle, check_files=False).tuning)
     key = tuning_key(gen)
     entry = dict(tuning.get(key, {}))
+    if tune.reuse_curves:
+        curves, factors, need = stored_curves(entry, key)
+        echo(f"pricing with the curves stored under {key!r} (past {need} tokens)")
+    else:
+        echo(f"measuring oracle latency vs tree size and draft latency vs batch (past {need} tokens) ...")
+        oracle_curve = latency_curve(gen.oracle, ORACLE_SIZES, context, tune.latency_repeats)
+        draft_curve = latency_curve(gen.draft, DRAFT_SIZES, context, tune.latency_repeats)
+        curves = (oracle_curve, draft_curve)
+        factors = in_loop_factors(gen, prompts[0], curves)
+    echo("  oracle ms: " + "  ".join(f"T={t}:{1e3 * s:.2f}" for t, s in curves[0].items()))
+    echo("  draft  ms: " + "  ".join(f"B={t}:{1e3 * s:.2f}" for t, s in curves[1].items()))
+    echo(f"  in-loop factors (phase time / isolated curve): oracle {factors['oracle']:.2f}, draft {factors['draft']:.2f}")
+    oracle_curve, draft_curve = curves
+    if twin is not None:
+        echo(f"calibration generations run on {tune.acceptance_from} (same functions, acceptance only)")
+
     for sampling in tune.samplings:
         mode = sampling_mode(SamplingConfig.parse(sampling))
-        entry[mode] = search_mode(gen, prompts, dataclasses.replace(tune, samplings=(sampling,)), curves, echo)
+        entry[mode] = search_mode(twin or gen, prompts, dataclasses.replace(tune, samplings=(sampling,)), curves, echo,
+                                  factors)  # fmt: skip
     gen.tree = None
+    if twin is not None:
+        twin.tree = None
     entry.update({
         "tuned_utc": utc_now(),
-        "calibration": {"prompts": tune.calibration, "n_prompts": len(prompts), "max_new_tokens": tune.max_new_tokens},
+        "calibration": {"prompts": tune.calibration, "n_prompts": len(prompts), "max_new_tokens": tune.max_new_tokens,
+                        "acceptance_from": tune.acceptance_from},
         "past_len": need,
         "oracle_latency_s": {str(k): v for k, v in oracle_curve.items()},
         "draft_latency_s": {str(k): v for k, v in draft_curve.items()},
+        "in_loop_factors": factors,
     })  # fmt: skip
     tuning[key] = entry
     update_manifest(bundle, tuning=tuning)
@@ -224,29 +317,90 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print) -> dict:
     return entry
 
 
-def search_mode(gen, prompts, tune: TuneConfig, curves: tuple, echo: Callable) -> dict:
+def stored_curves(entry: dict, key: str) -> tuple:
+    """(curves, factors, past_len) a previous ``tune`` stored for this device."""
+    from ..errors import StagedxError
+
+    if not entry.get("oracle_latency_s") or not entry.get("draft_latency_s"):
+        raise StagedxError(f"--reuse-curves: the bundle has no curves stored under {key!r}; run tune without it first")
+    curves = tuple({int(t): float(v) for t, v in entry[k].items()} for k in ("oracle_latency_s", "draft_latency_s"))
+    factors = entry.get("in_loop_factors") or {"oracle": 1.0, "draft": 1.0}
+    return curves, factors, int(entry.get("past_len", 0))
+
+
+def in_loop_factors(gen, prompt, curves: tuple, new_tokens: int = 24) -> dict:
+    """Phase time inside the decode loop over the isolated curves' price of the same calls, for
+    the oracle and the draft, from one short greedy run of a tree that uses both models."""
+    from ..runtime.staged import TreeConfig
+
+    res = gen.generate(prompt.text, new_tokens, strategy="staged", ignore_eos=True, truncate=True,
+                       tree=TreeConfig(budget=11, max_depth=8, fanouts=(2, 1, 1, 1), draft_calls=3))  # fmt: skip
+    s = res.stats.as_dict()
+    out = {}
+    for model, curve in zip(("oracle", "draft"), curves):
+        priced = sum(n * interp(curve, int(t)) for t, n in s["call_sizes"][model].items())
+        ratio = s["time_s"][model] / priced if priced > 0 else 1.0
+        out[model] = float(min(3.0, max(0.5, ratio)))  # a guard against one disturbed run
+    return out
+
+
+def _starts(gen, mode: str) -> list:
+    """Starting points: the runtime default, a draft chain (what speculative does), a
+    three-stage tree; for sampled modes a drawn chain and a drawn tree too."""
+    from ..runtime.generator import DEFAULT_TREES, THREE_STAGE_TREES
+    from ..runtime.staged import TreeConfig
+
+    starts = [DEFAULT_TREES[mode], THREE_STAGE_TREES[mode]]
+    if mode == "greedy":
+        starts.append(TreeConfig(budget=11, max_depth=12, fanouts=(), draft_calls=6, stop_p=0.05))
+    else:
+        starts += [TreeConfig(budget=4, max_depth=4, widths=(1, 1, 1, 1)), TreeConfig(budget=11, max_depth=6, widths=(3, 1, 1, 1))]
+    if getattr(gen.draft2, "kind", "none") == "none":  # draft2-only trees propose nothing
+        starts = [s for s in starts if s.draft_calls > 0 or s.widths]
+    return list(dict.fromkeys(starts))
+
+
+def is_three_stage(tree: dict, draft2_kind: str) -> bool:
+    """Whether a tree runs draft2 -> draft -> oracle: the draft is called and draft2 feeds it
+    (best-first trees) or adds candidates beside the drawn children (sampled trees)."""
+    if draft2_kind == "none":
+        return False
+    if tree.get("widths"):
+        return int(tree.get("extra", 0)) > 0
+    return int(tree["draft_calls"]) > 0 and len(tree["fanouts"]) > 0
+
+
+def search_mode(gen, prompts, tune: TuneConfig, curves: tuple, echo: Callable, factors: dict | None = None) -> dict:
     """Coordinate search for one sampling mode; returns its entry (TreeConfig fields + evidence)."""
-    from ..runtime.generator import DEFAULT_TREES, sampling_mode
+    from ..runtime.generator import sampling_mode
     from ..runtime.sampling import SamplingConfig
 
     sampling = tune.samplings[0]
+    mode = sampling_mode(SamplingConfig.parse(sampling))
     echo(f"searching tree shapes on {len(prompts)} calibration prompts ({tune.calibration}), "
          f"{tune.max_new_tokens} tokens each, {sampling} ...")  # fmt: skip
 
     def show(ev: Evaluation) -> None:
         t = ev.tree
-        echo(f"  budget={t['budget']:<3} depth={t['max_depth']:<3} fanouts={tuple(t['fanouts'])} "
-             f"calls={t['draft_calls']} batch={t['draft_batch']:<3} -> {ev.tokens_per_round:.2f} tok/round, "
+        shape = (f"widths={tuple(t['widths'])} extra={t['extra']}" if t["widths"] else
+                 f"fanouts={tuple(t['fanouts'])} calls={t['draft_calls']} stop_p={t['stop_p']} batch={t['draft_batch']}")
+        echo(f"  budget={t['budget']:<3} depth={t['max_depth']:<3} {shape} -> {ev.tokens_per_round:.2f} tok/round, "
              f"predicted {ev.predicted_tokens_per_s:.1f} tok/s")  # fmt: skip
 
-    start = DEFAULT_TREES[sampling_mode(SamplingConfig.parse(sampling))]
-    best_ev, best_cfg, evals = coordinate_search(
-        start, lambda c: evaluate(gen, c, prompts, tune, curves), tune.passes, show
-    )
-    echo(f"best for {sampling}: budget={best_cfg.budget} max_depth={best_cfg.max_depth} "
-         f"fanouts={best_cfg.fanouts} draft_calls={best_cfg.draft_calls} draft_batch={best_cfg.draft_batch} "
+    space = SEARCH_SPACE if mode == "greedy" else SAMPLED_SPACE
+    cache: dict = {}
+    best_ev = best_cfg = None
+    for start in _starts(gen, mode):
+        ev, cfg, _ = coordinate_search(start, lambda c: evaluate(gen, c, prompts, tune, curves, factors), tune.passes,
+                                       show, space, cache)  # fmt: skip
+        if best_ev is None or ev.predicted_tokens_per_s > best_ev.predicted_tokens_per_s:
+            best_ev, best_cfg = ev, cfg
+    evals = list(cache.values())
+    echo(f"best for {sampling}: {_describe(best_ev)} "
          f"(predicted {best_ev.predicted_tokens_per_s:.1f} tokens/s, {best_ev.tokens_per_round:.2f} tokens/round)")  # fmt: skip
-    return {
+    kind = getattr(gen.draft2, "kind", "none")
+    three = [e for e in evals if is_three_stage(e.tree, kind)]
+    out = {
         **tree_dict(best_cfg),
         "sampling": sampling,
         "overhead_s_per_round": best_ev.overhead_s / max(1, best_ev.rounds),
@@ -255,6 +409,15 @@ def search_mode(gen, prompts, tune: TuneConfig, curves: tuple, echo: Callable) -
         "predicted_tokens_per_s": best_ev.predicted_tokens_per_s,
         "candidates": [e.as_dict() for e in evals],
     }
+    if three:
+        best3 = max(three, key=lambda e: e.predicted_tokens_per_s)
+        out["three_stage"] = dict(best3.tree)
+        echo(f"best three-stage for {sampling}: {_describe(best3)} (predicted {best3.predicted_tokens_per_s:.1f} tokens/s)")
+    return out
+
+
+def _describe(ev: Evaluation) -> str:
+    return " ".join(f"{k}={tuple(v) if isinstance(v, list) else v}" for k, v in ev.tree.items())
 
 
 def tuning_key(gen) -> str:

@@ -14,6 +14,16 @@ fixed best-first children it is biased (p = q = (1/2, 1/2) with child 0 always e
 so it is used here only for the classic chain, whose tokens ARE drawn from q (Leviathan et al.):
 accept d_i with probability min(1, p(d_i)/q(d_i)); on the first rejection draw from
 normalise(max(0, p - q)); if every d_i is accepted draw one more token from p.
+
+Sampled trees (``sampled.py``: children DRAWN from q without replacement, in draw order) use
+recursive rejection sampling, which generalises that chain rule to several children
+(SpecInfer / recursive speculative decoding): at node v try the drawn children c_1, c_2, ...
+in draw order; accept c_i with probability min(1, p(c_i)/q(c_i)); on rejection set
+p <- normalise(max(0, p - q)) and q <- q with c_i removed, renormalised (the law c_{i+1} was
+drawn from), and try the next. If every drawn child is rejected, draw x from the residual p;
+x is then an exact draw from the oracle given the prefix, so if a deterministic child (a
+leaf proposed by draft2 or the draft's top tokens) carries x, the walk descends into it by
+the per-node rule, else x is emitted and the round stops.
 """
 
 from __future__ import annotations
@@ -81,6 +91,54 @@ def verify_chain(
         return np.asarray(out, np.int64)
     out.append(sample(p[len(drafted)], rng))
     return np.asarray(out, np.int64)
+
+
+def verify_sampled(
+    parents: np.ndarray,  # [N] parents[0] == -1 is the root
+    tokens: np.ndarray,  # [N]
+    drawn: np.ndarray,  # [N] bool: drawn from the parent's q (siblings in draw order)
+    q_at: Callable[[int], np.ndarray],  # node -> the draft's warped q [V] its children were drawn from
+    p_at: Callable[[int], np.ndarray],  # node -> the oracle's warped p [V]
+    rng: np.random.Generator,
+) -> Verdict:
+    """Recursive rejection sampling over a sampled tree (see the module docstring)."""
+    path, emitted, node = [0], [], 0
+    while True:
+        kids = np.flatnonzero(parents == node)
+        tried = kids[drawn[kids]]  # in draw order
+        nxt = -1
+        p = p_at(node)
+        if tried.size:
+            p, q = p.copy(), q_at(node).copy()
+            for c in tried:
+                x = int(tokens[c])
+                if rng.random() * q[x] < p[x]:  # accept with probability min(1, p/q)
+                    nxt = int(c)
+                    break
+                residual = np.maximum(p - q, 0.0)
+                total = residual.sum()
+                if total <= 0:  # p == q up to rounding: keep p, drop x (never reached exactly)
+                    residual, total = p.copy(), p.sum()
+                    residual[x] = 0.0
+                    total = residual.sum()
+                p = residual / total
+                q[x] = 0.0
+                qs = q.sum()
+                if qs <= 0:
+                    break
+                q /= qs
+        if nxt < 0:
+            x = sample(p, rng)
+            emitted.append(x)
+            rest = kids[~drawn[kids]]
+            hit = rest[tokens[rest] == x]
+            if hit.size == 0:
+                return Verdict(np.asarray(path, np.int64), np.asarray(emitted, np.int64))
+            nxt = int(hit[0])
+        else:
+            emitted.append(int(tokens[nxt]))
+        path.append(nxt)
+        node = nxt
 
 
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:

@@ -108,14 +108,12 @@ def generate(bundle, prompt, strategy, sampling, temperature, max_new_tokens, se
 
 def _compare(gen, prompt, max_new_tokens, opts) -> None:
     """Warm up, then run each strategy on the same prompt; greedy outputs must be identical."""
-    from .generator import THREE_STAGE_TREES, sampling_mode
-
     gen.generate(prompt, 8, **{**opts, "strategy": "staged"})
     variants = {
         "baseline": {"strategy": "baseline"},
         "speculative": {"strategy": "speculative"},
         "staged": {"strategy": "staged"},  # the tuned (else default) tree for this device
-        "staged3": {"strategy": "staged", "tree": THREE_STAGE_TREES[sampling_mode(opts["sampling"])]},
+        "staged3": {"strategy": "staged", "tree": gen.three_stage_tree(opts["sampling"])},
     }
     results = {name: gen.generate(prompt, max_new_tokens, **opts, **v) for name, v in variants.items()}
     base = results["baseline"]

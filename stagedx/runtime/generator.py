@@ -46,6 +46,7 @@ from .staged import (
     oracle_tree,
     root_only,
 )
+from .sampled import SampledTree, grow_sampled_tree
 from .tokenizer import StreamDecoder, Tokenizer
 from .tree import ancestor_mask
 
@@ -67,6 +68,12 @@ class Stats:
     time_s: dict = field(
         default_factory=lambda: {"prefill": 0.0, "draft2": 0.0, "draft": 0.0, "oracle": 0.0, "other": 0.0, "total": 0.0}
     )
+    call_sizes: dict = field(default_factory=lambda: {"oracle": {}, "draft": {}})  # model -> {tokens: calls}
+
+    def count_calls(self, model: str, sizes) -> None:
+        hist = self.call_sizes[model]
+        for t in sizes:
+            hist[int(t)] = hist.get(int(t), 0) + 1
 
     @property
     def tokens_per_oracle_call(self) -> float:
@@ -85,6 +92,7 @@ class Stats:
             "accepted_by_stage": dict(self.accepted_by_stage),
             "accepted_by_depth": list(self.accepted_by_depth),
             "time_s": dict(self.time_s),
+            "call_sizes": {m: {str(t): n for t, n in sorted(h.items())} for m, h in self.call_sizes.items()},
         }
 
 
@@ -117,6 +125,7 @@ class DecodeState:
     stats: Stats
     finish: str | None = None
     draft_q: list = field(default_factory=list)  # [k][V] q of each sampled draft token (speculative)
+    sampled: SampledTree | None = None  # this round's sampled tree (staged, sampled modes)
 
     @property
     def generated(self) -> int:
@@ -128,7 +137,7 @@ class DecodeState:
 # tree); sampled (top-k 50, T=1) acceptance rarely passes depth 2 (small, shallow tree).
 THREE_STAGE_TREES = {
     "greedy": TreeConfig(),
-    "sample": TreeConfig(budget=6, max_depth=3, fanouts=(4, 2, 1), draft_calls=1, draft_batch=16),
+    "sample": TreeConfig(budget=7, max_depth=4, widths=(2, 1, 1, 1), extra=2),  # drawn children + draft2 leaves
 }
 # Untuned defaults: the fastest shapes measured on the default backend (ONNX Runtime, 2-core
 # CPU) for the vendored pair. There a draft call costs ~1.5 ms inside the loop against ~3.6
@@ -138,6 +147,14 @@ THREE_STAGE_TREES = {
 DEFAULT_TREES = {
     "greedy": TreeConfig(budget=16, max_depth=15, fanouts=(2,) + (1,) * 14, draft_calls=0),
     "sample": TreeConfig(budget=3, max_depth=3, fanouts=(3,), draft_calls=0),
+}
+
+
+# Without draft2 (a bundle exported with ``--draft2 none``) draft2-only trees propose nothing:
+# the defaults then grow the tree with the draft alone, at least as deep as speculative's chain.
+NO_DRAFT2_TREES = {
+    "greedy": TreeConfig(budget=11, max_depth=12, fanouts=(), draft_calls=6, stop_p=0.05),
+    "sample": TreeConfig(budget=7, max_depth=4, widths=(2, 1, 1), extra=1),
 }
 
 
@@ -260,8 +277,17 @@ class Generator:
         elif mode in self.tuned:
             tree = TreeConfig.from_dict(self.tuned[mode])
         else:
-            tree = DEFAULT_TREES[mode]
+            tree = (NO_DRAFT2_TREES if self.draft2.kind == "none" else DEFAULT_TREES)[mode]
         return tree if self.tree_budget is None else dataclasses.replace(tree, budget=self.tree_budget)
+
+    def three_stage_tree(self, sampling: SamplingConfig) -> TreeConfig:
+        """A tree that always runs draft2 -> draft -> oracle: tune's best such one, else the default.
+        Without draft2 there is no third stage: the draft-only tree (tuned, else default)."""
+        mode = sampling_mode(sampling)
+        if self.draft2.kind == "none":
+            return self.tree_for(sampling) if self.tree is None and mode in self.tuned else NO_DRAFT2_TREES[mode]
+        tuned = self.tuned.get(mode, {}).get("three_stage")
+        return TreeConfig.from_dict(tuned) if tuned else THREE_STAGE_TREES[mode]
 
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128, **options) -> GenerationResult:
         """Options: sampling ("greedy", "topk:50", SamplingConfig), seed, stop, strategy,
@@ -366,6 +392,7 @@ class Generator:
             s.time_s["oracle"] += time.perf_counter() - t0
             s.oracle_calls += 1
             s.oracle_tokens += len(tree.tokens)
+            s.count_calls("oracle", (len(tree.tokens),))
             verdict = self._verify(req, st, tree, out)
             kept = self._commit(req, st, tree, verdict, draft_path)
             s.rounds += 1
@@ -383,8 +410,11 @@ class Generator:
             drafted = self._draft_chain(req, st, history, min(req.tree.spec_k, room))
             return chain_tree(np.concatenate([history[-1:], drafted])), drafted.tolist()[:-1]
         limit = min(req.tree.max_depth, room)
+        st.sampled = None
         if req.strategy != "staged" or limit == 0 or req.tree.budget == 0:
             return root_only(st.tokens[-1]), []
+        if req.tree.widths and not req.sampling.greedy:
+            return self._sampled_tree(req, st, history, limit)
         if req.tree.draft_calls == 0:
             t0 = time.perf_counter()
             tree = draft2_tree(self.draft2, history, req.tree, limit)
@@ -393,15 +423,27 @@ class Generator:
         cfg, tau = req.sampling, req.tree.tau
         dtree = grow_draft_tree(self.draft, self.draft2, history, req.tree, lambda v: rank_logprobs(v, cfg, tau), limit)
         st.stats.draft_calls += dtree.calls
+        st.stats.count_calls("draft", dtree.sizes)
         st.stats.time_s["draft2"] += dtree.time_draft2
         st.stats.time_s["draft"] += dtree.time_draft
         return oracle_tree(dtree, req.tree.budget, limit, self.vocab), dtree.path
+
+    def _sampled_tree(self, req: Request, st: DecodeState, history: np.ndarray, limit: int) -> tuple[OracleTree, list]:
+        """Children drawn from the draft's q (``sampled.py``), cut to the node budget."""
+        sp = grow_sampled_tree(self.draft, self.draft2, history, req.tree, req.sampling, st.rng, limit)
+        st.stats.draft_calls += sp.calls
+        st.stats.count_calls("draft", sp.sizes)
+        st.stats.time_s["draft"] += sp.time_draft
+        st.stats.time_s["draft2"] += sp.time_draft2
+        st.sampled = sp
+        return fit_tree(sp.tree, req.tree.budget + 1), sp.path
 
     def _draft_chain(self, req: Request, st: DecodeState, history: np.ndarray, k: int) -> np.ndarray:
         """Classic drafting: k sequential draft calls; sampled drafts keep q for verification."""
         t0 = time.perf_counter()
         chain = history[self.draft.length :]
         drafted, st.draft_q = [], []
+        st.stats.count_calls("draft", [len(chain)] + [1] * (k - 1))
         fetch = (FETCH_TOPK,) if req.sampling.greedy else (FETCH_LOGITS,)
         for _ in range(k):
             out = self.draft.run(chain, self.draft.length + np.arange(len(chain)), chain_mask(len(chain)), fetch)
@@ -421,6 +463,10 @@ class Generator:
     def _verify(self, req: Request, st: DecodeState, tree: OracleTree, out) -> accept.Verdict:
         if req.sampling.greedy:
             return accept.walk_tree(tree.parents, tree.tokens, accept.greedy_draw(out.topk_indices[:, 0]))
+        if st.sampled is not None:
+            sp = st.sampled
+            return accept.verify_sampled(tree.parents, tree.tokens, sp.drawn[: len(tree.tokens)], sp.q.__getitem__,
+                                         lambda v: warp(out.logits[v], req.sampling), st.rng)  # fmt: skip
         if req.strategy == "speculative" and len(tree.tokens) > 1:
             p = warp(out.logits, req.sampling)  # [k+1, V]
             emitted = accept.verify_chain(tree.tokens[1:], np.stack(st.draft_q), p, st.rng)

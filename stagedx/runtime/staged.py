@@ -44,6 +44,9 @@ class TreeConfig:
     draft_batch: int = 32  # nodes per draft call, chain included
     tau: float = 0.1  # greedy ranking temperature
     spec_k: int = 4  # chain length of the classic speculative strategy
+    stop_p: float = 0.0  # dynamic depth: no further draft call once the path's ranking prob < stop_p
+    widths: tuple[int, ...] = ()  # sampled modes: children drawn from q per level (sampled.py); () = best-first
+    extra: int = 0  # sampled trees: deterministic root leaves (draft2's, then the draft's top tokens)
 
     def __post_init__(self) -> None:
         """Refuse shapes the decode loop cannot run, however the config was built."""
@@ -55,6 +58,13 @@ class TreeConfig:
             raise StagedxError(f"tree fanouts must be a tuple of integers in [1, {MAX_TREE_FIELD}], got {self.fanouts!r}")
         if not isinstance(self.tau, (int, float)) or isinstance(self.tau, bool) or not 0 < self.tau < float("inf"):
             raise StagedxError(f"tree tau (greedy ranking temperature) must be a finite number > 0, got {self.tau!r}")
+        if not _is_int(self.extra) or not 0 <= self.extra <= MAX_TREE_FIELD:
+            raise StagedxError(f"tree extra must be an integer in [0, {MAX_TREE_FIELD}], got {self.extra!r}")
+        if not isinstance(self.widths, tuple) or not all(_is_int(w) and 1 <= w <= MAX_TREE_FIELD for w in self.widths):
+            raise StagedxError(f"tree widths must be a tuple of integers in [1, {MAX_TREE_FIELD}], got {self.widths!r}")
+        stop_p = self.stop_p
+        if not isinstance(stop_p, (int, float)) or isinstance(stop_p, bool) or not 0 <= stop_p <= 1:
+            raise StagedxError(f"tree stop_p (dynamic depth threshold) must be a number in [0, 1], got {stop_p!r}")
 
     @staticmethod
     def from_dict(d: dict) -> "TreeConfig":
@@ -62,10 +72,11 @@ class TreeConfig:
             raise StagedxError(f"a tree shape must be a JSON object, got {type(d).__name__}")
         names = TreeConfig.__dataclass_fields__
         kw = {k: v for k, v in d.items() if k in names}
-        if "fanouts" in kw:
-            if not isinstance(kw["fanouts"], (list, tuple)):
-                raise StagedxError(f"tree fanouts must be a list of integers, got {kw['fanouts']!r}")
-            kw["fanouts"] = tuple(kw["fanouts"])
+        for name in ("fanouts", "widths"):
+            if name in kw:
+                if not isinstance(kw[name], (list, tuple)):
+                    raise StagedxError(f"tree {name} must be a list of integers, got {kw[name]!r}")
+                kw[name] = tuple(kw[name])
         return TreeConfig(**kw)
 
 
@@ -89,6 +100,8 @@ class DraftTree:
     calls: int = 0
     time_draft2: float = 0.0
     time_draft: float = 0.0
+    path_p: float = 1.0  # ranking probability of the draft's path, g included (dynamic depth)
+    sizes: list = field(default_factory=list)  # tokens of each draft call (for tune's cost model)
 
 
 def _batch(chain: np.ndarray, cand_tokens: np.ndarray, cand_parents: np.ndarray):
@@ -128,6 +141,7 @@ def grow_draft_tree(
         tree.time_draft2 += t1 - t0
         tree.time_draft += t2 - t1
         tree.calls += 1
+        tree.sizes.append(len(tokens))
 
         # register the chain end and the candidates as tree nodes (catch-up rows are not)
         m = len(chain)
@@ -142,6 +156,7 @@ def grow_draft_tree(
         tree.topk_logp.append(rank(out.topk_values[m - 1 :]))
 
         # commit the chain and the draft's greedy path through the candidates
+        top1 = np.exp(tree.topk_logp[-1][:, 0])  # [1 + C] ranking prob of the draft's greedy token
         rows = list(range(m))
         local = m - 1
         while depth0 + len(rows) - m < depth_limit:
@@ -149,6 +164,7 @@ def grow_draft_tree(
             hit = np.flatnonzero((parents == local) & (tokens == want))
             if hit.size == 0:
                 break
+            tree.path_p *= top1[local - (m - 1)]
             local = int(hit[0])
             rows.append(local)
         draft.commit(rows)
@@ -158,8 +174,9 @@ def grow_draft_tree(
         end = base + (local - (m - 1))  # global id of the path end
 
         g = int(ids[local - (m - 1), 0])  # the draft's greedy token below the path end
+        tree.path_p *= top1[local - (m - 1)]
         depth0 = len(tree.path) + 1
-        if tree.calls >= cfg.draft_calls or depth0 >= depth_limit:
+        if tree.calls >= cfg.draft_calls or depth0 >= depth_limit or tree.path_p < cfg.stop_p:
             return tree
         chain = np.asarray([g], np.int64)
         root_parent = end

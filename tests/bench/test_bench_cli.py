@@ -148,6 +148,26 @@ def test_tune_end_to_end(tiny_bundle, tmp_path):
         assert gen.tree_for(SamplingConfig.parse(sampling)) == cfg
 
 
+def test_tune_with_acceptance_from_a_twin(tiny_bundle, tmp_path):
+    """Generations run on the twin (here: a copy of the same bundle), curves on the target;
+    every candidate is priced from its counted call sizes, and a three-stage tree is kept."""
+    from stagedx.manifest import load_manifest
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    res = invoke(["tune", str(bundle), "--acceptance-from", str(tiny_bundle), "--limit", "1", "--max-new-tokens", "4",
+                  "--threads", "1", "--sampling", "topk:50"])  # fmt: skip
+    assert "calibration generations run on" in res.output
+    (entry,) = load_manifest(bundle).tuning.values()
+    assert entry["calibration"]["acceptance_from"] == str(tiny_bundle)
+    assert set(entry["in_loop_factors"]) == {"oracle", "draft"}
+    cands = entry["sample"]["candidates"]
+    assert any(c["tree"]["widths"] for c in cands) and all(c["call_sizes"]["oracle"] for c in cands)
+    assert max(c["tree"]["budget"] for c in cands) >= 11
+    assert entry["sample"]["three_stage"]["extra"] > 0 or entry["sample"]["three_stage"]["draft_calls"] > 0
+    assert not load_manifest(tiny_bundle).tuning  # the twin is only read
+
+
 def test_bench_without_peers_never_imports_torch(tiny_bundle, tmp_path):
     import subprocess
     import sys

@@ -159,13 +159,13 @@ def test_coordinate_search_finds_the_optimum_of_a_separable_score():
         def __init__(self, v):
             self.predicted_tokens_per_s = v
 
-    target = {"budget": 6, "max_depth": 4, "draft_calls": 2, "draft_batch": 16}
+    target = {"budget": 7, "max_depth": 4, "draft_calls": 2, "draft_batch": 16}
 
     def score(cfg):
         return Ev(-sum(abs(getattr(cfg, k) - v) for k, v in target.items()) - (cfg.fanouts != SEARCH_SPACE["fanouts"][1]))
 
     best_ev, best, evals = coordinate_search(TreeConfig(), score)
-    assert best.budget == 6 and best.max_depth == 4 and best.draft_calls == 2 and best.draft_batch == 16
+    assert best.budget == 7 and best.max_depth == 4 and best.draft_calls == 2 and best.draft_batch == 16
     assert best.fanouts == SEARCH_SPACE["fanouts"][1]
     assert best_ev.predicted_tokens_per_s == 0
     assert len(evals) == len({id(e) for e in evals})

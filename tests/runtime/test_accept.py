@@ -90,6 +90,61 @@ def chain_round(prefix, rng, k=3):
     return accept.verify_chain(np.asarray(drafted), np.stack(qs), np.stack(ps), rng)
 
 
+def sampled_tree(prefix, rng, widths=(2, 1), extra=1):
+    """Children drawn from q without replacement (draw order kept), plus ``extra``
+    deterministic root leaves (the draft's most likely tokens not drawn)."""
+    from stagedx.runtime.sampled import draw_without_replacement
+
+    tokens, parents, drawn, nodes = [prefix[-1]], [-1], [False], [(0, prefix)]
+    for d, w in enumerate(widths):
+        nxt = []
+        for node, pre in nodes:
+            for tok in draw_without_replacement(draft_q(pre), w, rng):
+                tokens.append(int(tok))
+                parents.append(node)
+                drawn.append(True)
+                nxt.append((len(tokens) - 1, pre + (int(tok),)))
+        if d == 0:
+            taken = set(tokens[1:])
+            for tok in [int(t) for t in np.argsort(-draft_q(prefix)) if int(t) not in taken][:extra]:
+                tokens.append(tok)
+                parents.append(0)
+                drawn.append(False)
+        nodes = nxt
+    return np.asarray(tokens), np.asarray(parents), np.asarray(drawn)
+
+
+def sampled_round(prefix, rng, forget_residual=False):
+    tokens, parents, drawn = sampled_tree(prefix, rng)
+
+    def q_at(v):
+        return draft_q(path_prefix(prefix, tokens, parents, v))
+
+    def p_at(v):
+        return oracle_p(path_prefix(prefix, tokens, parents, v))
+
+    if forget_residual:  # the classic bug: keep p after a rejection instead of max(0, p - q)
+        return biased_sampled(tokens, parents, drawn, q_at, p_at, rng)
+    return accept.verify_sampled(parents, tokens, drawn, q_at, p_at, rng).tokens
+
+
+def biased_sampled(tokens, parents, drawn, q_at, p_at, rng):
+    node, out = 0, []
+    while True:
+        p, q = p_at(node), q_at(node).copy()
+        kids = np.flatnonzero(parents == node)
+        for c in kids[drawn[kids]]:
+            if rng.random() * q[tokens[c]] < p[tokens[c]]:
+                out.append(int(tokens[c]))
+                node = c
+                break
+            q[tokens[c]] = 0
+            q /= q.sum()
+        else:
+            out.append(sample(p, rng))
+            return np.asarray(out)
+
+
 def joint_first3(round_fn, n, seed):
     rng = np.random.default_rng(seed)
     counts = np.zeros((V, V, V))
@@ -118,6 +173,30 @@ def test_per_node_rule_matches_the_oracle():
 
 def test_chain_rejection_sampling_matches_the_oracle():
     assert chi_square_pvalue(joint_first3(chain_round, N, 2), exact_first3()) > 1e-3
+
+
+def test_recursive_rejection_sampling_over_sampled_trees_matches_the_oracle():
+    assert chi_square_pvalue(joint_first3(sampled_round, N, 4), exact_first3()) > 1e-3
+
+
+def test_negative_control_sampled_tree_without_residual_is_rejected():
+    biased = lambda prefix, rng: sampled_round(prefix, rng, forget_residual=True)  # noqa: E731
+    assert chi_square_pvalue(joint_first3(biased, N, 5), exact_first3()) < 1e-6
+
+
+def test_draws_without_replacement_follow_sequential_draws():
+    """Gumbel-top-2 = draw one from q, then one from q without it: check the pair law."""
+    from stagedx.runtime.sampled import draw_without_replacement
+
+    q = np.asarray([0.5, 0.3, 0.15, 0.05, 0.0])
+    rng = np.random.default_rng(6)
+    counts = np.zeros((5, 5))
+    for _ in range(6000):
+        a, b = draw_without_replacement(q, 2, rng)
+        counts[a, b] += 1
+    law = np.asarray([[q[a] * q[b] / (1 - q[a]) if a != b else 0.0 for b in range(5)] for a in range(5)])
+    assert chi_square_pvalue(counts, law) > 1e-3
+    assert draw_without_replacement(q, 9, rng).size == 4  # never beyond the support
 
 
 def test_negative_control_biased_verifier_is_rejected():

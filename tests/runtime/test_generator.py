@@ -92,7 +92,9 @@ def test_budgets_and_depths_keep_greedy_exact(self_draft_bundle):
     gen = Generator(self_draft_bundle, device="cpu", threads=1)
     for tree in (TreeConfig(budget=1, max_depth=1), TreeConfig(budget=40, max_depth=12, draft_calls=5),
                  TreeConfig(budget=8, fanouts=(), draft_calls=4), TreeConfig(budget=0),
-                 TreeConfig(budget=6, fanouts=(3, 1), draft_calls=0)):  # fmt: skip
+                 TreeConfig(budget=6, fanouts=(3, 1), draft_calls=0),
+                 TreeConfig(budget=11, fanouts=(), draft_calls=6, stop_p=0.2),  # dynamic depth
+                 TreeConfig(budget=11, fanouts=(2, 1), draft_calls=8, stop_p=0.5)):  # fmt: skip
         gen.tree = tree
         assert_same_greedy(gen, PROMPTS[2], 30)
 
@@ -150,6 +152,8 @@ def small_vocab(small_vocab_bundle):
 @pytest.mark.parametrize("strategy,tree", [
     ("staged", TreeConfig(budget=12, max_depth=4)),  # draft2 -> draft -> oracle
     ("staged", TreeConfig(budget=6, max_depth=3, fanouts=(3, 2), draft_calls=0)),  # draft2 -> oracle
+    ("staged", TreeConfig(budget=12, max_depth=4, widths=(3, 2, 1), extra=2)),  # drawn children + leaves
+    ("staged", TreeConfig(budget=12, max_depth=4, widths=(1, 1, 1))),  # a drawn chain, committed level by level
     ("speculative", None),
     ("baseline", None),
 ])  # fmt: skip
@@ -186,6 +190,34 @@ def test_negative_control_biased_verifier_is_detected(small_vocab, monkeypatch):
 
     monkeypatch.setattr(gen, "_verify", biased_verify)
     gen.tree = TreeConfig(budget=12, max_depth=4)
+    assert pvalue(joint_counts(gen, prompt, "staged", 5000), law) < 1e-6
+
+
+def test_negative_control_sampled_tree_without_residual_is_detected(small_vocab, monkeypatch):
+    """Recursive rejection sampling that keeps p after a rejection (no residual) is biased."""
+    from stagedx.runtime import accept
+
+    gen, prompt, law = small_vocab
+
+    def no_residual(parents, tokens, drawn, q_at, p_at, rng):
+        node, path, emitted = 0, [0], []
+        while True:
+            p, q = p_at(node), q_at(node).copy() if drawn[parents == node].any() else None
+            kids = np.flatnonzero(parents == node)
+            for c in kids[drawn[kids]]:
+                if rng.random() * q[tokens[c]] < p[tokens[c]]:
+                    break
+                q[tokens[c]] = 0
+                q /= q.sum()
+            else:
+                emitted.append(int(rng.choice(len(p), p=p)))
+                return accept.Verdict(np.asarray(path), np.asarray(emitted))
+            emitted.append(int(tokens[c]))
+            path.append(int(c))
+            node = int(c)
+
+    monkeypatch.setattr(accept, "verify_sampled", no_residual)
+    gen.tree = TreeConfig(budget=12, max_depth=4, widths=(3, 2, 1))
     assert pvalue(joint_counts(gen, prompt, "staged", 5000), law) < 1e-6
 
 
@@ -328,3 +360,25 @@ def test_speculative_chain_length_is_spec_k_whatever_the_tree_depth(self_draft_b
                        tree=TreeConfig(max_depth=2, spec_k=5))  # fmt: skip
     assert res.stats.draft_calls == 5 * res.stats.oracle_calls
     assert res.stats.accepted_by_depth[4] > 0  # the oracle accepted 5-token chains
+
+
+def test_without_draft2_staged_uses_the_draft_at_least_as_well_as_speculative(pair_bundle, tmp_path):
+    """A bundle exported with ``--draft2 none``: the default staged tree grows from the draft
+    (draft2-only trees would propose nothing) and accepts at least what speculative does."""
+    import shutil
+
+    bundle = tmp_path / "none"
+    shutil.copytree(pair_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["draft2"] = {"kind": "none", "ngram": None}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    gen = Generator(bundle, device="cpu", threads=1)
+    for sampling in ("greedy", "topk:50"):
+        calls = Counter()
+        for i, prompt in enumerate(PROMPTS[:3]):
+            for strategy in ("speculative", "staged"):
+                res = gen.generate(prompt, 48, sampling=sampling, seed=i, strategy=strategy, ignore_eos=True)
+                calls[strategy] += res.stats.oracle_calls
+        assert calls["staged"] <= calls["speculative"] * 1.1, (sampling, calls)
+    res = assert_same_greedy(gen, PROMPTS[2], 40, ("staged",))["staged"]
+    assert res.stats.tokens_per_oracle_call > 1.5 and res.stats.draft_calls > 0

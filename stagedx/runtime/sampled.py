@@ -1,0 +1,166 @@
+"""Sampled trees: children DRAWN from the draft's warped q, for exact sampled decoding.
+
+A best-first tree of the draft's top children can only accept with the oracle mass of that
+fixed set (the per-node rule, ``accept.walk_tree``). A tree whose children are drawn from q
+without replacement is verified by recursive rejection sampling (``accept.verify_sampled``)
+and accepts with the overlap of p and q at every try instead; a chain of one drawn child per
+level is exactly classic speculative sampling, so such a tree never uses the draft worse than
+the ``speculative`` strategy does.
+
+Shape: ``widths[d]`` children are drawn below every drawn node of level d (root = level 0).
+One draft call per level scores the level's new nodes (their uncommitted ancestors ride in
+the same call under a tree mask); a level of a single node is committed to the draft's cache
+at once (it is on the only path), so a chain costs what the speculative chain costs.
+Optionally ``extra`` deterministic root children are added as leaves after the drawn ones:
+draft2's candidates first, then the draft's most likely tokens, never a token already drawn.
+They are verified by the per-node rule on the final residual draw, which keeps the law exact.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .runner import FETCH_LOGITS, Runner, chain_mask
+from .sampling import SamplingConfig, warp
+from .staged import SOURCE_DRAFT, SOURCE_DRAFT2, OracleTree
+from .tree import ancestor_mask
+
+
+def draw_without_replacement(q: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` distinct tokens drawn one after another from ``q [V]`` (each draw renormalised
+    over the tokens not yet drawn), in draw order, via Gumbel-top-k. Fewer when q's support
+    is smaller than ``k``."""
+    support = np.flatnonzero(q > 0)
+    k = min(k, support.size)
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    keys = np.log(q[support]) + rng.gumbel(size=support.size)  # [S]
+    top = np.argpartition(-keys, k - 1)[:k] if k < support.size else np.arange(support.size)
+    return support[top[np.argsort(-keys[top], kind="stable")]].astype(np.int64)
+
+
+@dataclass
+class SampledTree:
+    """The oracle tree plus what the verifier needs: which children were drawn (in draw
+    order among their siblings) and the draft's q at every node that has drawn children."""
+
+    tree: OracleTree
+    drawn: np.ndarray  # [N] bool, False for the root and deterministic children
+    q: dict = field(default_factory=dict)  # node -> [V] float64
+    path: list = field(default_factory=list)  # tokens committed to the draft below the root
+    calls: int = 0
+    time_draft: float = 0.0
+    time_draft2: float = 0.0
+    sizes: list = field(default_factory=list)  # tokens of each draft call (for tune's cost model)
+
+
+def grow_sampled_tree(
+    draft: Runner,
+    draft2,  # stagedx.runtime.draft2.Draft2 | None
+    history: np.ndarray,  # [n] committed tokens; history[-1] is the root
+    shape,  # TreeConfig: widths, extra, budget
+    sampling: SamplingConfig,
+    rng: np.random.Generator,
+    depth_limit: int,
+) -> SampledTree:
+    """Grow level by level; after each level's draws keep only the ``budget - extra`` drawn
+    nodes of highest path probability under q (a node's key is capped by its earlier
+    siblings', so the kept siblings are always a prefix of the draw order, and by its
+    parent's, so the kept set is a tree); pruned nodes are never scored by the draft."""
+    t0 = time.perf_counter()
+    chain = history[draft.length :]  # catch-up rows + the root
+    out = draft.run(chain, draft.length + np.arange(len(chain)), chain_mask(len(chain)), (FETCH_LOGITS,))
+    draft.commit(np.arange(len(chain)))
+    n = _Nodes(int(history[-1]))
+    q = {0: warp(out.logits[-1], sampling)}
+    room = max(0, shape.budget - shape.extra)  # drawn nodes the oracle call can take
+    frontier, committed, path, sizes = [0], 0, [], [len(chain)]
+    levels = list(shape.widths[: max(0, depth_limit)])
+    for d, w in enumerate(levels):
+        for node in frontier:
+            key = n.key[node]
+            with np.errstate(divide="ignore"):
+                for tok in draw_without_replacement(q[node], int(w), rng):
+                    key = min(key, n.key[node] + float(np.log(q[node][tok])))
+                    n.add(int(tok), node, d + 1, key)
+        q = n.prune(room, q)
+        new = [i for i in range(len(n.tokens)) if n.depth[i] == d + 1]
+        if not new or d + 1 == len(levels):
+            break
+        # one draft call scores the new level below the committed levels
+        batch = [i for i in range(1, len(n.tokens)) if n.depth[i] > committed]
+        local = {g: j for j, g in enumerate(batch)}
+        bpar = np.asarray([local.get(n.parents[g], -1) for g in batch], np.int32)
+        btok = np.asarray([n.tokens[g] for g in batch], np.int64)
+        bpos = draft.length + np.asarray([n.depth[g] - committed - 1 for g in batch], np.int64)
+        out = draft.run(btok, bpos, ancestor_mask(bpar), (FETCH_LOGITS,))
+        sizes.append(len(batch))
+        qs = warp(out.logits[[local[g] for g in new]], sampling)  # [len(new), V]
+        q.update(zip(new, qs))
+        if len(batch) == 1:  # the level is the only path: commit it
+            draft.commit([0])
+            committed += 1
+            path.append(n.tokens[new[0]])
+        frontier = new
+    t1 = time.perf_counter()
+    drawn = len(n.tokens)
+    if shape.extra > 0:
+        _add_extras(n, q[0], draft2, history, shape.extra)
+    t2 = time.perf_counter()
+    tree = OracleTree(np.asarray(n.tokens, np.int64), np.asarray(n.parents, np.int32),
+                      np.asarray(n.depth, np.int64), np.asarray(n.source, np.int64))  # fmt: skip
+    is_drawn = np.arange(len(n.tokens)) < drawn
+    is_drawn[0] = False
+    return SampledTree(tree, is_drawn, q, path, len(sizes), t1 - t0, t2 - t1, sizes)
+
+
+class _Nodes:
+    """The growing tree: parallel lists, node 0 = the root, parents before children."""
+
+    def __init__(self, root: int):
+        self.tokens, self.parents, self.depth, self.key, self.source = [root], [-1], [0], [0.0], [-1]
+
+    def add(self, token: int, parent: int, depth: int, key: float, source: int = SOURCE_DRAFT) -> None:
+        self.tokens.append(token)
+        self.parents.append(parent)
+        self.depth.append(depth)
+        self.key.append(key)
+        self.source.append(source)
+
+    def prune(self, room: int, q: dict) -> dict:
+        """Keep the ``room`` best non-root nodes (ties: earlier first); re-index; return q."""
+        if len(self.tokens) - 1 <= room:
+            return q
+        key = np.asarray(self.key[1:])
+        order = np.lexsort((np.arange(len(key)), -key))[:room] + 1  # ancestors and earlier siblings first
+        keep = np.concatenate([[0], np.sort(order)])
+        slot = {int(g): j for j, g in enumerate(keep)}
+        self.tokens = [self.tokens[g] for g in keep]
+        self.parents = [-1] + [slot[self.parents[g]] for g in keep[1:]]
+        self.depth = [self.depth[g] for g in keep]
+        self.key = [self.key[g] for g in keep]
+        self.source = [self.source[g] for g in keep]
+        return {slot[g]: v for g, v in q.items() if g in slot}
+
+
+def _add_extras(n: _Nodes, q_root: np.ndarray, draft2, history: np.ndarray, extra: int) -> None:
+    """Deterministic root leaves: draft2's candidates, then the draft's most likely tokens,
+    never a token already below the root."""
+    taken = {n.tokens[i] for i in range(1, len(n.tokens)) if n.parents[i] == 0}
+    picks: list = []
+    if draft2 is not None and getattr(draft2, "kind", "none") != "none":
+        ids, _ = draft2.successors(history, extra + len(taken))
+        picks += [(int(t), SOURCE_DRAFT2) for t in ids]
+    order = np.argsort(-q_root, kind="stable")[: extra + len(taken)]
+    picks += [(int(t), SOURCE_DRAFT) for t in order if q_root[t] > 0]
+    added = 0
+    for tok, src in picks:
+        if added >= extra:
+            break
+        if tok not in taken:
+            taken.add(tok)
+            n.add(tok, 0, 1, 0.0, src)
+            added += 1
