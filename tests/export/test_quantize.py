@@ -132,3 +132,20 @@ def test_parse_quantize():
     assert parse_quantize("int8") == (("oracle", "int8"), ("draft", "int8"))
     assert parse_quantize("oracle=int4,draft=int8") == (("oracle", "int4"), ("draft", "int8"))
     assert parse_quantize("oracle=int4, draft=none") == (("oracle", "int4"),)
+
+
+def test_bench_reports_the_quantization_and_its_roofline(quant_bundle, tmp_path):
+    import json
+
+    from tests.bench.test_bench_cli import invoke
+
+    kind, bundle = quant_bundle
+    out = tmp_path / "out"
+    res = invoke(["bench", str(bundle), "--limit", "2", "--max-new-tokens", "6", "--methods", "baseline,staged",
+                  "--sampling", "greedy", "--threads", "1", "--out", str(out)])
+    m = load_manifest(bundle)
+    data = json.loads((out / "bench.json").read_text())
+    assert data["weights_bytes"]["oracle"] == m.oracle.weight_bytes  # the quantized graph's own bytes
+    assert data["roofline"]["oracle_weight_bytes"] == m.oracle.weight_bytes
+    assert data["quantization"]["oracle"]["bits"] == int(kind[3:])
+    assert f"oracle {kind} matmul-nbits block 32" in res.output and "roofline:" in res.output
