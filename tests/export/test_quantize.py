@@ -149,3 +149,20 @@ def test_bench_reports_the_quantization_and_its_roofline(quant_bundle, tmp_path)
     assert data["roofline"]["oracle_weight_bytes"] == m.oracle.weight_bytes
     assert data["quantization"]["oracle"]["bits"] == int(kind[3:])
     assert f"oracle {kind} matmul-nbits block 32" in res.output and "roofline:" in res.output
+
+
+def test_quantized_graph_with_external_data(tiny_pair, heldout_file, tmp_path, monkeypatch):
+    """Large graphs (here: a 1 MB stand-in for the 2 GB protobuf limit) are read with their
+    external data and written with their own; the fp32 data file does not survive."""
+    from stagedx.export import onnx_export
+    from stagedx.runtime import Generator
+
+    monkeypatch.setattr(onnx_export, "PROTO_LIMIT", 1 << 20)
+    out = export_bundle(ExportConfig(oracle=str(tiny_pair.oracle), draft=str(tiny_pair.draft), output=tmp_path / "b",
+                                     draft2="prompt-lookup", quantize=_quant("oracle=int8", heldout_file, min_agreement=0.0)))
+    m = load_manifest(out)
+    assert m.oracle.external_data.file == "oracle.onnx.data" and m.oracle.quantization.bits == 8
+    assert m.draft.quantization is None and m.draft.external_data.file == "draft.onnx.data"
+    assert sorted(p.name for p in out.iterdir()) == ["draft.onnx", "draft.onnx.data", "manifest.json", "oracle.onnx",
+                                                     "oracle.onnx.data", "reference.npz", "tokenizer.json"]
+    assert len(Generator(out, device="cpu", threads=1).generate("def f(x):", 8, ignore_eos=True).tokens) == 8
