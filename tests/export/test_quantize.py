@@ -166,3 +166,12 @@ def test_quantized_graph_with_external_data(tiny_pair, heldout_file, tmp_path, m
     assert sorted(p.name for p in out.iterdir()) == ["draft.onnx", "draft.onnx.data", "manifest.json", "oracle.onnx",
                                                      "oracle.onnx.data", "reference.npz", "tokenizer.json"]
     assert len(Generator(out, device="cpu", threads=1).generate("def f(x):", 8, ignore_eos=True).tokens) == 8
+
+
+def test_validate_compares_onnxruntime_with_the_quantized_reference(quant_bundle):
+    from stagedx.engines.validate import validate_bundle
+
+    kind, bundle = quant_bundle
+    checks = [c for c in validate_bundle(bundle) if c.backend == "onnxruntime"]
+    assert checks and all(c.passed and c.tolerance == 2e-2 for c in checks)
+    assert max(c.max_rel_error for c in checks) < 1e-5  # the same graph, the same kernels
