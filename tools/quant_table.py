@@ -31,7 +31,7 @@ def main(args: list[str]) -> str:
     sampling = "greedy"
     fp32_base = runs[0][1]["summary"][sampling]["baseline"]["tokens_per_s"]
     lines = ["| oracle weights | on disk | baseline tok/s | baseline speedup vs fp32 | staged tok/s | "
-             "staged speedup vs own baseline | tokens / oracle call | greedy agreement vs fp32 | "
+             "staged speedup vs own baseline (pooled) | tokens / oracle call | greedy agreement vs fp32 | "
              "max logit error | roofline limit tok/s (baseline share) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [row(name, data, fp32_base, sampling) for name, data in runs]
