@@ -38,7 +38,17 @@ ModelEntry::
             "past_key": "past_key.{i}", "past_value": "past_value.{i}",
             "logits": "logits", "topk_values": "topk_values", "topk_indices": "topk_indices",
             "new_key": "new_key.{i}", "new_value": "new_value.{i}"},
-     "verify": {"max_rel_error": 3e-6, "tolerance": 1e-4} | null}
+     "verify": {"max_rel_error": 3e-6, "tolerance": 1e-4} | null,
+     "quantization": QuantEntry | null}   (absent in older manifests = null)
+
+QuantEntry (weight-only quantization of the verified fp32 graph; ``weight_bytes`` is then the
+quantized graph's own, ``verify`` the fp32 graph's parity before quantization)::
+
+    {"method": "matmul-nbits", "bits": 4 | 8, "block_size": 32, "symmetric": false,
+     "accuracy_level": 4, "ops": ["MatMul", "Gather"],
+     "tool": "onnxruntime 1.32.0 MatMulNBitsQuantizer", "fp32_weight_bytes": 56745984,
+     "agreement": 0.97, "max_rel_error": 0.03, "min_agreement": 0.85, "n_tokens": 1024,
+     "heldout": "stdlib sample"}
 
 Graph contract (every neural model, batch size 1):
   inputs  input_ids [T] int64, position_ids [T] int64, tree_mask [T, P+T] bool (True = may
@@ -70,6 +80,7 @@ MANIFEST_NAME = "manifest.json"
 ROLES = ("oracle", "draft")
 DRAFT2_KINDS = ("ngram", "prompt-lookup", "both", "none")
 DTYPES = ("fp32", "fp16")
+QUANT_BITS = (4, 8)
 
 DEFAULT_IO = {
     "input_ids": "input_ids",
@@ -105,6 +116,39 @@ class ArchDims:
 
 
 @dataclass(frozen=True)
+class QuantEntry:
+    """How a model's weights were quantized and how close it stayed to its fp32 graph."""
+
+    method: str  # "matmul-nbits": onnxruntime.quantization.MatMulNBitsQuantizer
+    bits: int  # 4 | 8
+    block_size: int  # weights per scale along K
+    symmetric: bool
+    accuracy_level: int  # MatMulNBits accuracy_level (4: int8 activations on CPU)
+    ops: tuple[str, ...]  # op types quantized
+    tool: str
+    fp32_weight_bytes: int
+    agreement: float  # greedy next-token agreement with the fp32 graph on held-out text
+    max_rel_error: float  # max|q - fp32| / max|fp32| over the held-out logits
+    min_agreement: float  # the threshold export enforced
+    n_tokens: int  # held-out positions compared
+    heldout: str = ""
+
+    @property
+    def kind(self) -> str:
+        return f"int{self.bits}"
+
+    @staticmethod
+    def from_dict(d: dict) -> "QuantEntry":
+        q = QuantEntry(**{**d, "ops": tuple(d.get("ops", ()))})
+        b = q.block_size
+        if (q.bits not in QUANT_BITS or not isinstance(b, int) or b < 16 or b & (b - 1)
+                or not 0.0 <= q.agreement <= 1.0 or not 0.0 <= q.min_agreement <= 1.0):
+            raise StagedxError(f"manifest.json has an invalid quantization record: bits {q.bits}, "
+                               f"block size {b}, agreement {q.agreement}")
+        return q
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     role: str
     file: str
@@ -119,6 +163,7 @@ class ModelEntry:
     external_data: FileRef | None = None
     io: dict = field(default_factory=lambda: dict(DEFAULT_IO))
     verify: dict | None = None
+    quantization: QuantEntry | None = None
 
     def io_name(self, key: str, layer: int | None = None) -> str:
         name = self.io[key]
@@ -243,6 +288,8 @@ def _model_from_dict(d: dict) -> ModelEntry:
     d["arch"] = ArchDims(**d["arch"])
     if d.get("external_data") is not None:
         d["external_data"] = FileRef(**d["external_data"])
+    if d.get("quantization") is not None:
+        d["quantization"] = QuantEntry.from_dict(d["quantization"])
     return ModelEntry(**d)
 
 

@@ -137,3 +137,41 @@ def test_written_files_follow_the_umask_not_mkstemp(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "out" / MANIFEST_NAME).stat().st_mode) == 0o644
+
+
+def _quant_record(**changes) -> dict:
+    from stagedx.manifest import QuantEntry
+
+    q = QuantEntry(method="matmul-nbits", bits=4, block_size=32, symmetric=False, accuracy_level=4,
+                   ops=("MatMul", "Gather"), tool="onnxruntime", fp32_weight_bytes=9999,
+                   agreement=0.95, max_rel_error=0.05, min_agreement=0.85, n_tokens=1024, heldout="x")
+    return {**dataclasses.asdict(q), **changes}
+
+
+def test_quantization_round_trips_and_older_manifests_read_as_unquantized(tmp_path):
+    from stagedx.manifest import QuantEntry
+
+    d = _sample().to_dict()
+    assert d["models"]["oracle"]["quantization"] is None
+    del d["models"]["draft"]["quantization"]  # a manifest written before the field existed
+    d["models"]["oracle"]["quantization"] = _quant_record()
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(d))
+    m = load_manifest(tmp_path, check_files=False)
+    assert m.draft.quantization is None
+    q = m.oracle.quantization
+    assert isinstance(q, QuantEntry) and q.kind == "int4" and q.ops == ("MatMul", "Gather")
+    assert Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"bits": 3}, "invalid quantization record"),
+    ({"block_size": 24}, "invalid quantization record"),
+    ({"agreement": 1.5}, "invalid quantization record"),
+    ({"surprise": 1}, "malformed"),
+])
+def test_bad_quantization_records_are_refused(tmp_path, change, match):
+    d = _sample().to_dict()
+    d["models"]["oracle"]["quantization"] = _quant_record(**change)
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(d))
+    with pytest.raises(StagedxError, match=match):
+        load_manifest(tmp_path, check_files=False)

@@ -233,6 +233,7 @@ def benchmark(req: BenchRequest, progress: Callable | None = None, echo: Callabl
         },  # fmt: skip
         "environment": {**environment(gen, req.threads), "started_unix": started, "duration_s": time.time() - started},
         "weights_bytes": weights,
+        "quantization": {role: _quant_record(e.quantization) for role, e in gen.manifest.models.items()},
         "records": ours,
         "summary": metrics.summarize(ours, weights),
     }
@@ -252,6 +253,11 @@ def benchmark(req: BenchRequest, progress: Callable | None = None, echo: Callabl
         result["peer_records"] = peer_records
         result["peers"] = summarize_peers(peer_records, ours)
     return result
+
+
+def _quant_record(q) -> dict | None:
+    """The manifest's quantization of one model (None: fp32 / fp16 weights as exported)."""
+    return None if q is None else dataclasses.asdict(q)
 
 
 def _tree_record(gen, sampling: str) -> dict:

@@ -116,6 +116,8 @@ def render(result: dict) -> str:
         "",
         acceptance_lines(result["summary"]),
     ]
+    if any((result.get("quantization") or {}).values()):
+        parts += ["", _quant_line(result["quantization"], result.get("weights_bytes", {}))]
     if result.get("roofline"):
         parts += ["", _roofline_line(result["roofline"])]
     if result.get("cost_curve"):
@@ -132,6 +134,20 @@ def cost_curve_line(curve: dict) -> str:
     steps = ", ".join(f"T={t} {v / one:.2f}x" for t, v in sorted(lat.items()) if t > min(lat))
     return (f"oracle cost curve (past {curve['past_len']}): T={min(lat)} {1e3 * one:.2f} ms; {steps}; "
             f"peak fp32 GEMM {curve['peak_flops'] / 1e9:.0f} GFLOP/s")
+
+
+def _quant_line(quant: dict, weights: dict) -> str:
+    """Which weights were quantized and how close each model stayed to its fp32 graph."""
+    cells = []
+    for role, q in quant.items():
+        size = f"{weights[role] / 1e6:.1f} MB" if role in weights else "?"
+        if q is None:
+            cells.append(f"{role} unquantized ({size})")
+            continue
+        cells.append(f"{role} int{q['bits']} {q['method']} block {q['block_size']} ({size}, fp32 "
+                     f"{q['fp32_weight_bytes'] / 1e6:.1f} MB; greedy agreement {100 * q['agreement']:.1f}%, "
+                     f"max logit error {q['max_rel_error']:.2e})")
+    return "weights: " + "; ".join(cells)
 
 
 def _roofline_line(r: dict) -> str:

@@ -47,6 +47,10 @@ def resolve_spec(cfg: BuildConfig, manifest: Manifest) -> ProfileSpec:
     check_spec(spec, max_positions)
     if not 0 < cfg.workspace_gb < float("inf"):
         raise StagedxError(f"--workspace must be positive (got {cfg.workspace_gb} GB)")
+    quantized = [r for r in cfg.roles if manifest.models[r].quantization is not None]
+    if quantized:
+        raise StagedxError(f"{' and '.join(quantized)} holds ONNX Runtime MatMulNBits weights (--quantize), "
+                           "which TensorRT cannot parse: export without --quantize to build engines")
     return spec
 
 

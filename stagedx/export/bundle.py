@@ -32,6 +32,7 @@ from ..manifest import (
     write_manifest,
 )
 from .arch import Checkpoint, load_reference, open_checkpoint
+from .quantize import QuantizeOptions
 from .verify import TOLERANCE, TreeCase, random_tree, reference_inputs, reference_outputs, verify_graph
 
 REFERENCE_FILE = "reference.npz"
@@ -55,6 +56,7 @@ class ExportConfig:
     ngram_max_contexts: int | None = None
     seed: int = 0  # of the random verification tree
     progress: bool = False  # progress bar while fitting the n-gram
+    quantize: QuantizeOptions = QuantizeOptions()  # no kinds: fp32 / fp16 graphs as exported
 
     def draft2_kind(self) -> str:
         if self.draft2 is None:
@@ -76,6 +78,9 @@ def _check_config(cfg: ExportConfig) -> str:
         raise StagedxError(f"--draft2 {kind} needs --corpus PATH (files or folders to fit the n-gram on)")
     if cfg.corpus and kind not in ("ngram", "both"):
         raise StagedxError(f"--corpus is only used by --draft2 ngram or both, not {kind}")
+    cfg.quantize.check()
+    if cfg.quantize.kinds and cfg.dtype != "fp32":
+        raise StagedxError("--quantize needs --dtype fp32 (weights are quantized, activations stay fp32)")
     return kind
 
 
@@ -169,6 +174,11 @@ def _fit_ngram(cfg: ExportConfig, files: list[Path], tokenizer_file: Path, folde
 
 def _log_model(log, entry: ModelEntry, seconds: float) -> None:
     size = entry.weight_bytes / 1e6
+    if entry.quantization is not None:
+        from .quantize import describe
+
+        log(f"{entry.role}: {entry.file} {describe(entry)}")
+        return
     if entry.verify is None:
         log(f"{entry.role}: {entry.file} ({size:.1f} MB weights, {entry.n_params:,} params) in "
             f"{seconds:.1f}s; verification skipped")
@@ -188,11 +198,23 @@ def export_bundle(config: ExportConfig, log: Callable[[str], None] | None = None
     vocab = _check_pair(oracle, draft)
     output = Path(config.output)
     case = random_tree(oracle.dims.vocab_size, VERIFY_PAST, VERIFY_NODES, config.seed)
+    heldout = None
+    if config.quantize.kinds:  # read the held-out text before the slow part
+        from .quantize import heldout_text
+
+        heldout = heldout_text(config.quantize, oracle.tokenizer_file)
     with AtomicFolder(output, config.force) as tmp:
         work = tmp / ".work"
         models, arrays = {}, {}
         for role, ckpt in (("oracle", oracle), ("draft", draft)):
             entry, ref, seconds = _export_model(role, ckpt, config, work, case)
+            if config.quantize.kind(role):
+                from .quantize import quantize_model
+
+                _log_model(log, entry, seconds)
+                t0 = time.perf_counter()
+                entry, ref = quantize_model(entry, tmp, ref, config.quantize, heldout)
+                seconds = time.perf_counter() - t0
             models[role] = entry
             arrays.update({f"{role}.{k}": v for k, v in ref.items()})
             _log_model(log, entry, seconds)

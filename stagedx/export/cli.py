@@ -7,6 +7,12 @@ from pathlib import Path
 import click
 
 from .distill_cli import distill
+from .quantize import (
+    DEFAULT_ACCURACY_LEVEL,
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_HELDOUT_TOKENS,
+    DEFAULT_MIN_AGREEMENT,
+)
 
 
 @click.command()
@@ -25,19 +31,40 @@ from .distill_cli import distill
 @click.option("--ngram-max-contexts", type=int, default=None, help="Size cap of the n-gram tables.")
 @click.option("--force", is_flag=True, help="Replace an existing output bundle.")
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime vs transformers check.")
+@click.option("--quantize", "quantize_spec", default=None, metavar="SPEC",
+              help="Weight-only quantization: int8 or int4 for both models, or per model, e.g. "
+                   "oracle=int4,draft=int8 (none keeps a model fp32).")
+@click.option("--quant-block-size", type=int, default=DEFAULT_BLOCK_SIZE, show_default=True,
+              help="Weights per quantization scale (a power of two >= 16).")
+@click.option("--quant-accuracy-level", type=int, default=DEFAULT_ACCURACY_LEVEL, show_default=True,
+              help="MatMulNBits accuracy_level (4: int8 activations, fastest on CPU; 0: fp32).")
+@click.option("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT, show_default=True,
+              help="Refuse a quantized model whose greedy next token agrees with fp32 less often.")
+@click.option("--heldout", multiple=True, metavar="PATH",
+              help="Held-out text for --min-agreement: files, folders (*.py) or JSON lists of "
+                   "stdlib-relative paths such as a model card's val_files.json [default: a stdlib sample].")
+@click.option("--heldout-tokens", type=int, default=DEFAULT_HELDOUT_TOKENS, show_default=True,
+              help="Held-out tokens compared (in chunks of 128).")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Bundle folder.")
 def export(oracle, draft, draft2, corpus, exclude_from, dtype, topk, ngram_max_contexts, force,
-           no_verify, output):
+           no_verify, quantize_spec, quant_block_size, quant_accuracy_level, min_agreement, heldout,
+           heldout_tokens, output):
     """Export ORACLE and --draft to ONNX graphs in a verified bundle folder."""
     import time
 
     _require_export_extra()
     from .bundle import ExportConfig, export_bundle
+    from .quantize import QuantizeOptions, parse_quantize
 
+    quant = QuantizeOptions(
+        kinds=parse_quantize(quantize_spec), block_size=quant_block_size,
+        accuracy_level=quant_accuracy_level, min_agreement=min_agreement,
+        heldout=tuple(str(h) for h in heldout), heldout_tokens=heldout_tokens,
+    )
     config = ExportConfig(
         oracle=oracle, draft=draft, output=output, draft2=draft2, corpus=tuple(corpus),
         exclude_from=exclude_from, dtype=dtype, topk=topk, force=force, verify=not no_verify,
-        ngram_max_contexts=ngram_max_contexts, progress=True,
+        ngram_max_contexts=ngram_max_contexts, progress=True, quantize=quant,
     )
     t0 = time.perf_counter()
     export_bundle(config, log=lambda msg: click.echo(msg, err=True))
@@ -88,8 +115,13 @@ def summarize(bundle: Path) -> tuple[str, str | None]:
         lines.append(f"{'':<10} {e.n_params:,} params, {_fmt_bytes(e.weight_bytes)} weights, {e.dtype}, "
                      f"topk {e.topk}, opset {e.opset}, from {e.source.get('checkpoint')}"
                      + (f", external data {e.external_data.file}" if e.external_data else ""))
+        if e.quantization is not None:
+            from .quantize import describe
+
+            lines.append(f"{'':<10} quantized {describe(e)}")
         if e.verify:
-            lines.append(f"{'':<10} verified: max rel logit error {e.verify['max_rel_error']:.2e} "
+            what = "fp32 graph verified before quantization" if e.quantization else "verified"
+            lines.append(f"{'':<10} {what}: max rel logit error {e.verify['max_rel_error']:.2e} "
                          f"(tolerance {e.verify['tolerance']:g})")
         else:
             lines.append(f"{'':<10} not verified")

@@ -141,3 +141,18 @@ def test_write_atomic_leaves_no_temporary_files(tmp_path):
     b.write_atomic(target, b"def")
     assert target.read_bytes() == b"def"
     assert [p.name for p in target.parent.iterdir()] == ["x.plan"]
+
+
+def test_quantized_models_are_refused_before_looking_for_tensorrt(bundle, monkeypatch, capsys):
+    import dataclasses
+
+    from stagedx.manifest import QuantEntry, update_manifest
+
+    m = load_manifest(bundle)
+    q = QuantEntry(method="matmul-nbits", bits=4, block_size=32, symmetric=False, accuracy_level=4,
+                   ops=("MatMul",), tool="onnxruntime", fp32_weight_bytes=8, agreement=1.0,
+                   max_rel_error=0.0, min_agreement=0.85, n_tokens=128)
+    update_manifest(bundle, models={**m.models, "oracle": dataclasses.replace(m.oracle, quantization=q)})
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    code, err = _cli(monkeypatch, capsys, ["build-engine", str(bundle)])
+    assert code == 2 and len(err) == 1 and "oracle holds ONNX Runtime MatMulNBits weights" in err[0]

@@ -1,0 +1,388 @@
+"""Weight-only int8 / int4 quantization of an exported graph, with ONNX Runtime's own tooling.
+
+A post-processing step on a verified fp32 graph: ``onnxruntime.quantization``'s
+``MatMulNBitsQuantizer`` turns every MatMul with a constant weight into a ``MatMulNBits``
+contrib op (block-wise, one scale and zero point per ``block_size`` weights along K) and, for
+int4, the embedding ``Gather`` into ``GatherBlockQuantized``. Activations, the KV cache and
+the logits stay fp32; inputs and outputs (names, shapes, dtypes) are unchanged, so the
+runtime runs a quantized bundle exactly like an fp32 one.
+
+Our graphs compute the (tied) LM head weight-side, ``Transpose(MatMul(W[V,E], Transpose(x)))``,
+so that the exporter stores no transposed copy of W; the quantizer only handles a constant
+*right* operand, so that pattern is first rewritten to ``MatMul(x, W^T)`` with W^T as its own
+initializer (quantized; the embedding Gather keeps W).
+
+The quantized graph is lossy, so export measures it against the fp32 graph (itself verified
+against transformers) on held-out text: greedy next-token agreement (argmax of the quantized
+logits equals the fp32 argmax at every position of the held-out chunks, teacher forced) and
+the max logit error ``max|q - ref| / max|ref|``; below ``min_agreement`` export refuses.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import StagedxError
+from ..manifest import QUANT_BITS, ROLES, ArchDims, QuantEntry
+
+KINDS = {"int8": 8, "int4": 4}
+DEFAULT_BLOCK_SIZE = 32
+DEFAULT_ACCURACY_LEVEL = 4  # MatMulNBits: int8 activations on CPU (fastest; see docs/quantization.md)
+DEFAULT_MIN_AGREEMENT = 0.85
+DEFAULT_HELDOUT_TOKENS = 1024
+CHUNK = 128  # tokens per held-out sequence (one graph call each, P = 0)
+METHOD = "matmul-nbits"
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """What to quantize (role -> "int8" | "int4") and how; the acceptance threshold."""
+
+    kinds: tuple[tuple[str, str], ...] = ()  # ((role, kind), ...)
+    block_size: int = DEFAULT_BLOCK_SIZE
+    accuracy_level: int = DEFAULT_ACCURACY_LEVEL
+    symmetric: bool = False
+    min_agreement: float = DEFAULT_MIN_AGREEMENT
+    heldout: tuple[str, ...] = ()  # files / folders / JSON lists; () = a stdlib sample
+    heldout_tokens: int = DEFAULT_HELDOUT_TOKENS
+
+    def kind(self, role: str) -> str | None:
+        return dict(self.kinds).get(role)
+
+    def check(self) -> None:
+        for role, kind in self.kinds:
+            if role not in ROLES or kind not in KINDS:
+                raise StagedxError(f"bad quantization {role}={kind} (roles {', '.join(ROLES)}; "
+                                   f"kinds {', '.join(KINDS)})")
+        b = self.block_size
+        if b < 16 or b & (b - 1):
+            raise StagedxError(f"--quant-block-size must be a power of two >= 16, got {b}")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise StagedxError(f"--quant-accuracy-level must be 0..4, got {self.accuracy_level}")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise StagedxError(f"--min-agreement must be in [0, 1], got {self.min_agreement}")
+        if self.heldout_tokens < 1:
+            raise StagedxError(f"--heldout-tokens must be positive, got {self.heldout_tokens}")
+
+
+def parse_quantize(spec: str | None) -> tuple[tuple[str, str], ...]:
+    """``int8`` / ``int4`` (both models) or ``oracle=int4,draft=int8`` (``none`` keeps fp32)."""
+    if not spec:
+        return ()
+    spec = spec.strip()
+    if "=" not in spec:
+        pairs = [(role, spec) for role in ROLES]
+    else:
+        pairs = []
+        for part in spec.split(","):
+            role, _, kind = part.strip().partition("=")
+            if role not in ROLES:
+                raise StagedxError(f"--quantize: unknown model {role!r} in {spec!r} (use {' / '.join(ROLES)})")
+            pairs.append((role, kind.strip()))
+    out = []
+    for role, kind in pairs:
+        if kind not in (*KINDS, "none"):
+            raise StagedxError(f"--quantize: unknown kind {kind!r} (choose int8, int4 or none)")
+        if kind != "none":
+            out.append((role, kind))
+    return tuple(out)
+
+
+# -- graph rewriting and quantization --------------------------------------------------------
+def _untie_head(model) -> int:
+    """Rewrite ``Transpose(MatMul(W, Transpose(x)))`` (W a [V, E] initializer) into
+    ``MatMul(x, W^T)``; returns how many heads were rewritten."""
+    from onnx import numpy_helper
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def perm(n) -> list[int]:
+        return next((list(a.ints) for a in n.attribute if a.name == "perm"), [])
+
+    done = 0
+    for mm in list(g.node):
+        if mm.op_type != "MatMul" or mm.input[0] not in inits:
+            continue
+        tin, users = producer.get(mm.input[1]), consumers.get(mm.output[0], [])
+        if tin is None or tin.op_type != "Transpose" or perm(tin) != [1, 0] or len(users) != 1:
+            continue
+        tout = users[0]
+        if tout.op_type != "Transpose" or perm(tout) != [1, 0]:
+            continue
+        w = numpy_helper.to_array(inits[mm.input[0]])  # [V, E]
+        if w.ndim != 2:
+            continue
+        name = f"{mm.input[0]}.T"
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T), name))  # [E, V]
+        new = _make_matmul(tin.input[0], name, tout.output[0], f"{mm.name or 'head'}_untied")
+        idx = list(g.node).index(tout)
+        g.node.insert(idx, new)
+        for n in (tout, mm):
+            g.node.remove(n)
+        if len(consumers.get(tin.output[0], [])) == 1:
+            g.node.remove(tin)
+        done += 1
+    return done
+
+
+def _make_matmul(a: str, b: str, out: str, name: str):
+    from onnx import helper
+
+    return helper.make_node("MatMul", [a, b], [out], name=name)
+
+
+def initializer_bytes(model) -> int:
+    """Bytes of the graph's weights as stored (int4 counted at half a byte)."""
+    from onnx import TensorProto, helper
+
+    total = 0
+    for t in model.graph.initializer:
+        n = int(np.prod(t.dims, dtype=np.int64))
+        if t.data_type in (TensorProto.INT4, TensorProto.UINT4):
+            total += (n + 1) // 2
+        else:
+            total += n * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    return total
+
+
+def quantize_graph(src: Path, dst: Path, bits: int, opts: QuantizeOptions) -> tuple[int, Path | None]:
+    """Quantize the graph ``src`` into ``dst`` (+ ``dst.data`` when large); returns
+    (weight bytes of the quantized graph, external data file or None)."""
+    import onnx
+
+    from .onnx_export import PROTO_LIMIT
+
+    model = onnx.load(str(src))
+    _untie_head(model)
+    ops = quantized_ops(bits)
+    q = _quantizer_class()(model, bits=bits, block_size=opts.block_size, is_symmetric=opts.symmetric,
+                             accuracy_level=opts.accuracy_level, op_types_to_quantize=ops)
+    q.process()
+    model = q.model.model
+    del q
+    weight_bytes = initializer_bytes(model)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if weight_bytes + (64 << 20) >= PROTO_LIMIT:
+        external = dst.with_name(dst.name + ".data")
+        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=external.name, size_threshold=1024)
+        return weight_bytes, external
+    onnx.save_model(model, str(dst))
+    return weight_bytes, None
+
+
+def _quantizer_class():
+    """``MatMulNBitsQuantizer``, imported without keeping the INFO-level root logging handler
+    that its module installs with ``logging.basicConfig`` (it would spam every export)."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError as exc:
+        raise StagedxError(f"--quantize needs onnxruntime's quantization tools: {exc} "
+                           "(pip install 'stagedx[export,cpu]')") from exc
+    finally:
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
+        root.setLevel(level)
+    # its opset-21 / IR-10 upgrade for int4 tensors is expected: ONNX Runtime loads the result
+    logging.getLogger(MatMulNBitsQuantizer.__module__).setLevel(logging.ERROR)
+    return MatMulNBitsQuantizer
+
+
+def quantized_ops(bits: int) -> tuple[str, ...]:
+    return ("MatMul", "Gather") if bits == 4 else ("MatMul",)
+
+
+# -- measuring the quantized graph --------------------------------------------------------------
+def _session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, min(os.cpu_count() or 1, 16))
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _chunk_feeds(ids: np.ndarray, dims: ArchDims) -> dict:
+    t = len(ids)
+    empty = np.zeros((0, dims.n_kv_heads, dims.head_dim), np.float32)  # [0, H, D]
+    feeds = {"input_ids": ids.astype(np.int64), "position_ids": np.arange(t, dtype=np.int64),
+             "tree_mask": np.tril(np.ones((t, t), dtype=bool))}  # [T, T] causal
+    for i in range(dims.n_layers):
+        feeds[f"past_key.{i}"] = feeds[f"past_value.{i}"] = empty
+    return feeds
+
+
+def heldout_chunks(sources: tuple[str, ...], tokenizer_file: Path, n_tokens: int, chunk: int) -> list[np.ndarray]:
+    """Up to ``n_tokens`` tokens of held-out text in chunks of ``chunk`` tokens: from
+    ``sources`` (files, folders of *.py, JSON lists of stdlib-relative paths such as a model
+    card's val_files.json) or, by default, a spread sample of the standard library."""
+    from tokenizers import Tokenizer
+
+    files = _heldout_files(sources)
+    tok = Tokenizer.from_file(str(tokenizer_file))
+    chunks: list[np.ndarray] = []
+    for f in files:
+        try:
+            text = f.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        ids = np.asarray(tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        for start in range(0, len(ids) - chunk + 1, chunk):
+            chunks.append(ids[start:start + chunk])
+            if len(chunks) * chunk >= n_tokens:
+                return chunks
+    if not chunks:
+        raise StagedxError(f"held-out text has fewer than {chunk} tokens per file: {', '.join(sources) or 'stdlib'}")
+    return chunks
+
+
+def _heldout_files(sources: tuple[str, ...]) -> list[Path]:
+    import json
+
+    from .ngram import resolve_corpus, stdlib_root
+
+    if not sources:
+        files = resolve_corpus(["stdlib"])
+        step = max(1, len(files) // 64)
+        return files[::step]
+    out: list[Path] = []
+    for s in sources:
+        p = Path(s)
+        if p.suffix == ".json" and p.is_file():
+            try:
+                rel = json.loads(p.read_text())
+            except ValueError as exc:
+                raise StagedxError(f"cannot read held-out list {p}: {exc}") from exc
+            if not isinstance(rel, list):
+                raise StagedxError(f"held-out list {p} must hold a JSON list of paths")
+            out += [stdlib_root() / r for r in rel if (stdlib_root() / r).is_file()]
+        else:
+            out += resolve_corpus([s])
+    if not out:
+        raise StagedxError(f"no held-out files found in {', '.join(sources)}")
+    return out
+
+
+@dataclass(frozen=True)
+class Agreement:
+    agreement: float  # fraction of positions whose argmax matches fp32
+    max_rel_error: float  # max|q - fp32| / max|fp32| over every logit
+    n_tokens: int
+
+
+def measure(fp32_file: Path, q_file: Path, dims: ArchDims, chunks: list[np.ndarray]) -> Agreement:
+    """Teacher-forced comparison of the quantized graph with the fp32 graph on ``chunks``."""
+    ref_s, q_s = _session(fp32_file), _session(q_file)
+    same = total = 0
+    num = 0.0
+    den = 1e-30
+    for ids in chunks:
+        feeds = _chunk_feeds(ids, dims)
+        ref = ref_s.run(["logits"], feeds)[0]  # [T, V]
+        out = q_s.run(["logits"], feeds)[0]  # [T, V]
+        same += int((ref.argmax(-1) == out.argmax(-1)).sum())
+        total += len(ids)
+        num = max(num, float(np.abs(out.astype(np.float64) - ref).max()))
+        den = max(den, float(np.abs(ref).max()))
+    return Agreement(same / total, num / den, total)
+
+
+def quant_entry(bits: int, opts: QuantizeOptions, fp32_weight_bytes: int, agr: Agreement,
+                heldout: str) -> QuantEntry:
+    import onnxruntime as ort
+
+    assert bits in QUANT_BITS
+    return QuantEntry(
+        method=METHOD, bits=bits, block_size=opts.block_size, symmetric=opts.symmetric,
+        accuracy_level=opts.accuracy_level, ops=quantized_ops(bits),
+        tool=f"onnxruntime {ort.__version__} MatMulNBitsQuantizer",
+        fp32_weight_bytes=int(fp32_weight_bytes), agreement=agr.agreement,
+        max_rel_error=agr.max_rel_error, min_agreement=opts.min_agreement,
+        n_tokens=agr.n_tokens, heldout=heldout,
+    )
+
+
+def replace_files(src: Path, src_data: Path | None, dst: Path) -> None:
+    """Move the quantized graph (and its external data) over the fp32 graph ``dst``."""
+    old_data = dst.with_name(dst.name + ".data")
+    if old_data.exists():
+        old_data.unlink()
+    os.replace(src, dst)
+    if src_data is not None:
+        shutil.move(str(src_data), str(old_data))
+
+
+# -- the export step ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HeldOut:
+    chunks: tuple  # of [CHUNK] int64 token arrays
+    description: str
+
+
+def heldout_text(opts: QuantizeOptions, tokenizer_file: Path) -> HeldOut:
+    chunks = heldout_chunks(opts.heldout, tokenizer_file, opts.heldout_tokens, CHUNK)
+    return HeldOut(tuple(chunks), ", ".join(opts.heldout) if opts.heldout else "stdlib sample")
+
+
+def describe(entry) -> str:
+    """One line on a quantized ModelEntry (export log, ``stagedx inspect``)."""
+    q = entry.quantization
+    return (f"{q.kind} ({q.method}, block {q.block_size}, accuracy level {q.accuracy_level}): "
+            f"{entry.weight_bytes / 1e6:.1f} MB weights (fp32 {q.fp32_weight_bytes / 1e6:.1f} MB); "
+            f"greedy agreement with fp32 {q.agreement:.1%} on {q.n_tokens} held-out tokens "
+            f"(min {q.min_agreement:.1%}), max logit error {q.max_rel_error:.2e} relative to max|logit|")
+
+
+def quantize_model(entry, folder: Path, arrays: dict, opts: QuantizeOptions, heldout: HeldOut):
+    """Quantize ``folder/entry.file`` in place (nothing replaced if it is refused).
+
+    Returns (the new ModelEntry, reference arrays whose logits are the quantized graph's on
+    the verification tree: what ``stagedx validate`` compares backends with)."""
+    import dataclasses
+
+    from ..manifest import FileRef, sha256_file
+    from .verify import check_outputs, rel_error, run_onnx
+
+    kind = opts.kind(entry.role)
+    bits = KINDS[kind]
+    src = folder / entry.file
+    qdir = folder / ".work" / f"quant-{entry.role}"
+    try:
+        dst = qdir / entry.file  # same name: an external data file keeps its final name
+        weight_bytes, data = quantize_graph(src, dst, bits, opts)
+        agr = measure(src, dst, entry.arch, list(heldout.chunks))
+        tree = run_onnx(dst, {k: v for k, v in arrays.items() if k != "logits"})
+        check_outputs(tree, arrays["logits"], entry.topk)
+        err = max(agr.max_rel_error, rel_error(tree["logits"], arrays["logits"]))
+        agr = dataclasses.replace(agr, max_rel_error=err)
+        if not agr.agreement >= opts.min_agreement:
+            raise StagedxError(
+                f"{entry.role} {kind} refused: greedy agreement with fp32 {agr.agreement:.1%} on "
+                f"{agr.n_tokens} held-out tokens is below --min-agreement {opts.min_agreement:.1%} "
+                f"(max logit error {err:.2e}); nothing written")
+        fp32_bytes = entry.weight_bytes
+        replace_files(dst, data, src)
+    finally:
+        shutil.rmtree(qdir, ignore_errors=True)
+    new = dataclasses.replace(
+        entry, sha256=sha256_file(src), weight_bytes=weight_bytes,
+        external_data=None if data is None else FileRef(src.name + ".data", sha256_file(src.with_name(src.name + ".data"))),
+        quantization=quant_entry(bits, opts, fp32_bytes, agr, heldout.description),
+    )
+    return new, {**arrays, "logits": tree["logits"]}
