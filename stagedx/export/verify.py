@@ -78,9 +78,18 @@ def reference_outputs(hf_model, case: TreeCase, n_layers: int) -> dict:
     out: dict[str, np.ndarray] = {}
     with torch.no_grad():
         if case.n_past:
-            res = hf_model(torch.from_numpy(case.past_ids)[None], use_cache=True)
+            # a plain cache keeps every row (a sliding-window model's default cache drops the
+            # rows outside its window, but the graph's past is the whole committed sequence)
+            import inspect
+
+            from transformers import DynamicCache
+
+            params = inspect.signature(hf_model.forward).parameters
+            key = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
+            cache = DynamicCache()  # filled in place
+            hf_model(torch.from_numpy(case.past_ids)[None], use_cache=True, **{key: cache})
             for i in range(n_layers):
-                k, v = _cache_layer(res.past_key_values, i)  # [1, H, P, D]
+                k, v = _cache_layer(cache, i)  # [1, H, P, D]
                 out[f"past_key.{i}"] = k[0].transpose(0, 1).float().numpy()  # [P, H, D]
                 out[f"past_value.{i}"] = v[0].transpose(0, 1).float().numpy()  # [P, H, D]
         rows = []
@@ -134,13 +143,13 @@ def check_outputs(outputs: dict, ref_logits: np.ndarray, topk: int) -> None:
         raise StagedxError("exported graph's topk_values disagree with its logits")
 
 
-def verify_graph(hf_model, entry: ModelEntry, onnx_file, case: TreeCase) -> tuple[dict, dict]:
-    """Compare the ONNX graph with transformers on ``case``.
+def verify_graph(ref: dict, entry: ModelEntry, onnx_file, case: TreeCase) -> tuple[dict, dict]:
+    """Compare the ONNX graph with transformers' outputs ``ref`` (:func:`reference_outputs`,
+    computed before the export so that the transformers model is freed by now) on ``case``.
 
     Returns (the ``verify`` record for the manifest, the reference arrays for reference.npz);
     raises StagedxError above the dtype's tolerance.
     """
-    ref = reference_outputs(hf_model, case, entry.arch.n_layers)
     feeds = reference_inputs(case, ref, entry.arch)
     outputs = run_onnx(onnx_file, feeds, entry.dtype)
     check_outputs(outputs, ref["logits"], entry.topk)

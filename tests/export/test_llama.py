@@ -138,16 +138,16 @@ def test_cached_keys_are_rotated_once(llama_bundle, llama_refs):
         assert rel_error(whole[f"new_key.{i}"], ref[f"past_key.{i}"]) < 1e-5
 
 
-def test_rope_scaling_is_refused(llama_pair, tmp_path):
+@pytest.mark.parametrize("kind", ["dynamic", "yarn"])
+def test_other_rope_scaling_is_refused_naming_the_type(llama_pair, tmp_path, kind):
     from stagedx.export.arch import open_checkpoint
 
     folder = tmp_path / "scaled"
     shutil.copytree(llama_pair[0], folder)
     cfg = json.loads((folder / "config.json").read_text())
-    cfg["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                           "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    cfg["rope_scaling"] = {"type": kind, "factor": 4.0}
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(StagedxError, match="unsupported Llama rope_scaling.*llama3"):
+    with pytest.raises(StagedxError, match=f"unsupported llama rope_scaling type '{kind}'"):
         open_checkpoint(str(folder))
 
 
