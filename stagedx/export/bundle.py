@@ -32,7 +32,7 @@ from ..manifest import (
     utc_now,
     write_manifest,
 )
-from .arch import Checkpoint, load_reference, open_checkpoint
+from .arch import Checkpoint, open_checkpoint
 from .verify import TOLERANCE, TreeCase, random_tree, reference_inputs, reference_outputs, verify_graph
 
 REFERENCE_FILE = "reference.npz"
@@ -117,8 +117,11 @@ def _check_pair(oracle: Checkpoint, draft: Checkpoint) -> dict:
 
 
 def _reference(ckpt: Checkpoint, case: TreeCase) -> dict:
-    """transformers' fp32 outputs on ``case``; the model is freed before this returns."""
-    hf = load_reference(ckpt)
+    """transformers' fp32 outputs on ``case``, its weights streamed from disk one module at a
+    time (``reference.py``); the model is freed before this returns."""
+    from .reference import streamed_model
+
+    hf = streamed_model(ckpt.path, ckpt.spec.hf_class)
     try:
         return reference_outputs(hf, case, ckpt.dims.n_layers)
     finally:

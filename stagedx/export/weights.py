@@ -31,10 +31,18 @@ def short_name(name: str) -> str:
 
 
 def _safetensors_header(path: Path) -> tuple[dict, int]:
+    """(tensor name -> {dtype, shape, data_offsets}, offset of the data) of a safetensors file;
+    ValueError when the file is too short for what its header announces."""
+    size = path.stat().st_size
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
+        if n > size - 8:
+            raise ValueError(f"{path.name}: header of {n} bytes in a file of {size}")
         header = json.loads(f.read(n))
     header.pop("__metadata__", None)
+    end = max((int(e["data_offsets"][1]) for e in header.values()), default=0)
+    if 8 + n + end > size:
+        raise ValueError(f"{path.name} is truncated ({size} bytes, header announces {8 + n + end})")
     return header, 8 + n
 
 
@@ -57,7 +65,7 @@ class Weights:
                 header, base = _safetensors_header(self.folder / name)
                 for key, entry in header.items():
                     self._index[short_name(key)] = (self.folder / name, entry, base)
-        except (OSError, ValueError, KeyError, struct.error) as exc:
+        except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
             raise StagedxError(f"corrupt or unreadable weights in {self.folder}: {exc}") from exc
         if not files:
             self._loaded = self._load_bin()
