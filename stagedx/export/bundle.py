@@ -6,6 +6,7 @@ renamed at the very end, so a failed or interrupted export leaves nothing behind
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import gc
 import json
@@ -116,6 +117,16 @@ def _check_pair(oracle: Checkpoint, draft: Checkpoint) -> dict:
     return vocab
 
 
+def _release_memory() -> None:
+    """Collect, then hand freed heap pages back to the OS (glibc keeps them otherwise, and
+    the next phase would stack on top of the last one's high-water mark)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 def _reference(ckpt: Checkpoint, case: TreeCase) -> dict:
     """transformers' fp32 outputs on ``case``, its weights streamed from disk one module at a
     time (``reference.py``); the model is freed before this returns."""
@@ -126,7 +137,7 @@ def _reference(ckpt: Checkpoint, case: TreeCase) -> dict:
         return reference_outputs(hf, case, ckpt.dims.n_layers)
     finally:
         del hf
-        gc.collect()
+        _release_memory()
 
 
 def _export_model(role: str, ckpt: Checkpoint, cfg: ExportConfig, work: Path, case: TreeCase):
@@ -148,7 +159,7 @@ def _export_model(role: str, ckpt: Checkpoint, cfg: ExportConfig, work: Path, ca
     out = work.parent / f"{role}.onnx"
     exported = export_graph(graph, ckpt.dims, out, work)
     del graph
-    gc.collect()
+    _release_memory()
     entry = ModelEntry(
         role=role, file=out.name, sha256=sha256_file(out), dtype=cfg.dtype,
         topk=min(cfg.topk, ckpt.dims.vocab_size), arch=ckpt.dims,
