@@ -138,7 +138,8 @@ def _randomise_llama(model, weight_scale: float, seed: int) -> None:
 
 DECODER_CLASSES = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
                    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
-                   "mistral": ("MistralConfig", "MistralForCausalLM")}
+                   "mistral": ("MistralConfig", "MistralForCausalLM"),
+                   "phi3": ("Phi3Config", "Phi3ForCausalLM")}
 
 
 def make_decoder_checkpoint(
@@ -155,7 +156,7 @@ def make_decoder_checkpoint(
     weight_scale: float = DEFAULT_WEIGHT_SCALE,
     **config,
 ) -> Path:
-    """Save a random llama / qwen2 / mistral ``*ForCausalLM`` + tokenizer.json at ``path``.
+    """Save a random llama / qwen2 / mistral / phi3 ``*ForCausalLM`` + tokenizer.json at ``path``.
 
     ``vocab`` as for :func:`make_gpt2_checkpoint`; ``config``: further config fields
     (``tie_word_embeddings``, ``head_dim``, ``rope_theta``, ``rope_scaling``,

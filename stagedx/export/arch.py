@@ -5,7 +5,7 @@ class loads the fp32 reference, how to read the graph dimensions off the config 
 build our own export module from the checkpoint's weights. Registered: GPT-2 (``gpt2.py``),
 Llama (``llama.py``: RoPE with optional linear / llama3 scaling, RMSNorm, GQA, SwiGLU), Qwen2
 (``qwen2.py``: the Llama forward with q/k/v bias) and Mistral (``mistral.py``: the Llama forward
-with a sliding window). What each config.json may say is decided in ``configs.py``. Adding a
+with a sliding window) and Phi-3 (``phi3.py``: Mistral's graph, fused tensors). What each config.json may say is decided in ``configs.py``. Adding a
 family means writing ``<family>.py`` with a ``build_<family>_graph`` and registering one more
 :class:`ArchSpec`; nothing else changes.
 
@@ -98,6 +98,12 @@ def _build_mistral(cfg: dict, weights, topk: int, dtype):
     return build_mistral_graph(cfg, weights, topk, dtype)
 
 
+def _build_phi3(cfg: dict, weights, topk: int, dtype):
+    from .phi3 import build_phi3_graph
+
+    return build_phi3_graph(cfg, weights, topk, dtype)
+
+
 # Llama 1/2/3.x and look-alikes with model_type "llama" (plain, linear or llama3 RoPE).
 register(ArchSpec("llama", ("llama",), "LlamaForCausalLM", _decoder_dims("llama"), _build_llama))
 # Qwen2 and Qwen2.5 (model_type "qwen2"), without use_sliding_window.
@@ -105,6 +111,8 @@ register(ArchSpec("qwen2", ("qwen2",), "Qwen2ForCausalLM", _decoder_dims("qwen2"
 # Mistral 7B v0.1 (sliding window 4096), v0.2+ (no window), Nemo-style head_dim.
 register(ArchSpec("mistral", ("mistral",), "MistralForCausalLM", _decoder_dims("mistral"),
                   _build_mistral))
+# Phi-3 mini / medium 4k (fused qkv and gate_up; sliding window); longrope (128k) is refused.
+register(ArchSpec("phi3", ("phi3",), "Phi3ForCausalLM", _decoder_dims("phi3"), _build_phi3))
 
 
 def supported() -> str:

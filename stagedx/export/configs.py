@@ -7,7 +7,8 @@ place decides what is supported, so the early refusal and the graph can never di
 - RoPE: plain, ``linear`` and ``llama3`` scaling; ``dynamic``, ``yarn``, ``longrope``, ... and
   partial rotary embeddings are refused, naming the type;
 - Qwen2 ``use_sliding_window: true`` is refused (its per-layer window switch is not exported);
-- Mistral's ``sliding_window`` is exported (the graph masks keys further back than the window).
+- Mistral's and Phi-3's ``sliding_window`` is exported (the graph masks keys further back than
+  the window); Phi-3's 128k variants (``longrope``) are refused with the other RoPE types.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def rope_of(cfg: dict, family: str) -> Rope:
 
 @dataclass(frozen=True)
 class DecoderDims:
-    """Everything the Llama-style forward (llama / qwen2 / mistral) needs from config.json."""
+    """Everything the Llama-style forward (llama / qwen2 / mistral / phi3) needs from config.json."""
 
     family: str
     n_layers: int
@@ -126,7 +127,8 @@ def _qwen2_window(cfg: dict) -> None:
 
 
 def decoder_dims(cfg: dict, family: str) -> DecoderDims:
-    """Read a llama / qwen2 / mistral config.json dict; raises StagedxError on what is refused."""
+    """Read a llama / qwen2 / mistral / phi3 config.json dict; raises StagedxError on what is
+    refused."""
     if cfg.get("hidden_act", "silu") != "silu":
         raise StagedxError(f"unsupported {family} hidden_act {cfg['hidden_act']!r} (only silu)")
     heads, hidden = _int(cfg, "num_attention_heads"), _int(cfg, "hidden_size")
@@ -144,12 +146,12 @@ def decoder_dims(cfg: dict, family: str) -> DecoderDims:
     elif family == "qwen2":
         _qwen2_window(cfg)
         qkv_bias, o_bias = True, False
-    else:  # mistral: no biases, optional sliding window
+    else:  # mistral / phi3: no biases, optional sliding window
         qkv_bias = o_bias = False
         if cfg.get("sliding_window") is not None:
             window = _int(cfg, "sliding_window")
             if window < 1:
-                raise StagedxError(f"mistral config has sliding_window={window} (must be >= 1)")
+                raise StagedxError(f"{family} config has sliding_window={window} (must be >= 1)")
     return DecoderDims(
         family=family, n_layers=_int(cfg, "num_hidden_layers"), n_heads=heads,
         n_kv_heads=kv_heads, head_dim=int(head_dim) if head_dim is not None else hidden // heads,

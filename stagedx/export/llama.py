@@ -8,8 +8,9 @@ heads; each is repeated ``H / H_kv`` times inside the graph (grouped-query atten
 plain MatMul + Softmax. RoPE may be plain or scaled (``linear``, ``llama3``: only the inverse
 frequencies change); other scalings are refused in :mod:`stagedx.export.configs`.
 
-The same forward serves Qwen2 (q/k/v bias without an o_proj bias: :mod:`.qwen2`) and Mistral
-(a sliding-window term in the mask: :mod:`.mistral`); the flags live in :class:`DecoderDims`.
+The same forward serves Qwen2 (q/k/v bias without an o_proj bias: :mod:`.qwen2`), Mistral
+(a sliding-window term in the mask: :mod:`.mistral`) and Phi-3 (Mistral's graph, fused
+checkpoint tensors: :mod:`.phi3`); the flags live in :class:`DecoderDims`.
 """
 
 from __future__ import annotations
@@ -176,19 +177,24 @@ class LlamaGraph(nn.Module):
         return (logits, topk_values, topk_indices, *new_kv)
 
 
-def _put_block(block: Block, weights, prefix: str, dtype) -> None:
+def _put_block(block: Block, weights, prefix: str, dtype, fused: bool) -> None:
+    """Weights of layer ``prefix`` into ``block``; ``fused``: the checkpoint stores q|k|v as
+    one ``qkv_proj`` and gate|up as one ``gate_up_proj`` (Phi-3), in our order already."""
     from .weights import put
 
     a, m = prefix + "self_attn.", prefix + "mlp."
     put(block.norm_1, "weight", weights[prefix + "input_layernorm.weight"], dtype)
     put(block.norm_2, "weight", weights[prefix + "post_attention_layernorm.weight"], dtype)
-    qkv = torch.cat([weights[f"{a}{n}_proj.weight"] for n in "qkv"])  # [(H+2H_kv)D, E]
+    if fused:
+        qkv = weights[a + "qkv_proj.weight"]  # [(H+2H_kv)D, E]
+        gate_up = weights[m + "gate_up_proj.weight"]  # [2F, E]
+    else:
+        qkv = torch.cat([weights[f"{a}{n}_proj.weight"] for n in "qkv"])  # [(H+2H_kv)D, E]
+        gate_up = torch.cat([weights[m + "gate_proj.weight"], weights[m + "up_proj.weight"]])  # [2F, E]
     put(block, "w_qkv", qkv.t(), dtype)  # [E, (H+2H_kv)D]
-    del qkv
-    put(block, "w_o", weights[a + "o_proj.weight"].t(), dtype)  # [HD, E]
-    gate_up = torch.cat([weights[m + "gate_proj.weight"], weights[m + "up_proj.weight"]])  # [2F, E]
     put(block, "w_gate_up", gate_up.t(), dtype)  # [E, 2F]
-    del gate_up
+    del qkv, gate_up
+    put(block, "w_o", weights[a + "o_proj.weight"].t(), dtype)  # [HD, E]
     put(block, "w_down", weights[m + "down_proj.weight"].t(), dtype)  # [F, E]
     if block.b_qkv is not None:
         put(block, "b_qkv", torch.cat([weights[f"{a}{n}_proj.bias"] for n in "qkv"]), dtype)
@@ -222,9 +228,10 @@ def check_frequencies(graph: LlamaGraph, cfg: dict) -> None:
                            f"(RoPE type {kind!r})")
 
 
-def build_decoder_graph(graph_cls, dims: DecoderDims, weights, topk: int, dtype) -> LlamaGraph:
+def build_decoder_graph(graph_cls, dims: DecoderDims, weights, topk: int, dtype,
+                        fused: bool = False) -> LlamaGraph:
     """A ``graph_cls`` (LlamaGraph or a subclass) in ``dtype`` holding ``weights`` (name ->
-    tensor, names without ``model.``), read one tensor at a time."""
+    tensor, names without ``model.``), read one tensor at a time; ``fused`` as for Phi-3."""
     from .weights import put
 
     with torch.device("meta"):  # no allocation until each weight is put in place
@@ -234,7 +241,7 @@ def build_decoder_graph(graph_cls, dims: DecoderDims, weights, topk: int, dtype)
     if not dims.tied:
         put(graph, "lm_head", weights["lm_head.weight"], dtype)
     for i, block in enumerate(graph.blocks):
-        _put_block(block, weights, f"layers.{i}.", dtype)
+        _put_block(block, weights, f"layers.{i}.", dtype, fused)
     return graph.eval()
 
 
