@@ -136,8 +136,15 @@ def _randomise_llama(model, weight_scale: float, seed: int) -> None:
                 p.copy_(0.02 * weight_scale * noise)
 
 
-def make_llama_checkpoint(
+DECODER_CLASSES = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
+                   "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+                   "mistral": ("MistralConfig", "MistralForCausalLM"),
+                   "phi3": ("Phi3Config", "Phi3ForCausalLM")}
+
+
+def make_decoder_checkpoint(
     path,
+    family: str = "llama",
     *,
     n_layer: int = 2,
     hidden: int = 32,
@@ -149,27 +156,34 @@ def make_llama_checkpoint(
     weight_scale: float = DEFAULT_WEIGHT_SCALE,
     **config,
 ) -> Path:
-    """Save a random ``LlamaForCausalLM`` + tokenizer.json at ``path`` and return it.
+    """Save a random llama / qwen2 / mistral / phi3 ``*ForCausalLM`` + tokenizer.json at ``path``.
 
-    ``vocab`` as for :func:`make_gpt2_checkpoint`; ``config``: further ``LlamaConfig`` fields
-    (``tie_word_embeddings``, ``head_dim``, ``rope_theta``, ``attention_bias``, ``mlp_bias``,
-    ``intermediate_size``, ...). Tied embeddings by default, SwiGLU width 2 x hidden.
+    ``vocab`` as for :func:`make_gpt2_checkpoint`; ``config``: further config fields
+    (``tie_word_embeddings``, ``head_dim``, ``rope_theta``, ``rope_scaling``,
+    ``attention_bias``, ``sliding_window``, ...). Tied embeddings by default, SwiGLU width
+    2 x hidden.
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
+    cfg_name, model_name = DECODER_CLASSES[family]
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    vocab_size = _vocab_size(vocab)
     config = {"tie_word_embeddings": True, "intermediate_size": 2 * hidden, **config}
-    cfg = LlamaConfig(
+    cfg = getattr(transformers, cfg_name)(
         num_hidden_layers=n_layer, hidden_size=hidden, num_attention_heads=n_heads,
-        num_key_value_heads=n_kv_heads, vocab_size=vocab_size, max_position_embeddings=max_positions,
-        bos_token_id=0, eos_token_id=0, pad_token_id=None, **config,
+        num_key_value_heads=n_kv_heads, vocab_size=_vocab_size(vocab),
+        max_position_embeddings=max_positions, bos_token_id=0, eos_token_id=0, pad_token_id=None,
+        **config,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
+    model = getattr(transformers, model_name)(cfg)
     _randomise_llama(model, weight_scale, seed)
     _write_tokenizer(path, vocab)
     model.eval().save_pretrained(path)
     return path
+
+
+def make_llama_checkpoint(path, **kwargs) -> Path:
+    """:func:`make_decoder_checkpoint` of the llama family."""
+    return make_decoder_checkpoint(path, "llama", **kwargs)

@@ -2,10 +2,12 @@
 
 An entry (:class:`ArchSpec`) says which ``model_type`` values it covers, which transformers
 class loads the fp32 reference, how to read the graph dimensions off the config and how to
-build our own export module from the loaded weights. Two families are registered: GPT-2
-(``gpt2.py``) and Llama (``llama.py``: RoPE, RMSNorm, GQA with ``n_kv_heads < n_heads``, SwiGLU;
-rope_scaling variants are refused). Adding a family means writing ``<family>.py`` with a
-``build_<family>_graph`` and registering one more :class:`ArchSpec`; nothing else changes.
+build our own export module from the checkpoint's weights. Registered: GPT-2 (``gpt2.py``),
+Llama (``llama.py``: RoPE with optional linear / llama3 scaling, RMSNorm, GQA, SwiGLU), Qwen2
+(``qwen2.py``: the Llama forward with q/k/v bias) and Mistral (``mistral.py``: the Llama forward
+with a sliding window) and Phi-3 (``phi3.py``: Mistral's graph, fused tensors). What each config.json may say is decided in ``configs.py``. Adding a
+family means writing ``<family>.py`` with a ``build_<family>_graph`` and registering one more
+:class:`ArchSpec`; nothing else changes.
 
 Only :func:`load_reference` imports torch / transformers.
 """
@@ -19,6 +21,7 @@ from typing import Callable
 
 from ..errors import StagedxError
 from ..manifest import ArchDims
+from .configs import decoder_dims
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -30,7 +33,8 @@ class ArchSpec:
     model_types: tuple[str, ...]
     hf_class: str  # transformers class holding the reference implementation
     dims: Callable[[dict], ArchDims]  # config.json dict -> graph dimensions
-    build_graph: Callable  # (hf_model, topk, torch dtype) -> torch.nn.Module (graph contract)
+    # (config.json dict, Weights, topk, torch dtype) -> torch.nn.Module (graph contract)
+    build_graph: Callable
 
 
 def _gpt2_dims(cfg: dict) -> ArchDims:
@@ -49,10 +53,10 @@ def _gpt2_dims(cfg: dict) -> ArchDims:
     )
 
 
-def _build_gpt2(hf_model, topk: int, dtype):
+def _build_gpt2(cfg: dict, weights, topk: int, dtype):
     from .gpt2 import build_gpt2_graph
 
-    return build_gpt2_graph(hf_model, topk, dtype)
+    return build_gpt2_graph(cfg, weights, topk, dtype)
 
 
 REGISTRY: dict[str, ArchSpec] = {}
@@ -67,66 +71,48 @@ def register(spec: ArchSpec) -> None:
 register(ArchSpec("gpt2", ("gpt2",), "GPT2LMHeadModel", _gpt2_dims, _build_gpt2))
 
 
-def rope_type(cfg: dict) -> str:
-    """The RoPE variant a config.json dict asks for ("default" = plain RoPE)."""
-    for key in ("rope_scaling", "rope_parameters"):
-        value = cfg.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, dict):
-            return str(value)
-        kind = value.get("rope_type", value.get("type", "default"))
-        if kind != "default" or set(value) - {"rope_type", "type", "rope_theta"}:
-            return f"{key}={value}"
-    return "default"
+def _decoder_dims(family: str) -> Callable[[dict], ArchDims]:
+    def dims(cfg: dict) -> ArchDims:
+        d = decoder_dims(cfg, family)
+        return ArchDims(family=family, n_layers=d.n_layers, n_heads=d.n_heads,
+                        n_kv_heads=d.n_kv_heads, head_dim=d.head_dim, hidden=d.hidden,
+                        vocab_size=d.vocab_size, max_positions=d.max_positions)
+    return dims
 
 
-def rope_theta(cfg: dict) -> float:
-    """``rope_theta`` of a config.json dict (transformers 5 keeps it under rope_parameters)."""
-    if cfg.get("rope_theta") is not None:
-        return float(cfg["rope_theta"])
-    params = cfg.get("rope_parameters") or {}
-    return float(params.get("rope_theta", 10000.0))
-
-
-def check_rope(cfg: dict) -> None:
-    kind = rope_type(cfg)
-    if kind != "default":
-        raise StagedxError(f"unsupported Llama rope_scaling: {kind} (only plain RoPE is exported)")
-
-
-def _llama_dims(cfg: dict) -> ArchDims:
-    check_rope(cfg)
-    heads, hidden = int(cfg["num_attention_heads"]), int(cfg["hidden_size"])
-    kv_heads = int(cfg.get("num_key_value_heads") or heads)
-    if heads % kv_heads:
-        raise StagedxError(f"Llama config has num_attention_heads={heads} not a multiple of "
-                           f"num_key_value_heads={kv_heads}")
-    head_dim = cfg.get("head_dim")
-    if head_dim is None and hidden % heads:
-        raise StagedxError(f"Llama config has hidden_size={hidden} not divisible by "
-                           f"num_attention_heads={heads} and no head_dim")
-    return ArchDims(
-        family="llama",
-        n_layers=int(cfg["num_hidden_layers"]),
-        n_heads=heads,
-        n_kv_heads=kv_heads,
-        head_dim=int(head_dim) if head_dim is not None else hidden // heads,
-        hidden=hidden,
-        vocab_size=int(cfg["vocab_size"]),
-        max_positions=int(cfg["max_position_embeddings"]),
-    )
-
-
-def _build_llama(hf_model, topk: int, dtype):
+def _build_llama(cfg: dict, weights, topk: int, dtype):
     from .llama import build_llama_graph
 
-    return build_llama_graph(hf_model, topk, dtype)
+    return build_llama_graph(cfg, weights, topk, dtype)
 
 
-# Llama 1/2/3 and look-alikes with model_type "llama" (plain RoPE only). Mistral is left out:
-# its sliding-window attention differs from full attention past the window.
-register(ArchSpec("llama", ("llama",), "LlamaForCausalLM", _llama_dims, _build_llama))
+def _build_qwen2(cfg: dict, weights, topk: int, dtype):
+    from .qwen2 import build_qwen2_graph
+
+    return build_qwen2_graph(cfg, weights, topk, dtype)
+
+
+def _build_mistral(cfg: dict, weights, topk: int, dtype):
+    from .mistral import build_mistral_graph
+
+    return build_mistral_graph(cfg, weights, topk, dtype)
+
+
+def _build_phi3(cfg: dict, weights, topk: int, dtype):
+    from .phi3 import build_phi3_graph
+
+    return build_phi3_graph(cfg, weights, topk, dtype)
+
+
+# Llama 1/2/3.x and look-alikes with model_type "llama" (plain, linear or llama3 RoPE).
+register(ArchSpec("llama", ("llama",), "LlamaForCausalLM", _decoder_dims("llama"), _build_llama))
+# Qwen2 and Qwen2.5 (model_type "qwen2"), without use_sliding_window.
+register(ArchSpec("qwen2", ("qwen2",), "Qwen2ForCausalLM", _decoder_dims("qwen2"), _build_qwen2))
+# Mistral 7B v0.1 (sliding window 4096), v0.2+ (no window), Nemo-style head_dim.
+register(ArchSpec("mistral", ("mistral",), "MistralForCausalLM", _decoder_dims("mistral"),
+                  _build_mistral))
+# Phi-3 mini / medium 4k (fused qkv and gate_up; sliding window); longrope (128k) is refused.
+register(ArchSpec("phi3", ("phi3",), "Phi3ForCausalLM", _decoder_dims("phi3"), _build_phi3))
 
 
 def supported() -> str:

@@ -6,7 +6,9 @@ renamed at the very end, so a failed or interrupted export leaves nothing behind
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import gc
 import json
 import shutil
 import time
@@ -31,7 +33,7 @@ from ..manifest import (
     utc_now,
     write_manifest,
 )
-from .arch import Checkpoint, load_reference, open_checkpoint
+from .arch import Checkpoint, open_checkpoint
 from .quantize import QuantizeOptions
 from .verify import TOLERANCE, TreeCase, random_tree, reference_inputs, reference_outputs, verify_graph
 
@@ -122,19 +124,49 @@ def _check_pair(oracle: Checkpoint, draft: Checkpoint) -> dict:
     return vocab
 
 
+def _release_memory() -> None:
+    """Collect, then hand freed heap pages back to the OS (glibc keeps them otherwise, and
+    the next phase would stack on top of the last one's high-water mark)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
+def _reference(ckpt: Checkpoint, case: TreeCase) -> dict:
+    """transformers' fp32 outputs on ``case``, its weights streamed from disk one module at a
+    time (``reference.py``); the model is freed before this returns."""
+    from .reference import streamed_model
+
+    hf = streamed_model(ckpt.path, ckpt.spec.hf_class)
+    try:
+        return reference_outputs(hf, case, ckpt.dims.n_layers)
+    finally:
+        del hf
+        _release_memory()
+
+
 def _export_model(role: str, ckpt: Checkpoint, cfg: ExportConfig, work: Path, case: TreeCase):
-    """Export one role; returns (ModelEntry, reference arrays, seconds)."""
+    """Export one role; returns (ModelEntry, reference arrays, seconds).
+
+    One large thing in memory at a time: transformers' reference outputs are computed first
+    (model freed), then our graph is built from the checkpoint's tensors directly in the export
+    dtype, written to ONNX and freed, and only then is the ONNX file loaded for verification.
+    """
     import torch
 
     from .onnx_export import export_graph
+    from .weights import Weights
 
     t0 = time.perf_counter()
-    hf = load_reference(ckpt)
+    ref = _reference(ckpt, case)
     dtype = {"fp32": torch.float32, "fp16": torch.float16}[cfg.dtype]
-    graph = ckpt.spec.build_graph(hf, cfg.topk, dtype)
+    graph = ckpt.spec.build_graph(ckpt.config, Weights(ckpt.path), cfg.topk, dtype)
     out = work.parent / f"{role}.onnx"
     exported = export_graph(graph, ckpt.dims, out, work)
     del graph
+    _release_memory()
     entry = ModelEntry(
         role=role, file=out.name, sha256=sha256_file(out), dtype=cfg.dtype,
         topk=min(cfg.topk, ckpt.dims.vocab_size), arch=ckpt.dims,
@@ -143,10 +175,9 @@ def _export_model(role: str, ckpt: Checkpoint, cfg: ExportConfig, work: Path, ca
         FileRef(exported.external_data.name, sha256_file(exported.external_data)),
     )
     if cfg.verify:
-        record, arrays = verify_graph(hf, entry, out, case)
+        record, arrays = verify_graph(ref, entry, out, case)
         entry = dataclasses.replace(entry, verify=record)
     else:  # no ORT check, but reference.npz is still written for `stagedx validate`
-        ref = reference_outputs(hf, case, ckpt.dims.n_layers)
         arrays = {**reference_inputs(case, ref, ckpt.dims), "logits": ref["logits"]}
     return entry, arrays, time.perf_counter() - t0
 

@@ -38,17 +38,18 @@ class GPT2Dims:
         return self.hidden // self.n_heads
 
     @staticmethod
-    def from_config(cfg) -> "GPT2Dims":
+    def from_config(cfg: dict) -> "GPT2Dims":
+        """From a config.json dict (transformers' GPT2Config defaults for absent keys)."""
         return GPT2Dims(
-            n_layers=cfg.n_layer,
-            n_heads=cfg.n_head,
-            hidden=cfg.n_embd,
-            vocab_size=cfg.vocab_size,
-            max_positions=cfg.n_positions,
-            eps=cfg.layer_norm_epsilon,
-            activation=cfg.activation_function,
-            scale_by_inverse_layer=bool(getattr(cfg, "scale_attn_by_inverse_layer_idx", False)),
-            scale_attn=bool(getattr(cfg, "scale_attn_weights", True)),
+            n_layers=int(cfg["n_layer"]),
+            n_heads=int(cfg["n_head"]),
+            hidden=int(cfg["n_embd"]),
+            vocab_size=int(cfg["vocab_size"]),
+            max_positions=int(cfg["n_positions"]),
+            eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
+            activation=str(cfg.get("activation_function", "gelu_new")),
+            scale_by_inverse_layer=bool(cfg.get("scale_attn_by_inverse_layer_idx", False)),
+            scale_attn=bool(cfg.get("scale_attn_weights", True)),
         )
 
 
@@ -139,28 +140,32 @@ class GPT2Graph(nn.Module):
         return (logits, topk_values, topk_indices, *new_kv)
 
 
-def build_gpt2_graph(hf_model, topk: int, dtype: torch.dtype) -> GPT2Graph:
-    """Copy the weights of a transformers ``GPT2LMHeadModel`` into a :class:`GPT2Graph`."""
-    dims = GPT2Dims.from_config(hf_model.config)
-    sd = {k.removeprefix("transformer."): v for k, v in hf_model.state_dict().items()}
-    tied = bool(getattr(hf_model.config, "tie_word_embeddings", True))
-    graph = GPT2Graph(dims, min(topk, dims.vocab_size), tied=tied)
-    with torch.no_grad():
-        if not tied:
-            graph.lm_head.copy_(hf_model.lm_head.weight)
-        graph.wte.copy_(sd["wte.weight"])
-        graph.wpe.copy_(sd["wpe.weight"])
-        graph.ln_f.weight.copy_(sd["ln_f.weight"])
-        graph.ln_f.bias.copy_(sd["ln_f.bias"])
-        for i, block in enumerate(graph.blocks):
-            p = f"h.{i}."
-            for ours, theirs in (
-                ("ln_1.weight", "ln_1.weight"), ("ln_1.bias", "ln_1.bias"),
-                ("ln_2.weight", "ln_2.weight"), ("ln_2.bias", "ln_2.bias"),
-                ("w_qkv", "attn.c_attn.weight"), ("b_qkv", "attn.c_attn.bias"),
-                ("w_o", "attn.c_proj.weight"), ("b_o", "attn.c_proj.bias"),
-                ("w_fc", "mlp.c_fc.weight"), ("b_fc", "mlp.c_fc.bias"),
-                ("w_proj", "mlp.c_proj.weight"), ("b_proj", "mlp.c_proj.bias"),
-            ):
-                block.get_parameter(ours).copy_(sd[p + theirs])
-    return graph.to(dtype).eval()
+_BLOCK_WEIGHTS = (
+    ("ln_1", "weight", "ln_1.weight"), ("ln_1", "bias", "ln_1.bias"),
+    ("ln_2", "weight", "ln_2.weight"), ("ln_2", "bias", "ln_2.bias"),
+    (None, "w_qkv", "attn.c_attn.weight"), (None, "b_qkv", "attn.c_attn.bias"),
+    (None, "w_o", "attn.c_proj.weight"), (None, "b_o", "attn.c_proj.bias"),
+    (None, "w_fc", "mlp.c_fc.weight"), (None, "b_fc", "mlp.c_fc.bias"),
+    (None, "w_proj", "mlp.c_proj.weight"), (None, "b_proj", "mlp.c_proj.bias"),
+)
+
+
+def build_gpt2_graph(cfg: dict, weights, topk: int, dtype: torch.dtype) -> GPT2Graph:
+    """A :class:`GPT2Graph` in ``dtype`` holding the tensors of ``weights`` (name -> tensor,
+    names without the ``transformer.`` prefix), read one at a time."""
+    from .weights import put
+
+    dims = GPT2Dims.from_config(cfg)
+    tied = bool(cfg.get("tie_word_embeddings", True))
+    with torch.device("meta"):  # no allocation until each weight is put in place
+        graph = GPT2Graph(dims, min(topk, dims.vocab_size), tied=tied)
+    if not tied:
+        put(graph, "lm_head", weights["lm_head.weight"], dtype)
+    put(graph, "wte", weights["wte.weight"], dtype)
+    put(graph, "wpe", weights["wpe.weight"], dtype)
+    put(graph.ln_f, "weight", weights["ln_f.weight"], dtype)
+    put(graph.ln_f, "bias", weights["ln_f.bias"], dtype)
+    for i, block in enumerate(graph.blocks):
+        for sub, ours, theirs in _BLOCK_WEIGHTS:
+            put(getattr(block, sub) if sub else block, ours, weights[f"h.{i}.{theirs}"], dtype)
+    return graph.eval()

@@ -5,54 +5,24 @@ axis, K/V laid out ``[rows, H_kv, D]``, tree attention through an explicit ``[T,
 mask. Keys are cached *after* RoPE has been applied at their absolute position
 (``position_ids``), so the runtime never re-rotates a cached row. The cache keeps ``H_kv``
 heads; each is repeated ``H / H_kv`` times inside the graph (grouped-query attention) with
-plain MatMul + Softmax. rope_scaling variants (llama3, linear, dynamic, yarn, ...) are refused.
+plain MatMul + Softmax. RoPE may be plain or scaled (``linear``, ``llama3``: only the inverse
+frequencies change); other scalings are refused in :mod:`stagedx.export.configs`.
+
+The same forward serves Qwen2 (q/k/v bias without an o_proj bias: :mod:`.qwen2`), Mistral
+(a sliding-window term in the mask: :mod:`.mistral`) and Phi-3 (Mistral's graph, fused
+checkpoint tensors: :mod:`.phi3`); the flags live in :class:`DecoderDims`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 
 import torch
 from torch import nn
 
 from ..errors import StagedxError
-from .arch import check_rope, rope_theta
+from .configs import DecoderDims, Rope
 from .gpt2 import MASK_FILL
-
-
-@dataclass(frozen=True)
-class LlamaDims:
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    hidden: int
-    intermediate: int
-    vocab_size: int
-    eps: float
-    theta: float
-    attention_bias: bool
-    mlp_bias: bool
-
-    @staticmethod
-    def from_config(cfg) -> "LlamaDims":
-        raw = cfg.to_dict()
-        check_rope(raw)
-        if getattr(cfg, "hidden_act", "silu") != "silu":
-            raise StagedxError(f"unsupported Llama hidden_act {cfg.hidden_act!r} (only silu)")
-        heads = cfg.num_attention_heads
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-        if heads % kv_heads:
-            raise StagedxError(f"Llama num_attention_heads={heads} not a multiple of "
-                               f"num_key_value_heads={kv_heads}")
-        return LlamaDims(
-            n_layers=cfg.num_hidden_layers, n_heads=heads, n_kv_heads=kv_heads,
-            head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
-            hidden=cfg.hidden_size, intermediate=cfg.intermediate_size,
-            vocab_size=cfg.vocab_size, eps=cfg.rms_norm_eps, theta=rope_theta(raw),
-            attention_bias=bool(getattr(cfg, "attention_bias", False)),
-            mlp_bias=bool(getattr(cfg, "mlp_bias", False)),
-        )
 
 
 class RMSNorm(nn.Module):
@@ -83,7 +53,7 @@ def _optional(size: int, present: bool):
 class Block(nn.Module):
     """One pre-RMSNorm Llama block; Linear weights are stored [in, out] (q|k|v and gate|up fused)."""
 
-    def __init__(self, dims: LlamaDims):
+    def __init__(self, dims: DecoderDims):
         super().__init__()
         e, d, f = dims.hidden, dims.head_dim, dims.intermediate
         self.n_heads, self.n_kv_heads, self.head_dim = dims.n_heads, dims.n_kv_heads, d
@@ -92,9 +62,9 @@ class Block(nn.Module):
         self.norm_1 = RMSNorm(e, dims.eps)
         self.norm_2 = RMSNorm(e, dims.eps)
         self.w_qkv = nn.Parameter(torch.empty(e, qkv))  # [E, (H+2H_kv)D]
-        self.b_qkv = _optional(qkv, dims.attention_bias)  # [(H+2H_kv)D]
+        self.b_qkv = _optional(qkv, dims.qkv_bias)  # [(H+2H_kv)D]
         self.w_o = nn.Parameter(torch.empty(self.q_size, e))  # [HD, E]
-        self.b_o = _optional(e, dims.attention_bias)  # [E]
+        self.b_o = _optional(e, dims.o_bias)  # [E]
         self.w_gate_up = nn.Parameter(torch.empty(e, 2 * f))  # [E, 2F]
         self.b_gate_up = _optional(2 * f, dims.mlp_bias)  # [2F]
         self.w_down = nn.Parameter(torch.empty(f, e))  # [F, E]
@@ -145,20 +115,39 @@ class Block(nn.Module):
         return x + mlp, k, v
 
 
+def inverse_frequencies(rope: Rope, head_dim: int) -> torch.Tensor:
+    """[D/2] fp32 RoPE inverse frequencies, with linear or llama3 scaling (as transformers)."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
+    inv_freq = 1.0 / rope.theta ** exponents  # [D/2]
+    if rope.kind == "linear":
+        return inv_freq / rope.factor  # [D/2]
+    if rope.kind == "llama3":
+        # long wavelengths are divided by factor, short ones kept, a smooth ramp in between
+        low_wavelen = rope.original_max_positions / rope.low_freq_factor
+        high_wavelen = rope.original_max_positions / rope.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq  # [D/2]
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / rope.factor, inv_freq)  # [D/2]
+        smooth = (rope.original_max_positions / wavelen - rope.low_freq_factor) / (
+            rope.high_freq_factor - rope.low_freq_factor)  # [D/2]
+        ramp = (1 - smooth) * scaled / rope.factor + smooth * scaled  # [D/2]
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)  # [D/2]
+        return torch.where(medium, ramp, scaled)  # [D/2]
+    return inv_freq  # [D/2]
+
+
 class LlamaGraph(nn.Module):
     """forward(input_ids, position_ids, tree_mask, past_key.0, past_value.0, ...) ->
     (logits, topk_values, topk_indices, new_key.0, new_value.0, ...)."""
 
-    def __init__(self, dims: LlamaDims, topk: int, tied: bool):
+    def __init__(self, dims: DecoderDims, topk: int):
         super().__init__()
         self.dims, self.topk = dims, topk
         self.embed = nn.Parameter(torch.empty(dims.vocab_size, dims.hidden))  # [V, E]
         self.blocks = nn.ModuleList(Block(dims) for _ in range(dims.n_layers))
         self.norm = RMSNorm(dims.hidden, dims.eps)
-        self.lm_head = None if tied else nn.Parameter(torch.empty(dims.vocab_size, dims.hidden))
-        # A plain attribute, not a buffer: `.to(fp16)` must not round the frequencies.
-        d = dims.head_dim
-        self.inv_freq = 1.0 / dims.theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d)
+        self.lm_head = None if dims.tied else nn.Parameter(torch.empty(dims.vocab_size, dims.hidden))
+        # A plain CPU attribute, not a buffer: `.to(fp16)` must not round the frequencies.
+        self.inv_freq = inverse_frequencies(dims.rope, dims.head_dim)  # [D/2]
 
     def _rope(self, position_ids, dtype):
         # position_ids [T] int64 -> cos, sin [T, 1, D], computed in fp32 like transformers
@@ -166,12 +155,17 @@ class LlamaGraph(nn.Module):
         emb = torch.cat([freqs, freqs], dim=-1)  # [T, D]
         return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]  # [T, 1, D] x2
 
+    def attention_mask(self, tree_mask, position_ids):
+        """[T, P+T] bool: which keys each new token may attend (Mistral adds its window)."""
+        return tree_mask  # [T, P+T]
+
     def forward(self, input_ids, position_ids, tree_mask, *past):
         # input_ids [T] int64; position_ids [T] int64; tree_mask [T, P+T] bool
         # past: past_key.0 [P, H_kv, D], past_value.0 [P, H_kv, D], past_key.1, ...
         x = self.embed[input_ids]  # [T, E]
         rope = self._rope(position_ids, x.dtype)  # cos, sin [T, 1, D]
-        mask_bias = (~tree_mask).to(x.dtype) * MASK_FILL[x.dtype]  # [T, P+T]: 0 or fill
+        allowed = self.attention_mask(tree_mask, position_ids)  # [T, P+T]
+        mask_bias = (~allowed).to(x.dtype) * MASK_FILL[x.dtype]  # [T, P+T]: 0 or fill
         new_kv = []
         for i, block in enumerate(self.blocks):
             x, k, v = block(x, rope, mask_bias, past[2 * i], past[2 * i + 1])  # k, v [T, H_kv, D]
@@ -183,38 +177,78 @@ class LlamaGraph(nn.Module):
         return (logits, topk_values, topk_indices, *new_kv)
 
 
-def _copy_block(block: Block, sd: dict, prefix: str) -> None:
+def _put_block(block: Block, weights, prefix: str, dtype, fused: bool) -> None:
+    """Weights of layer ``prefix`` into ``block``; ``fused``: the checkpoint stores q|k|v as
+    one ``qkv_proj`` and gate|up as one ``gate_up_proj`` (Phi-3), in our order already."""
+    from .weights import put
+
     a, m = prefix + "self_attn.", prefix + "mlp."
-    block.norm_1.weight.copy_(sd[prefix + "input_layernorm.weight"])
-    block.norm_2.weight.copy_(sd[prefix + "post_attention_layernorm.weight"])
-    qkv = [sd[f"{a}{n}_proj.weight"] for n in "qkv"]  # [out, in] each
-    block.w_qkv.copy_(torch.cat(qkv, dim=0).t())  # [E, (H+2H_kv)D]
-    block.w_o.copy_(sd[a + "o_proj.weight"].t())  # [HD, E]
-    block.w_gate_up.copy_(torch.cat([sd[m + "gate_proj.weight"], sd[m + "up_proj.weight"]]).t())
-    block.w_down.copy_(sd[m + "down_proj.weight"].t())  # [F, E]
+    put(block.norm_1, "weight", weights[prefix + "input_layernorm.weight"], dtype)
+    put(block.norm_2, "weight", weights[prefix + "post_attention_layernorm.weight"], dtype)
+    if fused:
+        qkv = weights[a + "qkv_proj.weight"]  # [(H+2H_kv)D, E]
+        gate_up = weights[m + "gate_up_proj.weight"]  # [2F, E]
+    else:
+        qkv = torch.cat([weights[f"{a}{n}_proj.weight"] for n in "qkv"])  # [(H+2H_kv)D, E]
+        gate_up = torch.cat([weights[m + "gate_proj.weight"], weights[m + "up_proj.weight"]])  # [2F, E]
+    put(block, "w_qkv", qkv.t(), dtype)  # [E, (H+2H_kv)D]
+    put(block, "w_gate_up", gate_up.t(), dtype)  # [E, 2F]
+    del qkv, gate_up
+    put(block, "w_o", weights[a + "o_proj.weight"].t(), dtype)  # [HD, E]
+    put(block, "w_down", weights[m + "down_proj.weight"].t(), dtype)  # [F, E]
     if block.b_qkv is not None:
-        block.b_qkv.copy_(torch.cat([sd[f"{a}{n}_proj.bias"] for n in "qkv"]))
-        block.b_o.copy_(sd[a + "o_proj.bias"])
+        put(block, "b_qkv", torch.cat([weights[f"{a}{n}_proj.bias"] for n in "qkv"]), dtype)
+    if block.b_o is not None:
+        put(block, "b_o", weights[a + "o_proj.bias"], dtype)
     if block.b_gate_up is not None:
-        block.b_gate_up.copy_(torch.cat([sd[m + "gate_proj.bias"], sd[m + "up_proj.bias"]]))
-        block.b_down.copy_(sd[m + "down_proj.bias"])
+        put(block, "b_gate_up", torch.cat([weights[m + "gate_proj.bias"], weights[m + "up_proj.bias"]]), dtype)
+        put(block, "b_down", weights[m + "down_proj.bias"], dtype)
 
 
-def build_llama_graph(hf_model, topk: int, dtype: torch.dtype) -> LlamaGraph:
-    """Copy the weights of a transformers ``LlamaForCausalLM`` into a :class:`LlamaGraph`."""
-    cfg = hf_model.config
-    dims = LlamaDims.from_config(cfg)
-    sd = {k.removeprefix("model."): v for k, v in hf_model.state_dict().items()}
-    tied = bool(getattr(cfg, "tie_word_embeddings", False))
-    graph = LlamaGraph(dims, min(topk, dims.vocab_size), tied=tied)
-    hf_freq = getattr(getattr(hf_model.model, "rotary_emb", None), "inv_freq", None)
-    if hf_freq is not None and not torch.allclose(hf_freq.float(), graph.inv_freq, rtol=1e-6):
-        raise StagedxError("Llama rotary frequencies differ from transformers' (unsupported RoPE)")
-    with torch.no_grad():
-        graph.embed.copy_(sd["embed_tokens.weight"])
-        graph.norm.weight.copy_(sd["norm.weight"])
-        if not tied:
-            graph.lm_head.copy_(hf_model.lm_head.weight)
-        for i, block in enumerate(graph.blocks):
-            _copy_block(block, sd, f"layers.{i}.")
-    return graph.to(dtype).eval()
+def check_frequencies(graph: LlamaGraph, cfg: dict) -> None:
+    """Our inverse frequencies must equal transformers' for this config (catches a RoPE
+    variant read wrongly: at the few positions of the parity check it would hardly show)."""
+    import transformers
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    config = transformers.AutoConfig.for_model(
+        cfg["model_type"], **{k: v for k, v in cfg.items() if k != "model_type"})
+    params = getattr(config, "rope_parameters", None) or {}
+    kind = params.get("rope_type", "default")
+    if kind != graph.dims.rope.kind:
+        raise StagedxError(f"{graph.dims.family} RoPE type read as {graph.dims.rope.kind!r} but "
+                           f"transformers reads {kind!r}")
+    if kind == "default":
+        return
+    theirs, factor = ROPE_INIT_FUNCTIONS[kind](config, "cpu")
+    if factor != 1.0:
+        raise StagedxError(f"unsupported RoPE attention factor {factor} for type {kind!r}")
+    if not torch.allclose(theirs.float(), graph.inv_freq, rtol=1e-6, atol=0):
+        raise StagedxError(f"{graph.dims.family} rotary frequencies differ from transformers' "
+                           f"(RoPE type {kind!r})")
+
+
+def build_decoder_graph(graph_cls, dims: DecoderDims, weights, topk: int, dtype,
+                        fused: bool = False) -> LlamaGraph:
+    """A ``graph_cls`` (LlamaGraph or a subclass) in ``dtype`` holding ``weights`` (name ->
+    tensor, names without ``model.``), read one tensor at a time; ``fused`` as for Phi-3."""
+    from .weights import put
+
+    with torch.device("meta"):  # no allocation until each weight is put in place
+        graph = graph_cls(dims, min(topk, dims.vocab_size))
+    put(graph, "embed", weights["embed_tokens.weight"], dtype)
+    put(graph.norm, "weight", weights["norm.weight"], dtype)
+    if not dims.tied:
+        put(graph, "lm_head", weights["lm_head.weight"], dtype)
+    for i, block in enumerate(graph.blocks):
+        _put_block(block, weights, f"layers.{i}.", dtype, fused)
+    return graph.eval()
+
+
+def build_llama_graph(cfg: dict, weights, topk: int, dtype: torch.dtype) -> LlamaGraph:
+    """The graph of a ``LlamaForCausalLM`` checkpoint (config.json dict + its weights)."""
+    from .configs import decoder_dims
+
+    graph = build_decoder_graph(LlamaGraph, decoder_dims(cfg, "llama"), weights, topk, dtype)
+    check_frequencies(graph, cfg)
+    return graph

@@ -2,8 +2,15 @@
 
 We use the TorchScript exporter (``dynamo=False``): with torch 2.13 it exports our plain
 module in a fraction of a second, keeps the names and dynamic axes we give it and needs no
-onnxscript. Graphs whose weights pass 2 GB are re-saved with one external data file
-``<name>.onnx.data`` next to the graph.
+onnxscript.
+
+Memory: the exporter is asked for the graph *without* its weights (``export_params=False``:
+they come out as extra graph inputs named like the module's parameters), and we then turn
+those inputs into initializers ourselves, streaming each tensor from the module straight to
+disk. Peak memory is the module's weights plus one small graph, never a second copy of the
+weights in a protobuf. Graphs with at least ``EXTERNAL_FROM`` bytes of weights keep them in one
+external data file ``<name>.onnx.data`` next to the graph (files are created with the
+process umask, like every other bundle file); smaller graphs stay one self-contained file.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from pathlib import Path
 from ..manifest import DEFAULT_IO, ArchDims
 
 OPSET = 18
-PROTO_LIMIT = 2**31  # protobuf's hard limit on one serialised message
+EXTERNAL_FROM = 1 << 28  # 256 MiB: bigger graphs keep their weights in an external data file
+ALIGN = 64  # byte alignment of each tensor in the external data file
 EXPORT_T, EXPORT_P = 3, 2  # dummy sizes, both >= 2 so the exporter keeps them symbolic
 
 
@@ -57,15 +65,62 @@ def _dynamic_axes(inputs: list[str], outputs: list[str]) -> dict:
     return axes
 
 
-def _initializer_bytes(model) -> int:
-    import numpy as np
-    from onnx import helper
+def _unique_parameters(module) -> dict:
+    """name -> tensor, each shared (tied) parameter once under its first name."""
+    return {name: p.detach() for name, p in module.named_parameters()}
 
-    total = 0
-    for t in model.graph.initializer:
-        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-        total += int(np.prod(t.dims, dtype=np.int64)) * itemsize
-    return total
+
+def _initializer(name: str, tensor, data_file, offset: int):
+    """A TensorProto for ``tensor``: inline raw bytes, or (``data_file`` open) a reference to
+    bytes appended to the external data file at ``offset``; returns (proto, bytes written)."""
+    from onnx import TensorProto, helper
+
+    array = tensor.contiguous().numpy()
+    proto = TensorProto(name=name, dims=list(array.shape),
+                        data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+    if data_file is None:
+        proto.raw_data = array.tobytes()
+        return proto, 0
+    pad = -offset % ALIGN
+    data_file.write(b"\0" * pad)
+    data_file.write(memoryview(array.reshape(-1)).cast("B"))
+    proto.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", data_file.name_in_graph), ("offset", str(offset + pad)),
+                       ("length", str(array.nbytes))):
+        entry = proto.external_data.add()
+        entry.key, entry.value = key, value
+    return proto, pad + array.nbytes
+
+
+class _DataFile:
+    """The external data file, written sequentially."""
+
+    def __init__(self, path: Path):
+        self.path, self.name_in_graph = path, path.name
+        self._f = open(path, "wb")  # noqa: SIM115 - closed in close()
+
+    def write(self, data) -> None:
+        self._f.write(data)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _attach_weights(model, params: dict, external: Path | None) -> None:
+    """Move the parameter inputs of ``model`` into initializers (inline or external)."""
+    weight_inputs = [i for i in model.graph.input if i.name in params]
+    for i in weight_inputs:
+        model.graph.input.remove(i)
+    data_file = _DataFile(external) if external is not None else None
+    offset = 0
+    try:
+        for name in [i.name for i in weight_inputs]:
+            proto, written = _initializer(name, params[name], data_file, offset)
+            offset += written
+            model.graph.initializer.append(proto)
+    finally:
+        if data_file is not None:
+            data_file.close()
 
 
 def export_graph(module, dims: ArchDims, out_file: Path, work_dir: Path) -> ExportedGraph:
@@ -73,7 +128,10 @@ def export_graph(module, dims: ArchDims, out_file: Path, work_dir: Path) -> Expo
     import onnx
     import torch
 
-    dtype = next(module.parameters()).dtype
+    params = _unique_parameters(module)
+    dtype = next(iter(params.values())).dtype
+    weight_bytes = sum(p.numel() * p.element_size() for p in params.values())
+    n_params = sum(p.numel() for p in params.values())
     inputs, outputs = io_names(dims.n_layers)
     raw_dir = work_dir / out_file.stem
     raw_dir.mkdir(parents=True, exist_ok=True)
@@ -83,24 +141,19 @@ def export_graph(module, dims: ArchDims, out_file: Path, work_dir: Path) -> Expo
         torch.onnx.export(
             module, _dummy_inputs(dims, dtype), str(raw),
             input_names=inputs, output_names=outputs,
-            dynamic_axes=_dynamic_axes(inputs, outputs),
+            dynamic_axes=_dynamic_axes(inputs, outputs), export_params=False,
             opset_version=OPSET, do_constant_folding=True, dynamo=False,
         )
-    model = onnx.load(str(raw))  # pulls in any external tensors the exporter wrote
-    weight_bytes = _initializer_bytes(model)
-    external = None
-    if weight_bytes + (64 << 20) >= PROTO_LIMIT:
-        external = out_file.with_name(out_file.name + ".data")
-        onnx.save_model(model, str(out_file), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location=external.name, size_threshold=1024)
-        onnx.checker.check_model(str(out_file))
-    else:
-        onnx.checker.check_model(model)
-        onnx.save_model(model, str(out_file))
+    model = onnx.load(str(raw))  # the graph alone: its weights are still inputs
     shutil.rmtree(raw_dir, ignore_errors=True)
-    seen, n_params = set(), 0
-    for p in module.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            n_params += p.numel()
+    missing = set(params) - {i.name for i in model.graph.input}
+    if missing:  # a parameter the trace did not use, or renamed: never ship a graph without it
+        raise RuntimeError(f"exported graph lacks parameter inputs {sorted(missing)[:3]}")
+    external = out_file.with_name(out_file.name + ".data") if weight_bytes >= EXTERNAL_FROM else None
+    _attach_weights(model, params, external)
+    if external is None:
+        onnx.checker.check_model(model)
+    onnx.save_model(model, str(out_file))
+    if external is not None:
+        onnx.checker.check_model(str(out_file))
     return ExportedGraph(out_file, external, weight_bytes, n_params)

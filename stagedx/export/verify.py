@@ -1,7 +1,8 @@
 """Parity of an exported graph with transformers' fp32 model on a random token tree.
 
 The reference for tree node i is transformers run on the *linear* sequence
-``past + ancestors(i) + i``: no 4-D mask support is needed from transformers, and a graph that
+``past + ancestors(i) + i`` (all nodes in one right-padded batch): no 4-D mask support is
+needed from transformers, and a graph that
 lets a node see anything but its ancestors (a sibling, a cousin) is caught. The error measure
 is ``max|ours - ref| / max|ref|`` over every logit of every node.
 """
@@ -72,23 +73,33 @@ def _cache_layer(cache, i: int):
 
 
 def reference_outputs(hf_model, case: TreeCase, n_layers: int) -> dict:
-    """transformers fp32 logits per node [T, V] and the past K/V [P, H, D] per layer."""
-    import torch
+    """transformers fp32 logits per node [T, V] and the past K/V [P, H, D] per layer.
 
-    out: dict[str, np.ndarray] = {}
+    One batched forward: row i is node i's sequence ``past + ancestors(i) + i``, right-padded.
+    With causal attention no token sees the padding after it, so each row equals its sequence
+    run alone. The past K/V (the prefix every row shares) is read from row 0 of the cache.
+    """
+    import inspect
+
+    import torch
+    from transformers import DynamicCache
+
+    seqs = [np.concatenate([case.past_ids, case.tokens[case.ancestors(i)]]) for i in range(len(case.tokens))]
+    batch = np.zeros((len(seqs), max(len(s) for s in seqs)), dtype=np.int64)  # [T, L], pad id 0
+    for row, seq in enumerate(seqs):
+        batch[row, : len(seq)] = seq
+    # a plain cache keeps every row (a sliding-window model's default cache drops the rows
+    # outside its window, but the graph's past is the whole committed sequence)
+    cache = DynamicCache()
+    key = "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
     with torch.no_grad():
-        if case.n_past:
-            res = hf_model(torch.from_numpy(case.past_ids)[None], use_cache=True)
-            for i in range(n_layers):
-                k, v = _cache_layer(res.past_key_values, i)  # [1, H, P, D]
-                out[f"past_key.{i}"] = k[0].transpose(0, 1).float().numpy()  # [P, H, D]
-                out[f"past_value.{i}"] = v[0].transpose(0, 1).float().numpy()  # [P, H, D]
-        rows = []
-        for i in range(len(case.tokens)):
-            seq = np.concatenate([case.past_ids, case.tokens[case.ancestors(i)]])  # [P + depth]
-            logits = hf_model(torch.from_numpy(seq)[None]).logits  # [1, L, V]
-            rows.append(logits[0, -1].float().numpy())  # [V]
-    out["logits"] = np.stack(rows)  # [T, V]
+        logits = hf_model(torch.from_numpy(batch), use_cache=True, **{key: cache}).logits  # [T, L, V]
+    last = torch.tensor([len(s) - 1 for s in seqs])  # [T]
+    out = {"logits": logits[torch.arange(len(seqs)), last].float().numpy()}  # [T, V]
+    for i in range(n_layers if case.n_past else 0):
+        k, v = _cache_layer(cache, i)  # [T, H, L, D]
+        out[f"past_key.{i}"] = np.ascontiguousarray(k[0, :, : case.n_past].transpose(0, 1).float().numpy())  # [P, H, D]
+        out[f"past_value.{i}"] = np.ascontiguousarray(v[0, :, : case.n_past].transpose(0, 1).float().numpy())  # [P, H, D]
     return out
 
 
@@ -111,6 +122,12 @@ def run_onnx(onnx_file, feeds: dict, dtype: str = "fp32") -> dict:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
+    # Memory, not speed: no graph optimisation (it would fold fp16 -> fp32 casts of every
+    # weight into a second, fp32 copy of the model), no arena (it keeps every transient), and
+    # the priority order (the default one runs all weight casts first and holds them together).
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.enable_cpu_mem_arena = False
+    opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     sess = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
     cast = {k: (v.astype(NP_DTYPE[dtype]) if v.dtype.kind == "f" else v) for k, v in feeds.items()}
     names = [o.name for o in sess.get_outputs()]
@@ -134,13 +151,13 @@ def check_outputs(outputs: dict, ref_logits: np.ndarray, topk: int) -> None:
         raise StagedxError("exported graph's topk_values disagree with its logits")
 
 
-def verify_graph(hf_model, entry: ModelEntry, onnx_file, case: TreeCase) -> tuple[dict, dict]:
-    """Compare the ONNX graph with transformers on ``case``.
+def verify_graph(ref: dict, entry: ModelEntry, onnx_file, case: TreeCase) -> tuple[dict, dict]:
+    """Compare the ONNX graph with transformers' outputs ``ref`` (:func:`reference_outputs`,
+    computed before the export so that the transformers model is freed by now) on ``case``.
 
     Returns (the ``verify`` record for the manifest, the reference arrays for reference.npz);
     raises StagedxError above the dtype's tolerance.
     """
-    ref = reference_outputs(hf_model, case, entry.arch.n_layers)
     feeds = reference_inputs(case, ref, entry.arch)
     outputs = run_onnx(onnx_file, feeds, entry.dtype)
     check_outputs(outputs, ref["logits"], entry.topk)

@@ -99,17 +99,28 @@ def test_verification_failure_is_reported(tiny_pair, tmp_path, monkeypatch):
 
 
 def test_external_data_when_weights_pass_the_limit(tiny_pair, tmp_path, monkeypatch):
-    monkeypatch.setattr(onnx_export, "PROTO_LIMIT", 1 << 20)  # pretend 1 MB is the 2 GB limit
-    out = export_bundle(ExportConfig(oracle=str(tiny_pair.oracle), draft=str(tiny_pair.draft),
-                                     output=tmp_path / "b", topk=4))
+    import os
+    import stat
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_FROM", 1 << 16)  # pretend 64 KB is big
+    old_umask = os.umask(0o022)
+    try:
+        out = export_bundle(ExportConfig(oracle=str(tiny_pair.oracle), draft=str(tiny_pair.draft),
+                                         output=tmp_path / "b", topk=4))
+    finally:
+        os.umask(old_umask)
     m = load_manifest(out)
     for role, e in m.models.items():
         assert e.external_data is not None and e.external_data.file == f"{role}.onnx.data"
-        assert (out / e.external_data.file).stat().st_size > 0.95 * e.weight_bytes  # tiny ones inline
+        size = (out / e.external_data.file).stat().st_size
+        assert e.weight_bytes <= size < e.weight_bytes + 64 * 64  # every tensor, 64-byte aligned
         assert (out / e.file).stat().st_size < 100_000
         assert e.verify["max_rel_error"] < 1e-4
     assert _leftovers(tmp_path) == ["b"]
     assert not (out / ".work").exists()
+    # every bundle file is readable by others (issue 11: the external data file was 0600)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert "oracle.onnx.data" in modes and set(modes.values()) == {0o644}, modes
 
 
 def test_ngram_draft2(tiny_pair, tmp_path):

@@ -138,16 +138,16 @@ def test_cached_keys_are_rotated_once(llama_bundle, llama_refs):
         assert rel_error(whole[f"new_key.{i}"], ref[f"past_key.{i}"]) < 1e-5
 
 
-def test_rope_scaling_is_refused(llama_pair, tmp_path):
+@pytest.mark.parametrize("kind", ["dynamic", "yarn"])
+def test_other_rope_scaling_is_refused_naming_the_type(llama_pair, tmp_path, kind):
     from stagedx.export.arch import open_checkpoint
 
     folder = tmp_path / "scaled"
     shutil.copytree(llama_pair[0], folder)
     cfg = json.loads((folder / "config.json").read_text())
-    cfg["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                           "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    cfg["rope_scaling"] = {"type": kind, "factor": 4.0}
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(StagedxError, match="unsupported Llama rope_scaling.*llama3"):
+    with pytest.raises(StagedxError, match=f"unsupported llama rope_scaling type '{kind}'"):
         open_checkpoint(str(folder))
 
 
@@ -161,3 +161,79 @@ def test_greedy_staged_identical_to_baseline(llama_bundle):
         for strategy in ("speculative", "staged"):
             res = gen.generate(prompt, 24, strategy=strategy, ignore_eos=True)
             assert res.tokens == base.tokens, (strategy, prompt)
+
+
+# rope_scaling as Llama 3.1 / 3.2 write it (old layout), with a short original context so that
+# the llama3 ramp covers several of the 8 frequencies; linear as Llama-2 long-context fine-tunes.
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+LINEAR_ROPE = {"type": "linear", "factor": 4.0}
+
+
+@pytest.fixture(scope="module")
+def scaled_pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scaled_pair")
+    oracle = make_llama_checkpoint(root / "llama3", seed=13, hidden=64, n_heads=4, head_dim=16,
+                                   rope_theta=500000.0, rope_scaling=LLAMA3_ROPE)
+    draft = make_llama_checkpoint(root / "linear", seed=14, n_layer=1, rope_scaling=LINEAR_ROPE)
+    for folder, rope in ((oracle, LLAMA3_ROPE), (draft, LINEAR_ROPE)):  # the layout of the hub
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg.pop("rope_parameters", None)
+        cfg.update(rope_scaling=rope, rope_theta=500000.0 if rope is LLAMA3_ROPE else 10000.0)
+        (folder / "config.json").write_text(json.dumps(cfg))
+    return oracle, draft
+
+
+@pytest.fixture(scope="module")
+def scaled_bundle(scaled_pair, tmp_path_factory):
+    from tests.export._family import export_pair
+
+    return export_pair(*scaled_pair, tmp_path_factory.mktemp("scaled_bundle") / "bundle")
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_scaled_rope_frequencies_match_transformers(scaled_pair, which):
+    import torch
+
+    from stagedx.export.arch import open_checkpoint
+    from stagedx.export.configs import decoder_dims
+    from stagedx.export.llama import inverse_frequencies
+    from tests.export._family import reference_model
+
+    model, _ = reference_model(scaled_pair[which])
+    dims = decoder_dims(open_checkpoint(str(scaled_pair[which])).config, "llama")
+    assert dims.rope.kind == ("llama3", "linear")[which]
+    ours = inverse_frequencies(dims.rope, dims.head_dim)
+    theirs = model.model.rotary_emb.inv_freq.float()
+    plain = inverse_frequencies(type(dims.rope)(theta=dims.rope.theta), dims.head_dim)
+    assert torch.allclose(ours, theirs, rtol=1e-6, atol=0)
+    assert not torch.allclose(ours, plain)  # the scaling does change frequencies
+
+
+@pytest.mark.parametrize("role", ["oracle", "draft"])
+@pytest.mark.parametrize("n_past,n_nodes,seed", [(7, 9, 3), (40, 12, 4)])
+def test_scaled_rope_tree_parity(scaled_pair, scaled_bundle, role, n_past, n_nodes, seed):
+    from tests.export._family import FP32_TOLERANCE, reference_model, tree_error
+
+    model, dims = reference_model(scaled_pair[role == "draft"])
+    assert tree_error(model, dims, scaled_bundle / f"{role}.onnx", n_past, n_nodes, seed) < FP32_TOLERANCE
+
+
+def test_scaled_rope_greedy_staged_identical_to_baseline(scaled_bundle):
+    from tests.export._family import assert_greedy_exact
+
+    assert_greedy_exact(scaled_bundle)
+
+
+def test_wrong_frequencies_are_caught(scaled_pair, monkeypatch):
+    """The build cross-checks our frequencies with transformers' (a RoPE variant read wrongly
+    hardly shows in logits at the few positions of the parity check)."""
+    from stagedx.export import llama
+    from stagedx.export.arch import open_checkpoint
+    from stagedx.export.weights import Weights
+
+    ckpt = open_checkpoint(str(scaled_pair[0]))
+    real = llama.inverse_frequencies
+    monkeypatch.setattr(llama, "inverse_frequencies", lambda rope, d: real(rope, d) * 1.001)
+    with pytest.raises(StagedxError, match="rotary frequencies differ from transformers"):
+        ckpt.spec.build_graph(ckpt.config, Weights(ckpt.path), 4, __import__("torch").float32)
