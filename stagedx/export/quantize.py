@@ -161,7 +161,7 @@ def quantize_graph(src: Path, dst: Path, bits: int, opts: QuantizeOptions) -> tu
     (weight bytes of the quantized graph, external data file or None)."""
     import onnx
 
-    from .onnx_export import PROTO_LIMIT
+    from .onnx_export import EXTERNAL_FROM
 
     model = onnx.load(str(src))
     _untie_head(model)
@@ -173,7 +173,7 @@ def quantize_graph(src: Path, dst: Path, bits: int, opts: QuantizeOptions) -> tu
     del q
     weight_bytes = initializer_bytes(model)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if weight_bytes + (64 << 20) >= PROTO_LIMIT:
+    if weight_bytes >= EXTERNAL_FROM:  # the same rule as unquantized graphs
         external = dst.with_name(dst.name + ".data")
         onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=external.name, size_threshold=1024)

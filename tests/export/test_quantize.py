@@ -152,12 +152,12 @@ def test_bench_reports_the_quantization_and_its_roofline(quant_bundle, tmp_path)
 
 
 def test_quantized_graph_with_external_data(tiny_pair, heldout_file, tmp_path, monkeypatch):
-    """Large graphs (here: a 1 MB stand-in for the 2 GB protobuf limit) are read with their
+    """Large graphs (here: every graph, the external-data threshold set to 1 byte) are read with their
     external data and written with their own; the fp32 data file does not survive."""
     from stagedx.export import onnx_export
     from stagedx.runtime import Generator
 
-    monkeypatch.setattr(onnx_export, "PROTO_LIMIT", 1 << 20)
+    monkeypatch.setattr(onnx_export, "EXTERNAL_FROM", 1)
     out = export_bundle(ExportConfig(oracle=str(tiny_pair.oracle), draft=str(tiny_pair.draft), output=tmp_path / "b",
                                      draft2="prompt-lookup", quantize=_quant("oracle=int8", heldout_file, min_agreement=0.0)))
     m = load_manifest(out)
