@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import StagedxError
 from ..manifest import DEFAULT_IO, ArchDims
 
 OPSET = 18
@@ -148,7 +149,8 @@ def export_graph(module, dims: ArchDims, out_file: Path, work_dir: Path) -> Expo
     shutil.rmtree(raw_dir, ignore_errors=True)
     missing = set(params) - {i.name for i in model.graph.input}
     if missing:  # a parameter the trace did not use, or renamed: never ship a graph without it
-        raise RuntimeError(f"exported graph lacks parameter inputs {sorted(missing)[:3]}")
+        raise StagedxError(f"{out_file.stem}: the ONNX trace merged or dropped parameters {sorted(missing)[:3]} "
+                           "(equal tensors are deduplicated by the exporter); nothing written")
     external = out_file.with_name(out_file.name + ".data") if weight_bytes >= EXTERNAL_FROM else None
     _attach_weights(model, params, external)
     if external is None:

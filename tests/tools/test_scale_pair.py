@@ -86,13 +86,15 @@ def test_exported_bundle_keeps_every_weight_and_greedy_output(tiny_bundle, scale
 
 def test_negative_control_all_zero_biases_are_merged_by_the_exporter(tiny_pair, tmp_path, monkeypatch):
     """Why the identity layers' output biases are +c / -c: with c = 0 the exporter merges the
-    equal zero tensors and the weight check reports it."""
+    equal zero tensors; the export refuses the graph (every parameter must stay an input of its
+    own), and were it written, the weight check would report it."""
     monkeypatch.setattr(sp, "TINY", 0.0)
     sp.write_scaled(tiny_pair.oracle, tmp_path / "oracle", FACTOR, LAYERS + 1)
     sp.write_scaled(tiny_pair.draft, tmp_path / "draft", FACTOR, LAYERS + 1)
-    big = _export(tmp_path / "oracle", tmp_path / "draft", tmp_path / "big")
     with pytest.raises(sp.StagedxError, match="merged or dropped"):
+        big = _export(tmp_path / "oracle", tmp_path / "draft", tmp_path / "big")
         sp.check_weight_bytes(big)
+    assert not (tmp_path / "big").exists()
 
 
 def test_bad_input_is_one_line_exit_2(tiny_pair, tmp_path, capsys):
