@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGEDX=.venv/bin/stagedx
 PAIR=models/stdlib-code-pair
+# The shipped draft ($PAIR/draft): the distilled one ($PAIR/draft-distilled) agrees better with
+# the oracle on held-out text but did not beat it in `stagedx bench` (docs/distill.md).
 BUNDLE=${BUNDLE:-bundles/stdlib-code-pair}
 if [ ! -f "$BUNDLE/manifest.json" ]; then
   $STAGEDX export "$PAIR/oracle" --draft "$PAIR/draft" --draft2 both \
