@@ -20,6 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = ROOT / "models" / "stdlib-code-pair" / "oracle"
 
+# Llama 3.2's RoPE scaling (1B and 3B alike)
+LLAMA32_ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 # config class, model class, config fields (published configurations of these models)
 SHAPES = {
     "gpt2-large": ("GPT2Config", "GPT2LMHeadModel", dict(
@@ -28,14 +31,12 @@ SHAPES = {
         num_hidden_layers=28, hidden_size=3072, num_attention_heads=24, num_key_value_heads=8,
         intermediate_size=8192, vocab_size=128256, max_position_embeddings=131072,
         rms_norm_eps=1e-5, tie_word_embeddings=True, rope_theta=500000.0, head_dim=128,
-        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})),
+        rope_scaling=LLAMA32_ROPE)),
     "llama-3.2-1b": ("LlamaConfig", "LlamaForCausalLM", dict(
         num_hidden_layers=16, hidden_size=2048, num_attention_heads=32, num_key_value_heads=8,
         intermediate_size=8192, vocab_size=128256, max_position_embeddings=131072,
         rms_norm_eps=1e-5, tie_word_embeddings=True, rope_theta=500000.0, head_dim=64,
-        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})),
+        rope_scaling=LLAMA32_ROPE)),
     "qwen2.5-0.5b": ("Qwen2Config", "Qwen2ForCausalLM", dict(
         num_hidden_layers=24, hidden_size=896, num_attention_heads=14, num_key_value_heads=2,
         intermediate_size=4864, vocab_size=151936, max_position_embeddings=32768,

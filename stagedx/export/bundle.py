@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import gc
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -84,18 +83,6 @@ def _check_config(cfg: ExportConfig) -> str:
     if cfg.quantize.kinds and cfg.dtype != "fp32":
         raise StagedxError("--quantize needs --dtype fp32 (weights are quantized, activations stay fp32)")
     return kind
-
-
-def _exclude_list(path: Path | None) -> tuple[str, ...]:
-    if path is None:
-        return ()
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise StagedxError(f"cannot read --exclude-from {path}: {exc}") from exc
-    if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
-        raise StagedxError(f"--exclude-from {path} must hold a JSON list of relative paths")
-    return tuple(data)
 
 
 def _tokenizer_vocab(path: Path) -> dict:
@@ -184,17 +171,17 @@ def _export_model(role: str, ckpt: Checkpoint, cfg: ExportConfig, work: Path, ca
 
 def _corpus_files(cfg: ExportConfig) -> list[Path]:
     """The corpus files (folders expanded, ``stdlib`` = this interpreter's standard library)."""
-    from .ngram import resolve_corpus
+    from .ngram import read_exclude_list, resolve_corpus
 
-    return resolve_corpus(cfg.corpus, _exclude_list(cfg.exclude_from))
+    return resolve_corpus(cfg.corpus, read_exclude_list(cfg.exclude_from))
 
 
 def _fit_ngram(cfg: ExportConfig, files: list[Path], tokenizer_file: Path, folder: Path,
                eos_id: int | None):
     """Fit draft2's n-gram on ``files`` (the n-gram module's default number of successors)."""
-    from .ngram import NgramFitConfig, fit_ngram
+    from .ngram import NgramFitConfig, fit_ngram, read_exclude_list
 
-    kwargs = {"exclude": _exclude_list(cfg.exclude_from), "show_progress": cfg.progress}
+    kwargs = {"exclude": read_exclude_list(cfg.exclude_from), "show_progress": cfg.progress}
     if cfg.ngram_max_contexts is not None:
         kwargs["max_contexts"] = cfg.ngram_max_contexts
     if eos_id is not None:

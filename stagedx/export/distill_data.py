@@ -7,7 +7,6 @@ split) when any of them are in the corpus, otherwise from a seeded 2% of the cor
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,21 +38,9 @@ class TokenData:
     heldout_source: str  # where the held-out text came from, for the model card
 
 
-def read_exclude_list(path: Path | None) -> tuple[str, ...]:
-    if path is None:
-        return ()
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise StagedxError(f"cannot read --exclude-from {path}: {exc}") from exc
-    if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
-        raise StagedxError(f"--exclude-from {path} must hold a JSON list of relative paths")
-    return tuple(data)
-
-
 def _split_files(spec: CorpusSpec) -> tuple[list[Path], list[Path], str]:
     """(training files, held-out files, description of the held-out files)."""
-    from .ngram import resolve_corpus
+    from .ngram import read_exclude_list, resolve_corpus
 
     everything = resolve_corpus(spec.paths)
     exclude = read_exclude_list(spec.exclude_from)

@@ -33,6 +33,7 @@ int32.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import sysconfig
@@ -86,6 +87,19 @@ def _is_excluded(path: Path, rel_root: Path, exclude: frozenset[str]) -> bool:
         pass
     parts = path.parts
     return any("/".join(parts[i:]) in exclude for i in range(len(parts)))
+
+
+def read_exclude_list(path: Path | None, option: str = "--exclude-from") -> tuple[str, ...]:
+    """The JSON list of stdlib-relative paths in ``path`` (a model card's ``val_files.json``)."""
+    if path is None:
+        return ()
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise StagedxError(f"cannot read {option} {path}: {exc}") from exc
+    if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
+        raise StagedxError(f"{option} {path} must hold a JSON list of relative paths")
+    return tuple(data)
 
 
 def resolve_corpus(paths: Sequence[str | Path], exclude: Sequence[str] = ()) -> list[Path]:

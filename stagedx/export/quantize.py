@@ -253,9 +253,7 @@ def heldout_chunks(sources: tuple[str, ...], tokenizer_file: Path, n_tokens: int
 
 
 def _heldout_files(sources: tuple[str, ...]) -> list[Path]:
-    import json
-
-    from .ngram import resolve_corpus, stdlib_root
+    from .ngram import read_exclude_list, resolve_corpus, stdlib_root
 
     if not sources:
         files = resolve_corpus(["stdlib"])
@@ -265,12 +263,7 @@ def _heldout_files(sources: tuple[str, ...]) -> list[Path]:
     for s in sources:
         p = Path(s)
         if p.suffix == ".json" and p.is_file():
-            try:
-                rel = json.loads(p.read_text())
-            except ValueError as exc:
-                raise StagedxError(f"cannot read held-out list {p}: {exc}") from exc
-            if not isinstance(rel, list):
-                raise StagedxError(f"held-out list {p} must hold a JSON list of paths")
+            rel = read_exclude_list(p, "--heldout")
             out += [stdlib_root() / r for r in rel if (stdlib_root() / r).is_file()]
         else:
             out += resolve_corpus([s])

@@ -59,7 +59,6 @@ class Stats:
     strategy: str
     sampling: str
     oracle_calls: int = 0
-    oracle_tokens: int = 0  # tree tokens scored by the oracle, summed over calls (prefill excluded)
     draft_calls: int = 0
     new_tokens: int = 0
     rounds: int = 0
@@ -74,6 +73,11 @@ class Stats:
         hist = self.call_sizes[model]
         for t in sizes:
             hist[int(t)] = hist.get(int(t), 0) + 1
+
+    @property
+    def oracle_tokens(self) -> int:
+        """Tree tokens scored by the oracle, summed over calls (prefill excluded)."""
+        return sum(t * n for t, n in self.call_sizes["oracle"].items())
 
     @property
     def tokens_per_oracle_call(self) -> float:
@@ -391,7 +395,6 @@ class Generator:
             out = self.oracle.run(tree.tokens, n - 1 + tree.depth, ancestor_mask(tree.parents), fetch)
             s.time_s["oracle"] += time.perf_counter() - t0
             s.oracle_calls += 1
-            s.oracle_tokens += len(tree.tokens)
             s.count_calls("oracle", (len(tree.tokens),))
             verdict = self._verify(req, st, tree, out)
             kept = self._commit(req, st, tree, verdict, draft_path)
