@@ -322,6 +322,13 @@ class OrtRunner:
     def truncate(self, length: int) -> None:
         self._kv.truncate(length)
 
+    def close(self) -> None:
+        """Release the session, its bindings and the KV cache; idempotent. A closed runner
+        cannot run again."""
+        self.session = self._binder = self._kv = None
+        self._ids = self._pos = self._mask = self._topv = self._topi = None
+        self._last_t = None
+
     # -- buffers -------------------------------------------------------------------------------
     def _grow(self, t: int) -> None:
         """(Re)allocate the per-call buffers for calls of up to ``t`` tokens (doubling)."""

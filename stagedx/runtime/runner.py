@@ -15,6 +15,7 @@ Semantics, shared by all backends:
 - ``commit(rows)`` appends the K/V of the given rows of the last ``run`` (tree indices, in path
   order) at ``[length, length + len(rows))`` and advances ``length``. Only those rows move.
 - ``truncate(n)`` rolls back to ``n <= length`` committed rows (nothing is copied).
+- ``close()`` releases the session / engine and every buffer the runner owns (idempotent).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class Runner(Protocol):
     def commit(self, rows: Sequence[int] | np.ndarray) -> None: ...
 
     def truncate(self, length: int) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def chain_mask(t: int) -> np.ndarray:
