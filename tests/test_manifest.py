@@ -9,10 +9,10 @@ import shutil
 import pytest
 
 from stagedx.errors import StagedxError
+from stagedx.files import AtomicFolder
 from stagedx.manifest import (
     MANIFEST_NAME,
     ArchDims,
-    AtomicFolder,
     Draft2Entry,
     Manifest,
     ModelEntry,

@@ -65,7 +65,7 @@ def bench(bundle, prompts, limit, max_new_tokens, repeats, warmup, methods, samp
     from pathlib import Path
 
     from .bench import STAGEDX_METHODS, BenchConfig, BenchRequest, benchmark
-    from ..manifest import write_atomic
+    from ..files import write_atomic
     from .figure1 import write_figure1
     from .report import render, write_json, write_png
 

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..manifest import write_atomic
+from ..files import write_atomic
 
 CURVE_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 METHOD_MARKERS = {"baseline": "o", "speculative": "s", "staged": "*", "staged3": "^"}

@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from ..manifest import write_atomic
+from ..files import write_atomic
 
 PAPER = {
     "note": "Spector & Re 2023, GPT-2-L (762M) oracle, 40M draft, RTX 4090, HumanEval",

@@ -267,7 +267,8 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print, twin=None
     """Measure, search, store. ``twin``: a Generator on ``tune.acceptance_from`` that runs the
     calibration generations in place of ``gen`` (curves and factors still come from ``gen``).
     Returns the stored entry."""
-    from ..manifest import load_manifest, update_manifest, utc_now
+    from ..files import utc_now
+    from ..manifest import load_manifest, update_manifest
     from ..runtime.generator import sampling_mode
     from ..runtime.sampling import SamplingConfig
     from .prompts import load_prompts

@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StagedxError
+from ..files import sha256_file, utc_now, write_atomic
 from ..manifest import (
     ROLES,
     Manifest,
     ModelEntry,
     load_manifest,
-    sha256_file,
     update_manifest,
-    utc_now,
-    write_atomic,
 )
 from ..runtime.trt_runner import GpuInfo, gpu_info, import_cudart, import_tensorrt
 from .profiles import ProfileSpec, check_spec, profile_shapes, shapes_as_dict

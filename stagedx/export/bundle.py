@@ -19,17 +19,15 @@ import numpy as np
 
 from .. import __version__
 from ..errors import StagedxError
+from ..files import AtomicFolder, sha256_file, utc_now
 from ..manifest import (
     DRAFT2_KINDS,
     DTYPES,
-    AtomicFolder,
     Draft2Entry,
     FileRef,
     Manifest,
     ModelEntry,
     TokenizerEntry,
-    sha256_file,
-    utc_now,
     write_manifest,
 )
 from .arch import Checkpoint, open_checkpoint

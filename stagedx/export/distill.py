@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import StagedxError
-from ..manifest import AtomicFolder, _umask, utc_now
+from ..files import AtomicFolder, _umask, utc_now
 from .distill_data import BatchSampler, CorpusSpec, eval_contexts, load_tokens
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

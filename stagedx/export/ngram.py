@@ -45,7 +45,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import StagedxError
-from ..manifest import NgramEntry, sha256_file
+from ..files import sha256_file
+from ..manifest import NgramEntry
 
 FORMAT_VERSION = 1
 GT_MAX = 5  # Katz: Good-Turing discounts for counts 1..GT_MAX, counts above are reliable

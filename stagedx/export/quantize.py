@@ -349,7 +349,8 @@ def quantize_model(entry, folder: Path, arrays: dict, opts: QuantizeOptions, hel
     the verification tree: what ``stagedx validate`` compares backends with)."""
     import dataclasses
 
-    from ..manifest import FileRef, sha256_file
+    from ..files import sha256_file
+    from ..manifest import FileRef
     from .verify import check_outputs, rel_error, run_onnx
 
     kind = opts.kind(entry.role)

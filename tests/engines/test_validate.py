@@ -12,7 +12,8 @@ import stagedx.cli as top
 from stagedx.engines import cli as engines_cli
 from stagedx.engines.validate import rel_error, validate_bundle
 from stagedx.errors import StagedxError
-from stagedx.manifest import load_manifest, sha256_file, update_manifest
+from stagedx.files import sha256_file
+from stagedx.manifest import load_manifest, update_manifest
 
 
 def _cli(monkeypatch, capsys, args):

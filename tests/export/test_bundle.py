@@ -12,7 +12,8 @@ from stagedx.errors import StagedxError
 from stagedx.export import arch, bundle, onnx_export
 from stagedx.export.bundle import ExportConfig, export_bundle
 from stagedx.export.verify import rel_error, run_onnx
-from stagedx.manifest import DEFAULT_IO, load_manifest, sha256_file
+from stagedx.files import sha256_file
+from stagedx.manifest import DEFAULT_IO, load_manifest
 
 
 def _leftovers(folder: Path) -> list[str]:

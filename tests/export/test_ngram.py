@@ -10,7 +10,7 @@ import pytest
 
 from stagedx.errors import StagedxError
 from stagedx.export.ngram import NgramFitConfig, _Discount, fit_ngram, resolve_corpus, stdlib_root
-from stagedx.manifest import sha256_file
+from stagedx.files import sha256_file
 from stagedx.runtime.draft2 import NgramModel
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,8 @@ import shutil
 from pathlib import Path
 
 from stagedx.cli import main
-from stagedx.manifest import MANIFEST_NAME, sha256_file
+from stagedx.files import sha256_file
+from stagedx.manifest import MANIFEST_NAME
 
 
 def run_cli(capsys, args, stdin: bytes | None = None, monkeypatch=None) -> tuple[int, str, str]:

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from stagedx.manifest import sha256_file
+from stagedx.files import sha256_file
 
 from tests.reliability._util import edit_manifest
 

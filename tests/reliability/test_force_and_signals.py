@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from stagedx.errors import StagedxError
-from stagedx.manifest import AtomicFolder, load_manifest, remove_stale_temporaries
+from stagedx.files import AtomicFolder, remove_stale_temporaries
+from stagedx.manifest import load_manifest
 
 from tests.reliability._util import assert_one_line_error, run_cli
 

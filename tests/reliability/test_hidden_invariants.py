@@ -11,7 +11,8 @@ import pytest
 
 from stagedx.errors import StagedxError
 from stagedx.export.ngram import GT_MAX, _Discount
-from stagedx.manifest import load_manifest, sha256_file
+from stagedx.files import sha256_file
+from stagedx.manifest import load_manifest
 from stagedx.runtime import Generator, SamplingConfig, TreeConfig
 from stagedx.runtime.accept import greedy_draw, verify_chain, walk_tree
 from stagedx.runtime.ort_runner import OrtRunner
