@@ -19,10 +19,30 @@ Schema (version 1), as JSON::
       "draft2": {"kind": "ngram" | "prompt-lookup" | "both" | "none",
                  "ngram": NgramEntry | null},
       "kv_reserved_slots": {"onnxruntime": 0, "tensorrt": 1},
-      "reference": {"file": "reference.npz", "sha256": "...", "tolerance": 1e-4} | null,
+      "reference": ReferenceEntry | null,
       "engines": [EngineEntry, ...],
-      "tuning": {"<device>|<backend>|<threads>": {...}}
+      "tuning": {"<device>|<backend>|<threads>": TuningEntry}
     }
+
+ReferenceEntry (export's transformers reference, read by ``stagedx validate``)::
+
+    {"file": "reference.npz", "sha256": "...", "tolerance": {"fp32": 1e-4, "fp16": 2e-2}}
+
+EngineEntry (one TensorRT plan, written by ``build-engine``)::
+
+    {"role": "oracle", "file": "engines/oracle-....plan", "sha256": "...", "onnx_sha256": "...",
+     "tensorrt_version": "10.9.0", "gpu_name": "...", "compute_capability": "9.0",
+     "precision": "fp16", "max_tree": 64, "max_context": 1024, "reserved_slots": 1,
+     "profiles": [{"input_ids": {"min": [1], "opt": [16], "max": [64]}, ...}], "built_utc": "..."}
+
+TuningEntry (``stagedx tune``; a mode's object holds TreeConfig fields, the search's evidence
+and optionally its best ``three_stage`` tree)::
+
+    {"greedy": {...}, "sample": {...}, "tuned_utc": "...", "calibration": {...}, "past_len": 256,
+     "oracle_latency_s": {"1": 0.004, ...}, "draft_latency_s": {...},
+     "in_loop_factors": {"oracle": 1.1, "draft": 1.2}}
+
+Keys an entry does not know are kept as written (``other``); absent keys stay absent.
 
 ModelEntry::
 
@@ -69,6 +89,7 @@ from typing import Any, Iterator
 
 from .errors import StagedxError
 from .files import sha256_file, write_atomic
+from .manifest_check import check_object
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -76,6 +97,15 @@ ROLES = ("oracle", "draft")
 DRAFT2_KINDS = ("ngram", "prompt-lookup", "both", "none")
 DTYPES = ("fp32", "fp16")
 QUANT_BITS = (4, 8)
+NUMPY_DTYPE = {"fp32": "float32", "fp16": "float16"}  # np.dtype(NUMPY_DTYPE[entry.dtype])
+ORT_TYPE = {"fp32": "tensor(float)", "fp16": "tensor(float16)"}  # ONNX Runtime's type strings
+# relative logit tolerance (max|ours - ref| / max|ref|) per precision. int8 / int4 (export
+# --quantize): the reference is ONNX Runtime CPU's own run of the quantized graph, and its
+# int8-activation kernels turn 1e-7 upstream rounding into ~1e-3 jumps
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8": 2e-2, "int4": 2e-2}
+NGRAM_FORMAT_VERSION = 1  # format_version inside draft2_ngram.npz
+TUNED_MODES = ("greedy", "sample")  # sampling modes a tuning entry holds a tree for
+KV_KEYS = ("past_key", "past_value", "new_key", "new_value")  # per-layer io names ({i})
 
 DEFAULT_IO = {
     "input_ids": "input_ids",
@@ -164,6 +194,52 @@ class ModelEntry:
         name = self.io[key]
         return name.format(i=layer) if layer is not None else name
 
+    @property
+    def graph_io(self) -> "GraphIO":
+        return GraphIO.from_io(self.io, self.arch.n_layers)
+
+
+@dataclass(frozen=True)
+class GraphIO:
+    """Every graph input and output name of a model, resolved; ``inputs`` / ``outputs`` are in
+    the positional order of the exported module's forward (the one ordered I/O list)."""
+
+    input_ids: str
+    position_ids: str
+    tree_mask: str
+    logits: str
+    topk_values: str
+    topk_indices: str
+    past_key: tuple[str, ...]  # one name per layer
+    past_value: tuple[str, ...]
+    new_key: tuple[str, ...]
+    new_value: tuple[str, ...]
+
+    @staticmethod
+    def from_io(io: dict, n_layers: int) -> "GraphIO":
+        """From a ``ModelEntry.io`` map (``DEFAULT_IO`` for a fresh export)."""
+        scalars = {k: io[k] for k in DEFAULT_IO if k not in KV_KEYS}
+        per_layer = {k: tuple(io[k].format(i=i) for i in range(n_layers)) for k in KV_KEYS}
+        return GraphIO(**scalars, **per_layer)
+
+    @property
+    def past(self) -> tuple[str, ...]:
+        """past_key.0, past_value.0, past_key.1, ..."""
+        return tuple(n for pair in zip(self.past_key, self.past_value) for n in pair)
+
+    @property
+    def new(self) -> tuple[str, ...]:
+        """new_key.0, new_value.0, new_key.1, ..."""
+        return tuple(n for pair in zip(self.new_key, self.new_value) for n in pair)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.input_ids, self.position_ids, self.tree_mask, *self.past)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.logits, self.topk_values, self.topk_indices, *self.new)
+
 
 @dataclass(frozen=True)
 class NgramEntry:
@@ -191,6 +267,164 @@ class TokenizerEntry:
     chat_template: str | None = None  # Jinja2 source from the checkpoint's tokenizer config
 
 
+def _split(cls, d: dict) -> tuple[dict, dict]:
+    """(the keys of ``d`` that are fields of ``cls``, the others)."""
+    names = {f.name for f in dataclasses.fields(cls)} - {"other"}
+    return {k: v for k, v in d.items() if k in names}, {k: v for k, v in d.items() if k not in names}
+
+
+def _plain(entry) -> dict:
+    """The JSON object of a typed entry: its fields that are set (None = absent), then ``other``."""
+    out = {}
+    for f in dataclasses.fields(entry):
+        value = getattr(entry, f.name)
+        if f.name != "other" and value is not None:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return {**out, **entry.other}
+
+
+@dataclass(frozen=True)
+class ReferenceEntry:
+    file: str
+    sha256: str
+    tolerance: dict | float | None = None  # per precision; a bare number is the fp32 one
+    other: dict = field(default_factory=dict)
+
+    def tolerance_for(self, precision: str) -> float:
+        """The relative logit tolerance for ``precision`` (a dtype, int8 or int4)."""
+        tol = self.tolerance
+        if isinstance(tol, dict):
+            return float(tol.get(precision, TOLERANCE[precision]))
+        if isinstance(tol, (int, float)) and precision == "fp32":
+            return float(tol)
+        return TOLERANCE[precision]
+
+    @staticmethod
+    def from_dict(d: dict) -> "ReferenceEntry":
+        check_object("reference", d, "an object or null")
+        known, other = _split(ReferenceEntry, d)
+        return ReferenceEntry(**{"file": None, "sha256": None, **known}, other=other)
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineEntry:
+    role: str | None = None
+    file: str
+    sha256: str
+    onnx_sha256: str | None = None
+    tensorrt_version: str | None = None
+    gpu_name: str | None = None
+    compute_capability: str | None = None
+    precision: str | None = None
+    max_tree: int | None = None
+    max_context: int | None = None
+    reserved_slots: int | None = None
+    profiles: tuple = ()  # of {input name: {"min": [...], "opt": [...], "max": [...]}}
+    built_utc: str | None = None
+    other: dict = field(default_factory=dict)
+
+    @staticmethod
+    def from_dict(d: dict, where: str = "engines[]") -> "EngineEntry":
+        check_object(where, d)
+        known, other = _split(EngineEntry, d)
+        if "profiles" in known:
+            known["profiles"] = tuple(known["profiles"])
+        return EngineEntry(**{"file": None, "sha256": None, **known}, other=other)
+
+    def to_dict(self) -> dict:
+        d = _plain(self)
+        if not self.profiles and "profiles" not in self.other:
+            d.pop("profiles")
+        return d
+
+
+@dataclass(frozen=True)
+class TuningKey:
+    """``"<device>|<backend>|<threads>"``, the key of a manifest ``tuning`` entry."""
+
+    device: str
+    backend: str
+    threads: int
+
+    def __str__(self) -> str:
+        return f"{self.device}|{self.backend}|{self.threads}"
+
+
+def parse_tuning_key(key: str) -> TuningKey:
+    """The one parser of tuning keys; anything but ``"<device>|<backend>|<digits>"`` is refused."""
+    parts = key.split("|") if isinstance(key, str) else []
+    if len(parts) != 3 or not (parts[2].isascii() and parts[2].isdigit()):
+        text = repr(key)
+        raise StagedxError(f'manifest.json: tuning key must be "<device>|<backend>|<threads>", got {text[:80]}')
+    return TuningKey(parts[0], parts[1], int(parts[2]))
+
+
+def tuning_key(device: str, backend: str, threads: int | None) -> str:
+    """The one builder of tuning keys (``threads`` None: 0, the backend's default)."""
+    return str(TuningKey(device, backend, threads or 0))
+
+
+@dataclass(frozen=True)
+class TuningEntry:
+    """What ``stagedx tune`` stored for one device, backend and thread count. ``greedy`` /
+    ``sample``: TreeConfig fields plus evidence (and ``three_stage``, a tree), validated by the
+    runtime when it builds its TreeConfig; the other fields are the measurements behind them."""
+
+    greedy: Any = None
+    sample: Any = None
+    tuned_utc: str | None = None
+    calibration: dict | None = None
+    past_len: int | None = None
+    oracle_latency_s: dict | None = None  # str(tree size) -> seconds
+    draft_latency_s: dict | None = None  # str(batch) -> seconds
+    in_loop_factors: dict | None = None  # {"oracle": f, "draft": f}
+    other: dict = field(default_factory=dict)
+
+    def modes(self) -> dict:
+        """``{mode: tree object}`` for each tuned sampling mode."""
+        return {m: getattr(self, m) for m in TUNED_MODES if getattr(self, m) is not None}
+
+    def three_stage(self, mode: str) -> dict | None:
+        tree = getattr(self, mode, None)
+        return tree.get("three_stage") if isinstance(tree, dict) else None
+
+    # a read-only mapping view of the JSON object (runtime code indexing ``tuned[mode]``)
+    def __contains__(self, key: str) -> bool:
+        return key in self.to_dict()
+
+    def __getitem__(self, key: str):
+        return self.to_dict()[key]
+
+    def get(self, key: str, default=None):
+        return self.to_dict().get(key, default)
+
+    @staticmethod
+    def from_dict(d: dict, key: str = "") -> "TuningEntry":
+        check_object(f"tuning[{key!r}]", d)
+        known, other = _split(TuningEntry, d)
+        return TuningEntry(**known, other=other)
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+
+def find_tuning(tuning: dict, device: str, backend: str, threads: int | None) -> TuningEntry | None:
+    """The entry of ``tuning`` (key -> TuningEntry) for this device and backend, never another
+    device's: the same thread count if stored, else the nearest one (ties: the larger)."""
+    same = {}
+    for key, entry in tuning.items():
+        k = parse_tuning_key(key)
+        if (k.device, k.backend) == (device, backend):
+            same[k.threads] = entry
+    if not same:
+        return None
+    want = threads or 0
+    return same[min(same, key=lambda t: (abs(t - want), -t))]
+
+
 @dataclass(frozen=True)
 class Manifest:
     tokenizer: TokenizerEntry
@@ -201,9 +435,9 @@ class Manifest:
     created_utc: str = ""
     batch_size: int = 1
     kv_reserved_slots: dict = field(default_factory=lambda: dict(DEFAULT_KV_RESERVED_SLOTS))
-    reference: dict | None = None
-    engines: tuple = ()  # of plain dicts, written by stagedx.engines
-    tuning: dict = field(default_factory=dict)  # key "<device>|<backend>|<threads>" -> dict
+    reference: ReferenceEntry | None = None
+    engines: tuple = ()  # of EngineEntry, written by stagedx.engines
+    tuning: dict = field(default_factory=dict)  # key "<device>|<backend>|<threads>" -> TuningEntry
 
     @property
     def oracle(self) -> ModelEntry:
@@ -226,14 +460,16 @@ class Manifest:
         if self.draft2.ngram is not None:
             yield FileRef(self.draft2.ngram.file, self.draft2.ngram.sha256)
         if self.reference is not None:
-            yield FileRef(self.reference["file"], self.reference["sha256"])
+            yield FileRef(self.reference.file, self.reference.sha256)
         for eng in self.engines:
-            yield FileRef(eng["file"], eng["sha256"])
+            yield FileRef(eng.file, eng.sha256)
 
     # -- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["engines"] = list(self.engines)
+        d["reference"] = None if self.reference is None else self.reference.to_dict()
+        d["engines"] = [e.to_dict() for e in self.engines]
+        d["tuning"] = {k: v.to_dict() for k, v in self.tuning.items()}
         return d
 
     @staticmethod
@@ -266,9 +502,9 @@ class Manifest:
                 created_utc=d.get("created_utc", ""),
                 batch_size=d.get("batch_size", 1),
                 kv_reserved_slots=dict(d.get("kv_reserved_slots", DEFAULT_KV_RESERVED_SLOTS)),
-                reference=d.get("reference"),
-                engines=tuple(d.get("engines", ())),
-                tuning=dict(d.get("tuning", {})),
+                reference=None if d.get("reference") is None else ReferenceEntry.from_dict(d["reference"]),
+                engines=_engines(d.get("engines", [])),
+                tuning=_tuning(d.get("tuning", {})),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StagedxError(f"manifest.json is malformed: {type(exc).__name__} {exc}") from exc
@@ -276,6 +512,18 @@ class Manifest:
 
         check_manifest(manifest)
         return manifest
+
+
+def _engines(records: list) -> tuple:
+    check_object("engines", records, "a list", list)
+    return tuple(EngineEntry.from_dict(r, f"engines[{i}]") for i, r in enumerate(records))
+
+
+def _tuning(tuning: dict) -> dict:
+    check_object("tuning", tuning)
+    for key in tuning:
+        parse_tuning_key(key)
+    return {key: TuningEntry.from_dict(entry, key) for key, entry in tuning.items()}
 
 
 def _model_from_dict(d: dict) -> ModelEntry:

@@ -30,6 +30,12 @@ def _file(where: str, file, sha) -> None:
         _fail(f"{where}.sha256", "64 lowercase hex digits", sha)
 
 
+def check_object(where: str, value, what: str = "an object", kind: type = dict) -> None:
+    """Refuse ``value`` unless it is a ``kind`` (a JSON object by default)."""
+    if not isinstance(value, kind):
+        _fail(where, what, value)
+
+
 def check_manifest(m) -> None:
     """Raise a StagedxError naming the first field of ``m`` (a ``Manifest``) that is unusable."""
     from .manifest import DRAFT2_KINDS, DTYPES, ROLES  # noqa: PLC0415 - manifest imports this module
@@ -57,15 +63,10 @@ def check_manifest(m) -> None:
         _fail("kv_reserved_slots", "an object", m.kv_reserved_slots)
     for backend, slots in m.kv_reserved_slots.items():
         _int(f"kv_reserved_slots.{backend}", slots, 0, 64)
-    if m.reference is not None:
-        if not isinstance(m.reference, dict):
-            _fail("reference", "an object or null", m.reference)
-        _file("reference", m.reference.get("file"), m.reference.get("sha256"))
+    if m.reference is not None:  # objects, lists and tuning keys were checked while parsing
+        _file("reference", m.reference.file, m.reference.sha256)
     for i, eng in enumerate(m.engines):
-        if not isinstance(eng, dict):
-            _fail(f"engines[{i}]", "an object", eng)
-        _file(f"engines[{i}]", eng.get("file"), eng.get("sha256"))
-    _check_tuning(m.tuning)
+        _file(f"engines[{i}]", eng.file, eng.sha256)
 
 
 def _check_model(role: str, e, dtypes) -> None:
@@ -86,23 +87,13 @@ def _check_model(role: str, e, dtypes) -> None:
         _fail(f"{where}.arch.n_kv_heads", f"a divisor of n_heads {a.n_heads}", a.n_kv_heads)
     _int(f"{where}.topk", e.topk, 1, a.vocab_size)
     _int(f"{where}.weight_bytes", e.weight_bytes, 0)
-    from .manifest import DEFAULT_IO  # noqa: PLC0415 - manifest imports this module
+    from .manifest import DEFAULT_IO, KV_KEYS  # noqa: PLC0415 - manifest imports this module
 
     if not isinstance(e.io, dict) or set(DEFAULT_IO) - set(e.io) or not all(isinstance(v, str) and v for v in e.io.values()):
         _fail(f"{where}.io", f"an object naming the graph's {', '.join(DEFAULT_IO)}", e.io)
-    for key in ("past_key", "past_value", "new_key", "new_value"):
+    for key in KV_KEYS:
         if "{i}" not in e.io.get(key, "{i}"):
             _fail(f"{where}.io.{key}", "a name pattern with {i}", e.io.get(key))
     if not isinstance(e.source, dict):
         _fail(f"{where}.source", "an object", e.source)
 
-
-def _check_tuning(tuning) -> None:
-    if not isinstance(tuning, dict):
-        _fail("tuning", "an object", tuning)
-    for key, entry in tuning.items():
-        parts = key.split("|")
-        if len(parts) != 3 or not parts[2].isdigit():
-            _fail("tuning key", '"<device>|<backend>|<threads>"', key)
-        if not isinstance(entry, dict):
-            _fail(f"tuning[{key!r}]", "an object", entry)

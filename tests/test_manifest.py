@@ -11,13 +11,20 @@ import pytest
 from stagedx.errors import StagedxError
 from stagedx.files import AtomicFolder
 from stagedx.manifest import (
+    DEFAULT_IO,
     MANIFEST_NAME,
     ArchDims,
     Draft2Entry,
+    EngineEntry,
+    GraphIO,
     Manifest,
     ModelEntry,
     NgramEntry,
+    ReferenceEntry,
     TokenizerEntry,
+    TuningEntry,
+    TuningKey,
+    find_tuning,
     load_manifest,
     update_manifest,
     write_manifest,
@@ -36,8 +43,8 @@ def _sample() -> Manifest:
         models={"oracle": model("oracle"), "draft": model("draft")},
         draft2=Draft2Entry("both", NgramEntry("draft2_ngram.npz", "c" * 64, 3, 12, 999, ("stdlib",))),
         stagedx_version="0.1.0", created_utc="2026-01-01T00:00:00Z",
-        reference={"file": "reference.npz", "sha256": "d" * 64, "tolerance": {"fp32": 1e-4}},
-        engines=({"file": "engines/x.plan", "sha256": "e" * 64},), tuning={"cpu|onnxruntime|2": {"n": 1}},
+        reference=ReferenceEntry("reference.npz", "d" * 64, {"fp32": 1e-4}),
+        engines=(EngineEntry(file="engines/x.plan", sha256="e" * 64),), tuning={"cpu|onnxruntime|2": TuningEntry(other={"n": 1})},
     )
 
 
@@ -68,8 +75,9 @@ def test_exported_bundle_round_trips_and_detects_changes(tiny_bundle, tmp_path):
 def test_update_manifest_replaces_top_level_fields(tiny_bundle, tmp_path):
     copy = tmp_path / "b"
     shutil.copytree(tiny_bundle, copy)
-    new = update_manifest(copy, tuning={"cpu|onnxruntime|1": {"budget": 16}})
-    assert load_manifest(copy).tuning == new.tuning == {"cpu|onnxruntime|1": {"budget": 16}}
+    new = update_manifest(copy, tuning={"cpu|onnxruntime|1": TuningEntry.from_dict({"budget": 16})})
+    assert load_manifest(copy).tuning == new.tuning == {"cpu|onnxruntime|1": TuningEntry(other={"budget": 16})}
+    assert json.loads((copy / MANIFEST_NAME).read_text())["tuning"] == {"cpu|onnxruntime|1": {"budget": 16}}
     assert load_manifest(copy).oracle == load_manifest(tiny_bundle).oracle
 
 
@@ -175,3 +183,57 @@ def test_bad_quantization_records_are_refused(tmp_path, change, match):
     (tmp_path / MANIFEST_NAME).write_text(json.dumps(d))
     with pytest.raises(StagedxError, match=match):
         load_manifest(tmp_path, check_files=False)
+
+
+def test_typed_entries_write_back_the_keys_they_were_read_with():
+    engine = {"role": "oracle", "file": "engines/o.plan", "sha256": "e" * 64, "tensorrt_version": "10.9.0",
+              "gpu_name": "G", "compute_capability": "9.0", "precision": "fp16", "max_tree": 8, "max_context": 64,
+              "reserved_slots": 1, "profiles": [{"input_ids": {"min": [1], "opt": [4], "max": [8]}}],
+              "built_utc": "2026-01-01T00:00:00Z", "future_field": [1]}
+    e = EngineEntry.from_dict(engine)
+    assert (e.role, e.max_tree, e.reserved_slots, e.other) == ("oracle", 8, 1, {"future_field": [1]})
+    assert json.dumps(e.to_dict()) == json.dumps(engine)
+    assert EngineEntry.from_dict({"file": "a", "sha256": "b"}).to_dict() == {"file": "a", "sha256": "b"}
+    ref = {"file": "reference.npz", "sha256": "d" * 64, "tolerance": {"fp32": 1e-4, "fp16": 2e-2}}
+    assert json.dumps(ReferenceEntry.from_dict(ref).to_dict()) == json.dumps(ref)
+    tuned = {"greedy": {"budget": 16, "three_stage": {"budget": 4}}, "tuned_utc": "t", "past_len": 8,
+             "oracle_latency_s": {"1": 0.1}, "in_loop_factors": {"oracle": 1.0, "draft": 1.0}}
+    t = TuningEntry.from_dict(tuned)
+    assert json.dumps(t.to_dict()) == json.dumps(tuned)
+    assert t.modes() == {"greedy": tuned["greedy"]} and t.three_stage("greedy") == {"budget": 4}
+    assert t.three_stage("sample") is None and "greedy" in t and "sample" not in t and t["past_len"] == 8
+
+
+def test_reference_tolerance_per_precision():
+    assert ReferenceEntry("r", "s", {"fp32": 1e-3}).tolerance_for("fp32") == 1e-3
+    assert ReferenceEntry("r", "s", {"fp32": 1e-3}).tolerance_for("int4") == 2e-2
+    assert ReferenceEntry("r", "s", 5e-4).tolerance_for("fp32") == 5e-4
+    assert ReferenceEntry("r", "s", 5e-4).tolerance_for("fp16") == 2e-2
+
+
+def test_tuning_key_builder_parser_and_nearest_thread_lookup():
+    from stagedx.manifest import parse_tuning_key, tuning_key
+
+    assert tuning_key("cpu", "onnxruntime", None) == "cpu|onnxruntime|0"
+    assert parse_tuning_key("cuda:0|tensorrt|4") == TuningKey("cuda:0", "tensorrt", 4)
+    assert str(parse_tuning_key(tuning_key("cpu", "onnxruntime", 8))) == "cpu|onnxruntime|8"
+    for bad in ("cpu|onnxruntime", "cpu|onnxruntime|x", "cpu|onnxruntime|\u00b2", "a|b|1|2", 3):
+        with pytest.raises(StagedxError, match="tuning key"):
+            parse_tuning_key(bad)
+    entries = {k: TuningEntry(other={"k": k}) for k in
+               ("cpu|onnxruntime|2", "cpu|onnxruntime|6", "cuda:0|onnxruntime|4", "cpu|tensorrt|4")}
+    pick = lambda threads: find_tuning(entries, "cpu", "onnxruntime", threads).other["k"]  # noqa: E731
+    assert pick(2) == "cpu|onnxruntime|2" and pick(6) == "cpu|onnxruntime|6"
+    assert pick(4) == "cpu|onnxruntime|6"  # a tie goes to the larger count
+    assert pick(3) == "cpu|onnxruntime|2" and pick(None) == "cpu|onnxruntime|2" and pick(64) == "cpu|onnxruntime|6"
+    assert find_tuning(entries, "cuda:1", "onnxruntime", 4) is None  # never another device's
+
+
+def test_graph_io_is_the_one_ordered_list_of_names():
+    io = GraphIO.from_io(DEFAULT_IO, 2)
+    assert io.inputs == ("input_ids", "position_ids", "tree_mask", "past_key.0", "past_value.0",
+                         "past_key.1", "past_value.1")
+    assert io.outputs == ("logits", "topk_values", "topk_indices", "new_key.0", "new_value.0",
+                          "new_key.1", "new_value.1")
+    entry = _sample().oracle
+    assert entry.graph_io.past_key[1] == entry.io_name("past_key", 1) and len(entry.graph_io.new_value) == 2

@@ -28,13 +28,14 @@ def main(argv: list) -> None:
     limit, ntok = (int(args[2]) if len(args) > 2 else 5), (int(args[3]) if len(args) > 3 else 64)
     mb = load_manifest(big, check_files=False)
     entry = mb.tuning.get(KEY)
-    if not entry or "oracle_latency_s" not in entry:
+    if entry is None or entry.oracle_latency_s is None:
         sys.exit(f"{big}: no curves stored under {KEY!r}: run stagedx tune first")
-    curves = {m: {int(k): v for k, v in entry[f"{m}_latency_s"].items()} for m in ("oracle", "draft")}
+    curves = {m: {int(k): v for k, v in stored.items()}
+              for m, stored in (("oracle", entry.oracle_latency_s), ("draft", entry.draft_latency_s))}
     ob, db = mb.oracle.weight_bytes, mb.draft.weight_bytes
     gen = Generator(twin, device="cpu", threads=1)
     if "--untuned" not in argv:
-        gen.tuned = {m: entry[m] for m in ("greedy", "sample") if m in entry}
+        gen.tuned = entry.modes()
     prompts = load_prompts("humaneval", limit)
     for s in ("greedy", "topk:50"):
         cfg = SamplingConfig.parse(s)

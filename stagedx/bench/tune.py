@@ -268,7 +268,7 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print, twin=None
     calibration generations in place of ``gen`` (curves and factors still come from ``gen``).
     Returns the stored entry."""
     from ..files import utc_now
-    from ..manifest import load_manifest, update_manifest
+    from ..manifest import TuningEntry, load_manifest, update_manifest
     from ..runtime.generator import sampling_mode
     from ..runtime.sampling import SamplingConfig
     from .prompts import load_prompts
@@ -279,9 +279,10 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print, twin=None
     context = np.resize(ids, need) if len(ids) else np.zeros(need, np.int64)
     tuning = dict(load_manifest(bundle, check_files=False).tuning)
     key = tuning_key(gen)
-    entry = dict(tuning.get(key, {}))
+    stored = tuning.get(key, TuningEntry())
+    entry = stored.to_dict()  # this run's JSON object: modes not searched now are kept
     if tune.reuse_curves:
-        curves, factors, need = stored_curves(entry, key)
+        curves, factors, need = stored_curves(stored, key)
         echo(f"pricing with the curves stored under {key!r} (past {need} tokens)")
     else:
         echo(f"measuring oracle latency vs tree size and draft latency vs batch (past {need} tokens) ...")
@@ -312,21 +313,21 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print, twin=None
         "draft_latency_s": {str(k): v for k, v in draft_curve.items()},
         "in_loop_factors": factors,
     })  # fmt: skip
-    tuning[key] = entry
+    tuning[key] = TuningEntry.from_dict(entry, key)
     update_manifest(bundle, tuning=tuning)
-    echo(f"stored tuning[{key!r}] for {', '.join(m for m in ('greedy', 'sample') if m in entry)}")
-    return entry
+    echo(f"stored tuning[{key!r}] for {', '.join(tuning[key].modes())}")
+    return tuning[key]
 
 
-def stored_curves(entry: dict, key: str) -> tuple:
-    """(curves, factors, past_len) a previous ``tune`` stored for this device."""
+def stored_curves(entry, key: str) -> tuple:
+    """(curves, factors, past_len) a previous ``tune`` stored for this device (a TuningEntry)."""
     from ..errors import StagedxError
 
-    if not entry.get("oracle_latency_s") or not entry.get("draft_latency_s"):
+    if not entry.oracle_latency_s or not entry.draft_latency_s:
         raise StagedxError(f"--reuse-curves: the bundle has no curves stored under {key!r}; run tune without it first")
-    curves = tuple({int(t): float(v) for t, v in entry[k].items()} for k in ("oracle_latency_s", "draft_latency_s"))
-    factors = entry.get("in_loop_factors") or {"oracle": 1.0, "draft": 1.0}
-    return curves, factors, int(entry.get("past_len", 0))
+    curves = tuple({int(t): float(v) for t, v in c.items()} for c in (entry.oracle_latency_s, entry.draft_latency_s))
+    factors = entry.in_loop_factors or {"oracle": 1.0, "draft": 1.0}
+    return curves, factors, int(entry.past_len or 0)
 
 
 def in_loop_factors(gen, prompt, curves: tuple, new_tokens: int = 24) -> dict:
@@ -422,4 +423,6 @@ def _describe(ev: Evaluation) -> str:
 
 
 def tuning_key(gen) -> str:
-    return getattr(gen, "tuning_key", None) or f"{gen.device}|{gen.backend}|{gen.threads or 0}"
+    from ..manifest import tuning_key as build_key
+
+    return getattr(gen, "tuning_key", None) or build_key(gen.device, gen.backend, gen.threads)

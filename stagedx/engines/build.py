@@ -16,6 +16,7 @@ from ..errors import StagedxError
 from ..files import sha256_file, utc_now, write_atomic
 from ..manifest import (
     ROLES,
+    EngineEntry,
     Manifest,
     ModelEntry,
     load_manifest,
@@ -67,36 +68,36 @@ def engine_file_name(role: str, gpu: GpuInfo, trt_version: str) -> str:
 
 
 def engine_record(entry: ModelEntry, spec: ProfileSpec, file_sha: tuple[str, str],
-                  gpu: GpuInfo, trt_version: str) -> dict:
+                  gpu: GpuInfo, trt_version: str) -> EngineEntry:
     """The manifest ``engines`` entry for one built engine."""
     file, sha = file_sha
-    return {
-        "role": entry.role,
-        "file": file,
-        "sha256": sha,
-        "onnx_sha256": entry.sha256,
-        "tensorrt_version": trt_version,
-        "gpu_name": gpu.name,
-        "compute_capability": gpu.compute_capability,
-        "precision": entry.dtype,
-        "max_tree": spec.max_tree,
-        "max_context": spec.max_context,
-        "reserved_slots": spec.reserved,
-        "profiles": [shapes_as_dict(profile_shapes(entry, spec))],
-        "built_utc": utc_now(),
-    }
+    return EngineEntry(
+        role=entry.role,
+        file=file,
+        sha256=sha,
+        onnx_sha256=entry.sha256,
+        tensorrt_version=trt_version,
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        precision=entry.dtype,
+        max_tree=spec.max_tree,
+        max_context=spec.max_context,
+        reserved_slots=spec.reserved,
+        profiles=(shapes_as_dict(profile_shapes(entry, spec)),),
+        built_utc=utc_now(),
+    )
 
 
-def merge_records(old: tuple | list, new: list[dict]) -> list[dict]:
+def merge_records(old: tuple | list, new: list[EngineEntry]) -> list[EngineEntry]:
     """Replace records for the same (role, GPU, TensorRT version); keep every other one."""
-    def key(r: dict) -> tuple:
-        return (r["role"], r["gpu_name"], r["compute_capability"], r["tensorrt_version"])
+    def key(r: EngineEntry) -> tuple:
+        return (r.role, r.gpu_name, r.compute_capability, r.tensorrt_version)
 
     fresh = {key(r) for r in new}
     return [r for r in old if key(r) not in fresh] + list(new)
 
 
-def build_engines(cfg: BuildConfig, log=print) -> list[dict]:
+def build_engines(cfg: BuildConfig, log=print) -> list[EngineEntry]:
     """Build, write and record every engine; returns the new manifest records."""
     bundle = Path(cfg.bundle)
     manifest = load_manifest(bundle)

@@ -30,8 +30,7 @@ def build_engine(bundle: Path, max_tree: int, max_context: int | None, timing_ca
                       timing_cache=timing_cache, workspace_gb=workspace_gb)
     records = build_engines(cfg, log=lambda msg: click.echo(msg, err=True))
     for r in records:
-        click.echo(f"{r['role']}: {r['file']} ({r['precision']}, {r['gpu_name']}, "
-                   f"TensorRT {r['tensorrt_version']})")
+        click.echo(f"{r.role}: {r.file} ({r.precision}, {r.gpu_name}, TensorRT {r.tensorrt_version})")
 
 
 @click.command("validate")

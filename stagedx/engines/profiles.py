@@ -84,18 +84,16 @@ def check_spec(spec: ProfileSpec, max_positions: int) -> None:
 
 def profile_shapes(entry: ModelEntry, spec: ProfileSpec) -> dict[str, DimRange]:
     """One ``DimRange`` per graph input of ``entry`` (names from its ``io`` map)."""
-    a = entry.arch
+    a, io = entry.arch, entry.graph_io
     t = (1, spec.opt_tree, spec.max_tree)
     p = (spec.min_past, spec.opt_past, spec.max_past)
     shapes: dict[str, DimRange] = {
-        entry.io_name("input_ids"): _ranges(lambda k: (t[k],)),
-        entry.io_name("position_ids"): _ranges(lambda k: (t[k],)),
-        entry.io_name("tree_mask"): _ranges(lambda k: (t[k], p[k] + t[k])),
+        io.input_ids: _ranges(lambda k: (t[k],)),  # [T]
+        io.position_ids: _ranges(lambda k: (t[k],)),  # [T]
+        io.tree_mask: _ranges(lambda k: (t[k], p[k] + t[k])),  # [T, P+T]
     }
-    kv = _ranges(lambda k: (p[k], a.n_kv_heads, a.head_dim))
-    for i in range(a.n_layers):
-        shapes[entry.io_name("past_key", i)] = kv
-        shapes[entry.io_name("past_value", i)] = kv
+    kv = _ranges(lambda k: (p[k], a.n_kv_heads, a.head_dim))  # [P, H, D]
+    shapes.update({name: kv for name in io.past})
     return shapes
 
 

@@ -16,11 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StagedxError
-from ..manifest import Manifest, ModelEntry, load_manifest
+from ..manifest import NUMPY_DTYPE, TOLERANCE, Manifest, ModelEntry, load_manifest
+from ..numerics import rel_error
 
-# int8 / int4 (export --quantize): the reference is ONNX Runtime CPU's own run of the quantized
-# graph, and its int8-activation kernels turn 1e-7 upstream rounding into ~1e-3 jumps
-DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8": 2e-2, "int4": 2e-2}
 COMPARED = ("logits", "topk_values")
 
 
@@ -43,48 +41,35 @@ class Check:
         return self.skipped or bool(self.max_rel_error <= self.tolerance)
 
 
-def rel_error(ours: np.ndarray, ref: np.ndarray) -> float:
-    ours = np.asarray(ours, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    if ours.shape != ref.shape:
-        return float("inf")
-    if not np.all(np.isfinite(ours)):
-        return float("inf")
-    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-    return float(np.max(np.abs(ours - ref))) / (scale or 1.0) if ref.size else 0.0
-
-
 def precision(entry: ModelEntry) -> str:
     """The key of ``entry``'s tolerance: its quantization (int8 / int4) or its dtype."""
     return entry.quantization.kind if entry.quantization is not None else entry.dtype
 
 
 def tolerance_for(manifest: Manifest, dtype: str) -> float:
-    tol = (manifest.reference or {}).get("tolerance")
-    if isinstance(tol, dict):
-        return float(tol.get(dtype, DEFAULT_TOLERANCE[dtype]))
-    if isinstance(tol, (int, float)) and dtype == "fp32":
-        return float(tol)
-    return DEFAULT_TOLERANCE[dtype]
+    """The manifest's tolerance for ``dtype`` (a precision), else the contract's default."""
+    if manifest.reference is None:
+        return TOLERANCE[dtype]
+    return manifest.reference.tolerance_for(dtype)
 
 
 def reference_feeds(ref, entry: ModelEntry, reserved: int = 0) -> dict[str, np.ndarray]:
     """Graph inputs for ``entry.role`` from ``reference.npz``, with ``reserved`` masked dummy
     past rows in front (as the TensorRT runtime binds them)."""
-    r, a = entry.role, entry.arch
-    dtype = {"fp32": np.float32, "fp16": np.float16}[entry.dtype]
-    mask = np.asarray(ref[f"{r}.tree_mask"], dtype=bool)
+    r, a, io = entry.role, entry.arch, entry.graph_io
+    dtype = np.dtype(NUMPY_DTYPE[entry.dtype])
+    mask = np.asarray(ref[f"{r}.tree_mask"], dtype=bool)  # [T, P+T]
     feeds = {
-        entry.io_name("input_ids"): np.asarray(ref[f"{r}.input_ids"], dtype=np.int64),
-        entry.io_name("position_ids"): np.asarray(ref[f"{r}.position_ids"], dtype=np.int64),
-        entry.io_name("tree_mask"): np.concatenate(
-            [np.zeros((mask.shape[0], reserved), dtype=bool), mask], axis=1),
+        io.input_ids: np.asarray(ref[f"{r}.input_ids"], dtype=np.int64),  # [T]
+        io.position_ids: np.asarray(ref[f"{r}.position_ids"], dtype=np.int64),  # [T]
+        io.tree_mask: np.concatenate(
+            [np.zeros((mask.shape[0], reserved), dtype=bool), mask], axis=1),  # [T, R+P+T]
     }
-    dummy = np.zeros((reserved, a.n_kv_heads, a.head_dim), dtype=dtype)
+    dummy = np.zeros((reserved, a.n_kv_heads, a.head_dim), dtype=dtype)  # [R, H, D]
     for i in range(a.n_layers):
-        for kind in ("past_key", "past_value"):
-            past = np.asarray(ref[f"{r}.{kind}.{i}"], dtype=dtype)
-            feeds[entry.io_name(kind, i)] = np.concatenate([dummy, past], axis=0)
+        for kind, name in (("past_key", io.past_key[i]), ("past_value", io.past_value[i])):
+            past = np.asarray(ref[f"{r}.{kind}.{i}"], dtype=dtype)  # [P, H, D]
+            feeds[name] = np.concatenate([dummy, past], axis=0)  # [R+P, H, D]
     return feeds
 
 
@@ -97,7 +82,7 @@ def compare_outputs(outputs: dict, ref, entry: ModelEntry, label_tol: tuple[str,
     expected = {"logits": ref_logits, "topk_values": ref_topk}
     checks = []
     for key in COMPARED:
-        ours = outputs.get(entry.io_name(key))
+        ours = outputs.get(getattr(entry.graph_io, key))
         err = float("inf") if ours is None else rel_error(ours, expected[key])
         note = "" if ours is not None else "output missing"
         checks.append(Check(backend, entry.role, entry.dtype, key, err, tol, note))
@@ -153,12 +138,12 @@ def _tensorrt_checks(bundle: Path, manifest: Manifest, ref) -> list[Check]:
         except StagedxError as exc:
             checks.append(Check("tensorrt", role, entry.dtype, "-", None, tol, str(exc).split(";")[0]))
             continue
-        feeds = reference_feeds(ref, entry, reserved=int(record["reserved_slots"]))
-        why = fits_profile(record["profiles"][0], {k: v.shape for k, v in feeds.items()})
+        feeds = reference_feeds(ref, entry, reserved=int(record.reserved_slots))
+        why = fits_profile(record.profiles[0], {k: v.shape for k, v in feeds.items()})
         if why is not None:
             checks.append(Check("tensorrt", role, entry.dtype, "-", None, tol, why))
             continue
-        engine = EngineFromBytes((bundle / record["file"]).read_bytes())
+        engine = EngineFromBytes((bundle / record.file).read_bytes())
         outputs = _run_polygraphy(TrtRunner(engine, name=f"trt-{role}"), feeds)
         checks += compare_outputs(outputs, ref, entry, ("tensorrt", tol))
     return checks
@@ -176,10 +161,10 @@ def validate_bundle(bundle: str | Path) -> list[Check]:
         raise StagedxError("validate needs Polygraphy: pip install 'stagedx[validate]'") from exc
     G_LOGGER.module_severity = G_LOGGER.ERROR
     try:
-        with np.load(bundle / manifest.reference["file"], allow_pickle=False) as npz:
+        with np.load(bundle / manifest.reference.file, allow_pickle=False) as npz:
             ref = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # empty / truncated / not npz
-        raise StagedxError(f"cannot read {manifest.reference['file']}: {type(exc).__name__}: {exc}") from exc
+        raise StagedxError(f"cannot read {manifest.reference.file}: {type(exc).__name__}: {exc}") from exc
     missing = [f"{r}.logits" for r in manifest.models if f"{r}.logits" not in ref]
     if missing:
         raise StagedxError(f"reference.npz lacks {missing}; re-export the bundle")

@@ -23,16 +23,18 @@ from ..files import AtomicFolder, sha256_file, utc_now
 from ..manifest import (
     DRAFT2_KINDS,
     DTYPES,
+    TOLERANCE,
     Draft2Entry,
     FileRef,
     Manifest,
     ModelEntry,
+    ReferenceEntry,
     TokenizerEntry,
     write_manifest,
 )
 from .arch import Checkpoint, open_checkpoint
 from .quantize import QuantizeOptions
-from .verify import TOLERANCE, TreeCase, random_tree, reference_inputs, reference_outputs, verify_graph
+from .verify import TreeCase, random_tree, reference_inputs, reference_outputs, verify_graph
 
 REFERENCE_FILE = "reference.npz"
 TOKENIZER_FILE = "tokenizer.json"
@@ -254,8 +256,8 @@ def export_bundle(config: ExportConfig, log: Callable[[str], None] | None = None
             draft2=Draft2Entry(kind=kind, ngram=ngram),
             stagedx_version=__version__,
             created_utc=utc_now(),
-            reference={"file": REFERENCE_FILE, "sha256": sha256_file(tmp / REFERENCE_FILE),
-                       "tolerance": dict(TOLERANCE)},
+            reference=ReferenceEntry(REFERENCE_FILE, sha256_file(tmp / REFERENCE_FILE),
+                                     tolerance={d: TOLERANCE[d] for d in DTYPES}),
         )
         write_manifest(tmp, manifest)
     log(f"wrote {output}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..manifest import DRAFT2_KINDS
 from .distill_cli import distill
 from .quantize import (
     DEFAULT_ACCURACY_LEVEL,
@@ -18,7 +19,7 @@ from .quantize import (
 @click.command()
 @click.argument("oracle")
 @click.option("--draft", required=True, help="Draft checkpoint: local folder or cached hub id.")
-@click.option("--draft2", type=click.Choice(["ngram", "prompt-lookup", "both", "none"]), default=None,
+@click.option("--draft2", type=click.Choice(DRAFT2_KINDS), default=None,
               help="Second draft stage [default: ngram with --corpus, else prompt-lookup].")
 @click.option("--corpus", multiple=True, type=click.Path(path_type=Path),
               help="File or folder (its *.py files) to fit the n-gram on, or the word stdlib "
@@ -134,9 +135,9 @@ def summarize(bundle: Path) -> tuple[str, str | None]:
     lines.append("kv slots   reserved per backend: "
                  + ", ".join(f"{k}={v}" for k, v in m.kv_reserved_slots.items()))
     if m.reference:
-        lines.append(f"reference  {m.reference['file']}, tolerance {m.reference.get('tolerance')}")
+        lines.append(f"reference  {m.reference.file}, tolerance {m.reference.tolerance}")
     lines.append(f"engines    {len(m.engines)}" + "".join(
-        f"\n           {e.get('file')}" + (f" ({e['device']})" if e.get("device") else "") for e in m.engines))
+        f"\n           {e.file}" + (f" ({e.other['device']})" if e.other.get("device") else "") for e in m.engines))
     if m.tuning:
         lines.append("tuning     " + ", ".join(sorted(m.tuning)))
     problem = None

@@ -46,9 +46,8 @@ import numpy as np
 
 from ..errors import StagedxError
 from ..files import sha256_file
-from ..manifest import NgramEntry
+from ..manifest import NGRAM_FORMAT_VERSION, NgramEntry
 
-FORMAT_VERSION = 1
 GT_MAX = 5  # Katz: Good-Turing discounts for counts 1..GT_MAX, counts above are reliable
 RANK_SLACK = 256  # trigram contexts with more seen successors get a dense top-k pass
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
@@ -438,7 +437,7 @@ def fit_ngram(
     steps.update(1, "trigram top-k")
 
     arrays = {
-        "format_version": np.int64(FORMAT_VERSION), "vocab_size": np.int64(vocab),
+        "format_version": np.int64(NGRAM_FORMAT_VERSION), "vocab_size": np.int64(vocab),
         "order": np.int64(3), "topk": np.int64(k), "n_tokens": np.int64(n_tokens),
         "eos_id": np.int64(config.eos_id), "uni_p": p_uni,
         "uni_top_ids": uni_rank[:k].astype(np.int32), "uni_top_p": p_uni[uni_rank[:k]].astype(np.float32),

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StagedxError
-from ..manifest import DEFAULT_IO, ArchDims
+from ..manifest import DEFAULT_IO, ArchDims, GraphIO
 
 OPSET = 18
 EXTERNAL_FROM = 1 << 28  # 256 MiB: bigger graphs keep their weights in an external data file
@@ -39,14 +39,8 @@ class ExportedGraph:
 
 def io_names(n_layers: int) -> tuple[list[str], list[str]]:
     """Input and output names, in the positional order of the module's forward."""
-    io = DEFAULT_IO
-    kv_in, kv_out = [], []
-    for i in range(n_layers):
-        kv_in += [io["past_key"].format(i=i), io["past_value"].format(i=i)]
-        kv_out += [io["new_key"].format(i=i), io["new_value"].format(i=i)]
-    inputs = [io["input_ids"], io["position_ids"], io["tree_mask"], *kv_in]
-    outputs = [io["logits"], io["topk_values"], io["topk_indices"], *kv_out]
-    return inputs, outputs
+    io = GraphIO.from_io(DEFAULT_IO, n_layers)
+    return list(io.inputs), list(io.outputs)
 
 
 def _dummy_inputs(dims: ArchDims, dtype):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StagedxError
-from ..manifest import QUANT_BITS, ROLES, ArchDims, QuantEntry
+from ..manifest import DEFAULT_IO, QUANT_BITS, ROLES, ArchDims, GraphIO, QuantEntry
 
 KINDS = {"int8": 8, "int4": 4}
 DEFAULT_BLOCK_SIZE = 32
@@ -221,10 +221,10 @@ def _session(path: Path):
 def _chunk_feeds(ids: np.ndarray, dims: ArchDims) -> dict:
     t = len(ids)
     empty = np.zeros((0, dims.n_kv_heads, dims.head_dim), np.float32)  # [0, H, D]
-    feeds = {"input_ids": ids.astype(np.int64), "position_ids": np.arange(t, dtype=np.int64),
-             "tree_mask": np.tril(np.ones((t, t), dtype=bool))}  # [T, T] causal
-    for i in range(dims.n_layers):
-        feeds[f"past_key.{i}"] = feeds[f"past_value.{i}"] = empty
+    io = GraphIO.from_io(DEFAULT_IO, dims.n_layers)  # export names every graph with DEFAULT_IO
+    feeds = {io.input_ids: ids.astype(np.int64), io.position_ids: np.arange(t, dtype=np.int64),  # [T]
+             io.tree_mask: np.tril(np.ones((t, t), dtype=bool))}  # [T, T] causal
+    feeds.update({name: empty for name in io.past})
     return feeds
 
 

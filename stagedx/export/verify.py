@@ -14,10 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import StagedxError
-from ..manifest import ArchDims, ModelEntry
-
-TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
-NP_DTYPE = {"fp32": np.float32, "fp16": np.float16}
+from ..manifest import NUMPY_DTYPE, TOLERANCE, ArchDims, ModelEntry
+from ..numerics import rel_error
 
 
 @dataclass(frozen=True)
@@ -129,14 +127,9 @@ def run_onnx(onnx_file, feeds: dict, dtype: str = "fp32") -> dict:
     opts.enable_cpu_mem_arena = False
     opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     sess = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
-    cast = {k: (v.astype(NP_DTYPE[dtype]) if v.dtype.kind == "f" else v) for k, v in feeds.items()}
+    cast = {k: (v.astype(NUMPY_DTYPE[dtype]) if v.dtype.kind == "f" else v) for k, v in feeds.items()}
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, cast)))
-
-
-def rel_error(ours: np.ndarray, ref: np.ndarray) -> float:
-    ours, ref = ours.astype(np.float64), ref.astype(np.float64)
-    return float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-30))
 
 
 def check_outputs(outputs: dict, ref_logits: np.ndarray, topk: int) -> None:

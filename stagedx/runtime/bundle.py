@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from ..errors import StagedxError
-from ..manifest import ROLES, Manifest, load_manifest
+from ..manifest import KV_KEYS, ORT_TYPE, ROLES, Manifest, load_manifest
 from .device import available_cores, check_threads, parse_device
 
 
@@ -18,7 +18,7 @@ def open_bundle(path: str | os.PathLike, check: bool = True) -> tuple[Path, Mani
 
 
 def has_engine(manifest: Manifest, role: str) -> bool:
-    return any(e.get("role") == role for e in manifest.engines)
+    return any(e.role == role for e in manifest.engines)
 
 
 def make_runner(
@@ -79,7 +79,6 @@ def _trt_runner(bundle_dir, manifest: Manifest, role: str, max_context: int | No
 
 
 # -- load-time cross-checks: a disagreement must fail here, in one line, not inside a backend --
-_ORT_TYPES = {"fp32": "tensor(float)", "fp16": "tensor(float16)"}
 
 
 def cross_check(bundle_dir, manifest: Manifest, tokenizer, draft2, runners) -> None:
@@ -112,9 +111,11 @@ def check_kv_memory(entry, max_context: int | None, reserved: int) -> None:
     otherwise end in a MemoryError of terabytes)."""
     import numpy as np  # noqa: PLC0415
 
+    from .kv import NP_DTYPES  # noqa: PLC0415
+
     a = entry.arch
     rows = a.max_positions if max_context is None else max(1, min(int(max_context), a.max_positions))
-    itemsize = np.dtype(np.float16 if entry.dtype == "fp16" else np.float32).itemsize
+    itemsize = np.dtype(NP_DTYPES[entry.dtype]).itemsize
     need = 2 * a.n_layers * (rows + reserved) * a.n_kv_heads * a.head_dim * itemsize
     try:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -133,18 +134,18 @@ def probe_last_position(runner) -> None:
     import numpy as np  # noqa: PLC0415
     import onnxruntime as ort  # noqa: PLC0415
 
+    from .kv import NP_DTYPES  # noqa: PLC0415
+
     e, last = runner.entry, runner.max_context - 1
-    a = e.arch
-    dtype = np.float16 if e.dtype == "fp16" else np.float32
-    past = np.zeros((0, a.n_kv_heads, a.head_dim), dtype)  # [0, H, D]
-    feeds = {e.io_name("input_ids"): np.zeros(1, np.int64), e.io_name("position_ids"): np.asarray([last], np.int64),
-             e.io_name("tree_mask"): np.ones((1, 1), bool)}  # fmt: skip
-    for i in range(a.n_layers):
-        feeds[e.io_name("past_key", i)] = feeds[e.io_name("past_value", i)] = past
+    a, io = e.arch, e.graph_io
+    past = np.zeros((0, a.n_kv_heads, a.head_dim), NP_DTYPES[e.dtype])  # [0, H, D]
+    feeds = {io.input_ids: np.zeros(1, np.int64), io.position_ids: np.asarray([last], np.int64),  # [1]
+             io.tree_mask: np.ones((1, 1), bool)}  # [1, 1]  # fmt: skip
+    feeds.update({name: past for name in io.past})
     quiet = ort.RunOptions()
     quiet.log_severity_level = 4  # the error is reported below, in one line
     try:
-        runner.session.run([e.io_name("topk_indices")], feeds, quiet)
+        runner.session.run([io.topk_indices], feeds, quiet)
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own exception types
         first = " ".join(str(exc).split())[:200]
         raise StagedxError(f"{e.file} cannot run at position {last} (max_positions {a.max_positions} in the "
@@ -164,14 +165,14 @@ def _check_ngram(ngram, file: str, vocab: int) -> None:
 
 def check_graph(session, entry) -> None:
     """Every static dimension the graph declares must equal the manifest's."""
-    a = entry.arch
+    a, io = entry.arch, entry.graph_io
     want = {"logits": (None, a.vocab_size), "topk_values": (None, entry.topk), "topk_indices": (None, entry.topk)}
     for i in range(a.n_layers):
-        for key in ("past_key", "past_value", "new_key", "new_value"):
-            want[entry.io_name(key, i)] = (None, a.n_kv_heads, a.head_dim)
-    names = {key: entry.io_name(key) for key in ("logits", "topk_values", "topk_indices")}
+        for key in KV_KEYS:
+            want[getattr(io, key)[i]] = (None, a.n_kv_heads, a.head_dim)
+    names = {key: getattr(io, key) for key in ("logits", "topk_values", "topk_indices")}
     declared = {**{x.name: x for x in session.get_inputs()}, **{x.name: x for x in session.get_outputs()}}
-    past = {entry.io_name("past_key", i) for i in range(a.n_layers)}
+    past = set(io.past_key)
     prefix = entry.io["past_key"].split("{i}")[0]
     extra = [n for n in declared if n.startswith(prefix) and n not in past]
     if extra:
@@ -185,5 +186,5 @@ def check_graph(session, entry) -> None:
         bad = len(shape) != len(dims) or any(isinstance(s, int) and w is not None and s != w for s, w in zip(shape, dims))
         if bad:
             raise StagedxError(f"{entry.file}: {name} has shape {shape}, the manifest's dims say {list(dims)}")
-        if name in past and node.type != _ORT_TYPES.get(entry.dtype, node.type):
+        if name in past and node.type != ORT_TYPE.get(entry.dtype, node.type):
             raise StagedxError(f"{entry.file}: {name} is {node.type}, the manifest says dtype {entry.dtype}")

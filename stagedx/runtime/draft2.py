@@ -25,9 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import StagedxError
-
-FORMAT_VERSION = 1
-KINDS = ("ngram", "prompt-lookup", "both", "none")
+from ..manifest import DRAFT2_KINDS, NGRAM_FORMAT_VERSION
 DEFAULT_FANOUTS = (12, 7, 4, 1, 1, 1)
 _EMPTY_IDS = np.zeros(0, np.int64)
 _EMPTY_P = np.zeros(0, np.float32)
@@ -83,8 +81,8 @@ class NgramModel:
             version = int(arrays.get("format_version", -1))
         except (TypeError, ValueError):
             version = -1
-        if version != FORMAT_VERSION:
-            raise StagedxError(f"{path}: n-gram format {version}, expected {FORMAT_VERSION}")
+        if version != NGRAM_FORMAT_VERSION:
+            raise StagedxError(f"{path}: n-gram format {version}, expected {NGRAM_FORMAT_VERSION}")
         try:
             return cls(arrays)
         except KeyError as exc:
@@ -209,8 +207,8 @@ class Draft2:
     """draft2 of one bundle: successors of a history and the candidate tree below its end."""
 
     def __init__(self, kind: str, ngram: NgramModel | None = None, lookup: PromptLookup | None = None):
-        if kind not in KINDS:
-            raise StagedxError(f"unknown draft2 kind {kind!r}; expected one of {', '.join(KINDS)}")
+        if kind not in DRAFT2_KINDS:
+            raise StagedxError(f"unknown draft2 kind {kind!r}; expected one of {', '.join(DRAFT2_KINDS)}")
         if kind in ("ngram", "both") and ngram is None:
             raise StagedxError(f"draft2 kind {kind!r} needs an n-gram model")
         self.kind = kind

@@ -16,9 +16,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import StagedxError
+from ..errors import ContractError, StagedxError
+from ..manifest import NUMPY_DTYPE
 
-NP_DTYPES = {"fp32": np.float32, "fp16": np.float16}
+NP_DTYPES = {name: np.dtype(np_name).type for name, np_name in NUMPY_DTYPE.items()}  # the runtime's one copy
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class KVCache:
 
     def __init__(self, shape: KVShape):
         if shape.max_context < 1 or shape.reserved < 0:
-            raise ValueError(f"bad KV shape {shape}")
+            raise ContractError(f"bad KV shape {shape}")
         self.shape = shape
         full = (shape.n_layers, shape.rows, shape.n_heads, shape.head_dim)
         # zeros, not empty: reserved rows are masked, but masked scores times NaN are still NaN
@@ -81,14 +82,14 @@ class KVCache:
         becomes ``at + len(rows)`` (``at < length`` drops the rows after ``at``)."""
         at = self._length if at is None else int(at)
         if not 0 <= at <= self._length:
-            raise ValueError(f"commit at row {at} outside the committed {self._length} rows")
+            raise ContractError(f"commit at row {at} outside the committed {self._length} rows")
         idx = np.asarray(rows, dtype=np.int64).reshape(-1)
         n = idx.shape[0]
         t = new_k.shape[1]
         if new_k.shape != new_v.shape or new_k.shape[0] != self.shape.n_layers:
-            raise ValueError(f"new K/V shapes {new_k.shape} / {new_v.shape} do not fit {self.shape}")
+            raise ContractError(f"new K/V shapes {new_k.shape} / {new_v.shape} do not fit {self.shape}")
         if n and (idx.min() < 0 or idx.max() >= t):
-            raise ValueError(f"commit rows {idx.tolist()} outside the last run's {t} rows")
+            raise ContractError(f"commit rows {idx.tolist()} outside the last run's {t} rows")
         if at + n > self.shape.max_context:
             raise StagedxError(
                 f"context limit reached: {at + n} rows do not fit the KV cache of "
@@ -108,7 +109,7 @@ class KVCache:
         """Roll back to ``n <= length`` committed rows (no copy)."""
         n = int(n)
         if not 0 <= n <= self._length:
-            raise ValueError(f"cannot truncate to {n}: {self._length} rows committed")
+            raise ContractError(f"cannot truncate to {n}: {self._length} rows committed")
         self._length = n
 
     def room(self) -> int:

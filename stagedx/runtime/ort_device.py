@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import StagedxError
+from ..errors import ContractError, StagedxError
 from .kv import KVShape
 
 ONNX_ELEM = {np.dtype(np.float32): 1, np.dtype(np.int64): 7, np.dtype(np.float16): 10}
@@ -123,7 +123,7 @@ class DeviceKV:
         """Gather scratch rows ``rows`` (path order) into cache rows ``[length, length + n)``."""
         n = rows.shape[0]
         if n and (rows.min() < 0 or rows.max() >= t):
-            raise ValueError(f"commit rows {rows.tolist()} outside the last run's {t} rows")
+            raise ContractError(f"commit rows {rows.tolist()} outside the last run's {t} rows")
         if self._length + n > self.shape.max_context:
             raise StagedxError(
                 f"context limit reached: {self._length + n} rows do not fit the KV cache of "
@@ -148,7 +148,7 @@ class DeviceKV:
     def truncate(self, n: int) -> None:
         n = int(n)
         if not 0 <= n <= self._length:
-            raise ValueError(f"cannot truncate to {n}: {self._length} rows committed")
+            raise ContractError(f"cannot truncate to {n}: {self._length} rows committed")
         self._length = n
 
     def prefix_host(self) -> tuple[np.ndarray, np.ndarray]:

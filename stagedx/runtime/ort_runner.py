@@ -26,8 +26,8 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import StagedxError
-from ..manifest import ModelEntry
+from ..errors import ContractError, StagedxError
+from ..manifest import GraphIO, ModelEntry
 from .device import DeviceChoice, check_providers, resolve_device
 from .kv import NP_DTYPES, KVCache, KVShape
 from .runner import FETCH_LOGITS, FETCH_TOPK, RunOutput
@@ -154,7 +154,7 @@ class HostKV:
             self.scratch_v = np.zeros_like(self.scratch_k)
             self._sk_ptr, self._sv_ptr = _layer_ptrs(self.scratch_k), _layer_ptrs(self.scratch_v)
 
-    def bind_past(self, binder: Binder, names: "IoNames") -> None:
+    def bind_past(self, binder: Binder, names: GraphIO) -> None:
         """Past = the live prefix of each layer (its shape changes with every commit)."""
         s, dt = self.shape, self.shape.np_dtype
         past = (s.reserved + self.cache.length, s.n_heads, s.head_dim)
@@ -163,7 +163,7 @@ class HostKV:
             bin_(names.past_key[layer], "cpu", dt, past, self._k_ptr[layer])
             bin_(names.past_value[layer], "cpu", dt, past, self._v_ptr[layer])
 
-    def bind_new(self, binder: Binder, names: "IoNames", t: int) -> None:
+    def bind_new(self, binder: Binder, names: GraphIO, t: int) -> None:
         """New rows -> scratch ``[:, :t]`` (unchanged while T and the scratch are)."""
         s, dt = self.shape, self.shape.np_dtype
         new = (t, s.n_heads, s.head_dim)
@@ -186,32 +186,16 @@ def _layer_ptrs(a: np.ndarray) -> list[int]:
     return [base + layer * a.strides[0] for layer in range(a.shape[0])]
 
 
-class IoNames:
-    """Graph I/O names of one model entry, resolved once."""
-
-    def __init__(self, entry: ModelEntry):
-        n = entry.arch.n_layers
-        self.input_ids = entry.io_name("input_ids")
-        self.position_ids = entry.io_name("position_ids")
-        self.tree_mask = entry.io_name("tree_mask")
-        self.logits = entry.io_name("logits")
-        self.topk_values = entry.io_name("topk_values")
-        self.topk_indices = entry.io_name("topk_indices")
-        self.past_key = [entry.io_name("past_key", i) for i in range(n)]
-        self.past_value = [entry.io_name("past_value", i) for i in range(n)]
-        self.new_key = [entry.io_name("new_key", i) for i in range(n)]
-        self.new_value = [entry.io_name("new_value", i) for i in range(n)]
-
-    def check(self, session: ort.InferenceSession, what: str) -> None:
-        have_in = {i.name for i in session.get_inputs()}
-        have_out = {o.name for o in session.get_outputs()}
-        want_in = {self.input_ids, self.position_ids, self.tree_mask, *self.past_key, *self.past_value}
-        want_out = {self.logits, self.topk_values, self.topk_indices, *self.new_key, *self.new_value}
-        if want_in - have_in or want_out - have_out:
-            raise StagedxError(
-                f"{what} does not follow the graph contract: missing inputs "
-                f"{sorted(want_in - have_in)}, missing outputs {sorted(want_out - have_out)}"
-            )
+def check_io(io: GraphIO, session: ort.InferenceSession, what: str) -> None:
+    """Every input and output of the graph contract must be in the session."""
+    have_in = {i.name for i in session.get_inputs()}
+    have_out = {o.name for o in session.get_outputs()}
+    want_in, want_out = set(io.inputs), set(io.outputs)
+    if want_in - have_in or want_out - have_out:
+        raise StagedxError(
+            f"{what} does not follow the graph contract: missing inputs "
+            f"{sorted(want_in - have_in)}, missing outputs {sorted(want_out - have_out)}"
+        )
 
 
 class OrtRunner:
@@ -237,8 +221,8 @@ class OrtRunner:
         self.threads = _GLOBAL_POOL.get("threads") or int(threads or os.cpu_count() or 1)  # really used
         choice = check_providers(choice, self.session.get_providers())
         self.device = choice.name
-        self.names = IoNames(entry)
-        self.names.check(self.session, entry.file)
+        self.names = entry.graph_io
+        check_io(self.names, self.session, entry.file)
         a = entry.arch
         limit = a.max_positions
         self.max_context = limit if max_context is None else max(1, min(int(max_context), limit))
@@ -255,7 +239,13 @@ class OrtRunner:
     # -- runner interface ----------------------------------------------------------------------
     @property
     def length(self) -> int:
-        return self._kv.length
+        return self._open().length
+
+    def _open(self):
+        """The KV cache, or a ContractError once ``close()`` released it."""
+        if self._kv is None:
+            raise ContractError(f"the {self.entry.role} runner was closed; it cannot be used again")
+        return self._kv
 
     def run(
         self,
@@ -264,9 +254,10 @@ class OrtRunner:
         tree_mask: np.ndarray,  # [T, T] bool
         fetch: Sequence[str] = (FETCH_TOPK,),
     ) -> RunOutput:
+        self._open()
         t = len(tokens)
         if t == 0 or np.shape(tokens) != (t,) or np.shape(positions) != (t,) or np.shape(tree_mask) != (t, t):
-            raise ValueError(
+            raise ContractError(
                 f"run shapes disagree: tokens {np.shape(tokens)}, positions {np.shape(positions)}, "
                 f"tree_mask {np.shape(tree_mask)}"
             )
@@ -315,16 +306,17 @@ class OrtRunner:
         )
 
     def commit(self, rows: Sequence[int] | np.ndarray) -> None:
+        kv = self._open()
         if self._last_t is None:
-            raise ValueError("commit() needs a run() first")
-        self._kv.commit(np.asarray(rows, dtype=np.int64).reshape(-1), self._last_t)
+            raise ContractError("commit() needs a run() first")
+        kv.commit(np.asarray(rows, dtype=np.int64).reshape(-1), self._last_t)
 
     def truncate(self, length: int) -> None:
-        self._kv.truncate(length)
+        self._open().truncate(length)
 
     def close(self) -> None:
         """Release the session, its bindings and the KV cache; idempotent. A closed runner
-        cannot run again."""
+        cannot run again (``run``, ``commit``, ``truncate`` raise ContractError)."""
         self.session = self._binder = self._kv = None
         self._ids = self._pos = self._mask = self._topv = self._topi = None
         self._last_t = None

@@ -24,8 +24,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import StagedxError
-from ..manifest import Manifest, ModelEntry, load_manifest
+from ..errors import ContractError, StagedxError
+from ..manifest import EngineEntry, Manifest, ModelEntry, load_manifest
+from .kv import NP_DTYPES
 from .runner import FETCH_LOGITS, FETCH_TOPK, RunOutput
 
 BACKEND = "tensorrt"
@@ -85,22 +86,21 @@ def gpu_info(cudart, device: int = 0) -> GpuInfo:
 
 
 # -- engine records ------------------------------------------------------------------------
-def engine_mismatch(record: dict, gpu: GpuInfo, trt_version: str) -> str | None:
+def engine_mismatch(record: EngineEntry, gpu: GpuInfo, trt_version: str) -> str | None:
     """Why ``record`` cannot run here (one line), or ``None`` when it can."""
-    built = f"{record.get('gpu_name')} (sm {record.get('compute_capability')})"
-    if record.get("tensorrt_version") != trt_version:
-        return (f"{record.get('role')} engine {record.get('file')} was built with TensorRT "
-                f"{record.get('tensorrt_version')}, this machine has TensorRT {trt_version}")
-    if (record.get("gpu_name") != gpu.name
-            or record.get("compute_capability") != gpu.compute_capability):
-        return (f"{record.get('role')} engine {record.get('file')} was built for {built}, "
+    built = f"{record.gpu_name} (sm {record.compute_capability})"
+    if record.tensorrt_version != trt_version:
+        return (f"{record.role} engine {record.file} was built with TensorRT "
+                f"{record.tensorrt_version}, this machine has TensorRT {trt_version}")
+    if record.gpu_name != gpu.name or record.compute_capability != gpu.compute_capability:
+        return (f"{record.role} engine {record.file} was built for {built}, "
                 f"this machine has {gpu.name} (sm {gpu.compute_capability})")
     return None
 
 
-def select_engine(manifest: Manifest, role: str, gpu: GpuInfo, trt_version: str) -> dict:
+def select_engine(manifest: Manifest, role: str, gpu: GpuInfo, trt_version: str) -> EngineEntry:
     """The manifest's engine for ``role`` on this GPU and TensorRT, or a clear refusal."""
-    records = [r for r in manifest.engines if r.get("role") == role]
+    records = [r for r in manifest.engines if r.role == role]
     if not records:
         raise StagedxError(f"the bundle has no TensorRT engine for the {role}; run "
                            "`stagedx build-engine BUNDLE` on this machine")
@@ -130,7 +130,7 @@ def tensorrt_unusable(manifest: Manifest, roles: Sequence[str] = ("oracle", "dra
 def plan_chunks(t: int, max_tree: int) -> list[tuple[int, int]]:
     """``[start, stop)`` pieces of at most ``max_tree`` new tokens."""
     if t < 1:
-        raise ValueError("a run needs at least one token")
+        raise ContractError("a run needs at least one token")
     return [(s, min(s + max_tree, t)) for s in range(0, t, max_tree)]
 
 
@@ -159,9 +159,9 @@ def plan_commit(rows: Sequence[int], base: int, t: int) -> list[CopyRun]:
     wrote (sources only move down)."""
     rows = [int(r) for r in rows]
     if any(not 0 <= r < t for r in rows):
-        raise ValueError(f"commit rows {rows} outside the last run's {t} rows")
+        raise ContractError(f"commit rows {rows} outside the last run's {t} rows")
     if any(b <= a for a, b in zip(rows, rows[1:])):
-        raise ValueError(f"commit rows must be strictly increasing (path order), got {rows}")
+        raise ContractError(f"commit rows must be strictly increasing (path order), got {rows}")
     plan: list[CopyRun] = []
     j = 0
     while j < len(rows):
@@ -192,21 +192,21 @@ def plan_bindings(entry: ModelEntry, layout: DeviceLayout, past_rows: int, t: in
     """``name -> (address, shape or None)`` for one execution: the past is the cache prefix of
     ``past_rows`` rows (pointer = cache base), new K/V land right after it. Shapes are given
     for inputs only (``set_input_shape``)."""
-    a = entry.arch
+    a, io = entry.arch, entry.graph_io
     kv = (a.n_kv_heads, a.head_dim)
     plan = {
-        entry.io_name("input_ids"): (layout.inputs["input_ids"], (t,)),
-        entry.io_name("position_ids"): (layout.inputs["position_ids"], (t,)),
-        entry.io_name("tree_mask"): (layout.inputs["tree_mask"], (t, past_rows + t)),
+        io.input_ids: (layout.inputs["input_ids"], (t,)),  # [T]
+        io.position_ids: (layout.inputs["position_ids"], (t,)),  # [T]
+        io.tree_mask: (layout.inputs["tree_mask"], (t, past_rows + t)),  # [T, P+T]
     }
     for key in ("logits", "topk_values", "topk_indices"):
-        plan[entry.io_name(key)] = (layout.outputs[key], None)
+        plan[getattr(io, key)] = (layout.outputs[key], None)
     new_off = past_rows * layout.row_bytes
     for i in range(a.n_layers):
-        for past, new, base in (("past_key", "new_key", layout.k_cache[i]),
-                                ("past_value", "new_value", layout.v_cache[i])):
-            plan[entry.io_name(past, i)] = (base, (past_rows, *kv))
-            plan[entry.io_name(new, i)] = (base + new_off, None)
+        for past, new, base in ((io.past_key[i], io.new_key[i], layout.k_cache[i]),
+                                (io.past_value[i], io.new_value[i], layout.v_cache[i])):
+            plan[past] = (base, (past_rows, *kv))  # [P, H, D]
+            plan[new] = (base + new_off, None)  # [T, H, D] right after the past
     return plan
 
 
@@ -232,32 +232,32 @@ class TrtRunner:
         gpu = gpu_info(rt, device_index)
         self.record = select_engine(manifest, role, gpu, str(self._trt.__version__))
         self.device = f"cuda:{device_index}"
-        self.reserved = int(self.record["reserved_slots"])
-        self.max_tree = int(self.record["max_tree"])
-        limit = int(self.record["max_context"])
+        self.reserved = int(self.record.reserved_slots)
+        self.max_tree = int(self.record.max_tree)
+        limit = int(self.record.max_context)
         self.max_context = limit if max_context is None else min(int(max_context), limit)
         self._length = 0
         self._last: tuple[int, int] | None = None  # (length at run, T) awaiting commit
         self._allocs: list[int] = []
         self._engine, self._context = self._load_engine()
-        self._np_dtype = {"fp32": np.float32, "fp16": np.float16}[self.entry.dtype]
+        self._np_dtype = NP_DTYPES[self.entry.dtype]
         self.stream = cuda_check(rt, rt.cudaStreamCreate(), "cudaStreamCreate")
         self.layout = self._allocate()
 
     # -- setup ---------------------------------------------------------------------------------
     def _load_engine(self):
         trt = self._trt
-        data = (self.bundle / self.record["file"]).read_bytes()
+        data = (self.bundle / self.record.file).read_bytes()
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:
-            raise StagedxError(f"TensorRT could not deserialize {self.record['file']}; rebuild "
+            raise StagedxError(f"TensorRT could not deserialize {self.record.file}; rebuild "
                                "it with `stagedx build-engine BUNDLE` on this machine")
         names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
         expected = set(plan_bindings(self.entry, _dummy_layout(self.entry), 1, 1))
         if names != expected:
-            raise StagedxError(f"engine {self.record['file']} I/O does not match the graph "
+            raise StagedxError(f"engine {self.record.file} I/O does not match the graph "
                                f"contract: missing {sorted(expected - names)}, extra "
                                f"{sorted(names - expected)}")
         context = engine.create_execution_context()
@@ -294,17 +294,22 @@ class TrtRunner:
     def length(self) -> int:
         return self._length
 
+    def _check_open(self) -> None:
+        if not self._allocs:
+            raise ContractError(f"the {self.entry.role} runner was closed; it cannot be used again")
+
     def run(self, tokens, positions, tree_mask, fetch: Sequence[str] = (FETCH_TOPK,)) -> RunOutput:
+        self._check_open()
         tokens = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1)
         positions = np.ascontiguousarray(positions, dtype=np.int64).reshape(-1)
         tree_mask = np.asarray(tree_mask, dtype=bool)
         t = tokens.shape[0]
         if positions.shape != (t,) or tree_mask.shape != (t, t):
-            raise ValueError(f"run shapes disagree: tokens {tokens.shape}, positions "
-                             f"{positions.shape}, tree_mask {tree_mask.shape}")
+            raise ContractError(f"run shapes disagree: tokens {tokens.shape}, positions "
+                                f"{positions.shape}, tree_mask {tree_mask.shape}")
         if self._length + t > self.max_context:
-            raise ValueError(f"run of {t} tokens on {self._length} committed rows exceeds the "
-                             f"TensorRT runner's context of {self.max_context}")
+            raise ContractError(f"run of {t} tokens on {self._length} committed rows exceeds the "
+                                f"TensorRT runner's context of {self.max_context}")
         want_logits = FETCH_LOGITS in fetch
         host = self._host_outputs(t, want_logits)
         keep = []  # host inputs must outlive their async copies
@@ -354,8 +359,9 @@ class TrtRunner:
         cuda_check(rt, rt.cudaMemcpyAsync(dst, src, nbytes, kind_enum, self.stream), "cudaMemcpyAsync")
 
     def commit(self, rows) -> None:
+        self._check_open()
         if self._last is None or self._last[0] != self._length:
-            raise RuntimeError("commit() needs a run() since the last commit/truncate")
+            raise ContractError("commit() needs a run() since the last commit/truncate")
         _, t = self._last
         rows = list(np.asarray(rows, dtype=np.int64).reshape(-1))
         base = self.reserved + self._length
@@ -367,12 +373,15 @@ class TrtRunner:
         self._last = None
 
     def truncate(self, length: int) -> None:
+        self._check_open()
         if not 0 <= length <= self._length:
-            raise ValueError(f"cannot truncate to {length}: {self._length} rows are committed")
+            raise ContractError(f"cannot truncate to {length}: {self._length} rows are committed")
         self._length = int(length)
         self._last = None
 
     def close(self) -> None:
+        """Free the GPU buffers and the stream; idempotent. A closed runner cannot run again
+        (``run``, ``commit``, ``truncate`` raise ContractError)."""
         rt = self._rt
         if self._allocs:
             rt.cudaStreamSynchronize(self.stream)

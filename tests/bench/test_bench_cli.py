@@ -136,15 +136,16 @@ def test_tune_end_to_end(tiny_bundle, tmp_path):
     tuning = load_manifest(bundle).tuning
     (key, entry), = tuning.items()
     assert key.endswith("|onnxruntime|1") and not key.startswith("cuda")
-    assert entry["oracle_latency_s"] and entry["draft_latency_s"]
-    assert entry["calibration"]["prompts"] == "humaneval:82-163"
+    assert entry.oracle_latency_s and entry.draft_latency_s
+    assert entry.calibration["prompts"] == "humaneval:82-163"
     gen = Generator(bundle, threads=1)  # the runtime picks the matching entry by default
     for mode, sampling in (("greedy", "greedy"), ("sample", "topk:50")):
-        cfg = TreeConfig.from_dict(entry[mode])
-        assert set(TreeConfig.__dataclass_fields__) <= set(entry[mode])
-        best = max(entry[mode]["candidates"], key=lambda c: c["predicted_tokens_per_s"])
+        tree = entry.modes()[mode]
+        cfg = TreeConfig.from_dict(tree)
+        assert set(TreeConfig.__dataclass_fields__) <= set(tree)
+        best = max(tree["candidates"], key=lambda c: c["predicted_tokens_per_s"])
         assert best["tree"] == {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}
-        assert entry[mode]["predicted_tokens_per_s"] == pytest.approx(best["predicted_tokens_per_s"])
+        assert tree["predicted_tokens_per_s"] == pytest.approx(best["predicted_tokens_per_s"])
         assert gen.tree_for(SamplingConfig.parse(sampling)) == cfg
 
 
@@ -159,12 +160,13 @@ def test_tune_with_acceptance_from_a_twin(tiny_bundle, tmp_path):
                   "--threads", "1", "--sampling", "topk:50"])  # fmt: skip
     assert "calibration generations run on" in res.output
     (entry,) = load_manifest(bundle).tuning.values()
-    assert entry["calibration"]["acceptance_from"] == str(tiny_bundle)
-    assert set(entry["in_loop_factors"]) == {"oracle", "draft"}
-    cands = entry["sample"]["candidates"]
+    assert entry.calibration["acceptance_from"] == str(tiny_bundle)
+    assert set(entry.in_loop_factors) == {"oracle", "draft"}
+    cands = entry.sample["candidates"]
     assert any(c["tree"]["widths"] for c in cands) and all(c["call_sizes"]["oracle"] for c in cands)
     assert max(c["tree"]["budget"] for c in cands) >= 11
-    assert entry["sample"]["three_stage"]["extra"] > 0 or entry["sample"]["three_stage"]["draft_calls"] > 0
+    three = entry.three_stage("sample")
+    assert three["extra"] > 0 or three["draft_calls"] > 0
     assert not load_manifest(tiny_bundle).tuning  # the twin is only read
 
 

@@ -13,8 +13,9 @@ from stagedx.engines import build as b
 from stagedx.engines import cli as engines_cli
 from stagedx.engines.profiles import ProfileSpec
 from stagedx.errors import StagedxError
-from stagedx.manifest import (ArchDims, Draft2Entry, Manifest, ModelEntry, TokenizerEntry,
-                              load_manifest, sha256_file, write_manifest)
+from stagedx.files import sha256_file
+from stagedx.manifest import (ArchDims, Draft2Entry, EngineEntry, Manifest, ModelEntry, TokenizerEntry,
+                              load_manifest, write_manifest)
 from stagedx.runtime.trt_runner import GpuInfo, engine_mismatch, select_engine
 
 GPU = GpuInfo("NVIDIA L40S", "8.9")
@@ -107,13 +108,13 @@ def test_engine_record_carries_what_the_runtime_checks_and_round_trips(bundle):
     assert rel == "engines/oracle.nvidia-l40s.sm89.trt10.9.0.plan"
     b.write_atomic(bundle / rel, b"plan-bytes")
     rec = b.engine_record(entry, spec, (rel, sha256_file(bundle / rel)), GPU, "10.9.0")
-    assert rec["precision"] == "fp16"  # from the graph's dtype, not a builder flag
-    assert (rec["gpu_name"], rec["compute_capability"], rec["tensorrt_version"]) == (GPU.name, "8.9", "10.9.0")
-    assert (rec["max_tree"], rec["max_context"], rec["reserved_slots"]) == (16, 256, 1)
-    prof = rec["profiles"][0]
+    assert rec.precision == "fp16"  # from the graph's dtype, not a builder flag
+    assert (rec.gpu_name, rec.compute_capability, rec.tensorrt_version) == (GPU.name, "8.9", "10.9.0")
+    assert (rec.max_tree, rec.max_context, rec.reserved_slots) == (16, 256, 1)
+    prof = rec.profiles[0]
     assert prof["input_ids"] == {"min": [1], "opt": [16], "max": [16]}
     assert prof["past_value.1"]["max"] == [256, 4, 8]
-    json.dumps(rec)  # manifest-serialisable
+    assert EngineEntry.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec  # manifest-serialisable
 
     from stagedx.manifest import update_manifest
     update_manifest(bundle, engines=tuple(b.merge_records((), [rec])))
@@ -128,10 +129,11 @@ def test_engine_record_carries_what_the_runtime_checks_and_round_trips(bundle):
 
 def test_merge_records_replaces_only_the_same_role_gpu_and_version():
     def rec(role, gpu, ver, tag):
-        return {"role": role, "gpu_name": gpu, "compute_capability": "8.9", "tensorrt_version": ver, "tag": tag}
+        return EngineEntry.from_dict({"file": "e.plan", "sha256": "0" * 64, "role": role, "gpu_name": gpu,
+                                      "compute_capability": "8.9", "tensorrt_version": ver, "tag": tag})
     old = [rec("oracle", "L4", "10.9", 1), rec("draft", "L4", "10.9", 1), rec("oracle", "A10", "10.9", 1)]
     merged = b.merge_records(old, [rec("oracle", "L4", "10.9", 2)])
-    assert sorted((r["role"], r["gpu_name"], r["tag"]) for r in merged) == [
+    assert sorted((r.role, r.gpu_name, r.other["tag"]) for r in merged) == [
         ("draft", "L4", 1), ("oracle", "A10", 1), ("oracle", "L4", 2)]
 
 

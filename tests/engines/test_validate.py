@@ -10,10 +10,11 @@ import pytest
 
 import stagedx.cli as top
 from stagedx.engines import cli as engines_cli
-from stagedx.engines.validate import rel_error, validate_bundle
+from stagedx.engines.validate import validate_bundle
 from stagedx.errors import StagedxError
 from stagedx.files import sha256_file
 from stagedx.manifest import load_manifest, update_manifest
+from stagedx.numerics import rel_error
 
 
 def _cli(monkeypatch, capsys, args):
@@ -55,12 +56,12 @@ def test_validate_passes_on_onnxruntime_for_an_exported_bundle(tiny_bundle, monk
 
 def _rewrite_reference(bundle, change):
     manifest = load_manifest(bundle)
-    path = bundle / manifest.reference["file"]
+    path = bundle / manifest.reference.file
     with np.load(path) as npz:
         arrays = {k: npz[k] for k in npz.files}
     change(arrays)
     np.savez(path, **arrays)
-    update_manifest(bundle, reference={**manifest.reference, "sha256": sha256_file(path)})
+    update_manifest(bundle, reference=dataclasses.replace(manifest.reference, sha256=sha256_file(path)))
 
 
 def test_a_corrupted_reference_fails_with_exit_2(bundle_copy, monkeypatch, capsys):
@@ -123,3 +124,5 @@ def test_rel_error():
     assert rel_error(ref + [[0, 0.04], [0, 0]], ref) == pytest.approx(0.01)
     assert rel_error(np.full_like(ref, np.nan), ref) == float("inf")
     assert rel_error(ref[:1], ref) == float("inf")
+    assert rel_error(np.zeros((0, 3)), np.zeros((0, 3))) == 0.0
+    assert rel_error(np.zeros(2), np.zeros(2)) == 0.0 and rel_error(np.ones(2), np.zeros(2)) == float("inf")

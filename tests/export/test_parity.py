@@ -107,8 +107,8 @@ def test_graph_io_follows_the_contract(tiny_bundle):
 
 def test_reference_npz_holds_the_transformers_reference(tiny_bundle):
     m = load_manifest(tiny_bundle)
-    ref = np.load(tiny_bundle / m.reference["file"])
-    assert m.reference["tolerance"] == {"fp32": 1e-4, "fp16": 2e-2}
+    ref = np.load(tiny_bundle / m.reference.file)
+    assert m.reference.tolerance == {"fp32": 1e-4, "fp16": 2e-2}
     for role in ("oracle", "draft"):
         a = m.models[role].arch
         t = ref[f"{role}.input_ids"].shape[0]

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stagedx.errors import StagedxError
+from stagedx.errors import ContractError, StagedxError
 from stagedx.runtime.kv import KVCache, KVShape
 
 L, H, D = 2, 2, 3
@@ -81,11 +81,11 @@ def test_overflow_and_bad_arguments():
     np.testing.assert_array_equal(cache.prefix()[0][:, 0], new[:, 4])
     with pytest.raises(StagedxError, match="context limit reached"):
         cache.commit(new, new, [0])
-    with pytest.raises(ValueError):
+    with pytest.raises(ContractError):
         cache.commit(new, new, [5], at=0)  # row outside the run
-    with pytest.raises(ValueError):
+    with pytest.raises(ContractError):
         cache.truncate(5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ContractError):
         cache.commit(new, new, [0], at=5)
     cache.truncate(0)
     assert cache.length == 0 and cache.room() == 4

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from stagedx.errors import StagedxError
+from stagedx.errors import ContractError, StagedxError
 from stagedx.runtime.bundle import make_runner, open_bundle
 from stagedx.runtime.device import check_providers, resolve_device
 from stagedx.runtime.ort_device import DeviceKV, gather_model
@@ -133,7 +133,7 @@ def test_fetch_topk_truncate_and_errors(bundle):
     entry = manifest.oracle
     runner = FACTORIES["ort"](bundle_dir, manifest, "oracle", max_context=6)
     assert runner.backend == "onnxruntime" and runner.device == "cpu" and runner.max_context == 6
-    with pytest.raises(ValueError):
+    with pytest.raises(ContractError):
         runner.commit([0])  # nothing run yet
     tokens = np.array([3, 1, 4, 1, 5])
     out = runner.run(tokens, np.arange(5), chain_mask(5))
@@ -153,7 +153,7 @@ def test_fetch_topk_truncate_and_errors(bundle):
     with pytest.raises(StagedxError, match="context limit reached"):
         runner.run(tokens[:2], np.array([5, 6]), chain_mask(2))
         runner.commit([0, 1])
-    with pytest.raises(ValueError):
+    with pytest.raises(ContractError):
         runner.truncate(6)
 
 

@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stagedx.errors import StagedxError
-from stagedx.manifest import ArchDims, ModelEntry
+from stagedx.errors import ContractError, StagedxError
+from stagedx.manifest import ArchDims, EngineEntry, ModelEntry
 from stagedx.runtime import trt_runner as tr
 from stagedx.runtime.runner import chain_mask
 
@@ -38,7 +38,7 @@ def test_plan_chunks():
     assert tr.plan_chunks(5, 8) == [(0, 5)]
     assert tr.plan_chunks(8, 8) == [(0, 8)]
     assert tr.plan_chunks(19, 8) == [(0, 8), (8, 16), (16, 19)]
-    with pytest.raises(ValueError):
+    with pytest.raises(ContractError):
         tr.plan_chunks(0, 8)
 
 
@@ -82,9 +82,9 @@ def test_plan_commit_uses_one_copy_per_run_of_rows():
     assert tr.plan_commit([0, 3, 4], 7, 6) == [tr.CopyRun(10, 8, 2)]
     # a run shifted by 1 overlapping itself is split into disjoint pieces
     assert tr.plan_commit([1, 2, 3], 0, 4) == [tr.CopyRun(1, 0, 1), tr.CopyRun(2, 1, 1), tr.CopyRun(3, 2, 1)]
-    with pytest.raises(ValueError, match="increasing"):
+    with pytest.raises(ContractError, match="increasing"):
         tr.plan_commit([2, 1], 0, 4)
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ContractError, match="outside"):
         tr.plan_commit([4], 0, 4)
 
 
@@ -110,7 +110,7 @@ def _record(**kw):
          "gpu_name": GPU.name, "compute_capability": "9.0", "max_tree": 8, "max_context": 64,
          "reserved_slots": 1}
     r.update(kw)
-    return r
+    return EngineEntry.from_dict(r)
 
 
 def test_engine_mismatch_names_what_differs():
@@ -126,7 +126,7 @@ def test_engine_mismatch_names_what_differs():
 def test_select_engine_picks_the_matching_record_or_refuses():
     other = _record(gpu_name="NVIDIA A100", compute_capability="8.0", file="engines/a.plan")
     manifest = SimpleNamespace(engines=(other, _record()))
-    assert tr.select_engine(manifest, "oracle", GPU, "10.9.0")["file"] == "engines/o.plan"
+    assert tr.select_engine(manifest, "oracle", GPU, "10.9.0").file == "engines/o.plan"
     with pytest.raises(StagedxError, match="rebuild with `stagedx build-engine"):
         tr.select_engine(SimpleNamespace(engines=(other,)), "oracle", GPU, "10.9.0")
     with pytest.raises(StagedxError, match="no TensorRT engine for the draft"):
@@ -418,18 +418,34 @@ def test_runner_matches_recomputation_through_prefill_tree_commit_and_truncate(s
 def test_runner_guards_context_commit_and_truncate(setup):
     runner = tr.TrtRunner(setup.bundle, "draft", manifest=setup.manifest, max_context=8)
     assert runner.max_context == 8
-    with pytest.raises(RuntimeError, match="needs a run"):
+    with pytest.raises(ContractError, match="needs a run"):
         runner.commit([0])
-    with pytest.raises(ValueError, match="exceeds"):
+    with pytest.raises(ContractError, match="exceeds"):
         runner.run(np.arange(9), np.arange(9), chain_mask(9))
     runner.run(np.arange(3), np.arange(3), chain_mask(3))
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ContractError, match="outside"):
         runner.commit([3])
     runner.commit([0, 1, 2])
-    with pytest.raises(ValueError):
+    with pytest.raises(ContractError):
         runner.truncate(4)
-    with pytest.raises(ValueError, match="disagree"):
+    with pytest.raises(ContractError, match="disagree"):
         runner.run(np.arange(2), np.arange(3), chain_mask(2))
+
+
+def test_closed_runners_of_both_backends_raise_the_same_contract_error(setup):
+    from stagedx.runtime.ort_runner import OrtRunner
+
+    (setup.bundle / "draft.onnx").write_bytes((setup.bundle / "engines" / "draft.plan").read_bytes())
+    runners = (tr.TrtRunner(setup.bundle, "draft", manifest=setup.manifest),
+               OrtRunner(setup.bundle, setup.entry, device="cpu", threads=1))
+    for runner in runners:
+        runner.run(np.arange(3), np.arange(3), chain_mask(3))
+        runner.close()
+        runner.close()  # idempotent
+        for call in (lambda: runner.run(np.arange(1), np.arange(1), chain_mask(1)),
+                     lambda: runner.commit([0]), lambda: runner.truncate(0)):
+            with pytest.raises(ContractError, match="closed"):
+                call()
 
 
 def test_runner_refuses_an_engine_for_another_gpu(setup, monkeypatch):
