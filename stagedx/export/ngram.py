@@ -364,6 +364,107 @@ def _unigram_rank(p_uni: np.ndarray, k: int) -> np.ndarray:
 
 
 # -- the fit ----------------------------------------------------------------------------
+@dataclass
+class _Counts:
+    """Unigram counts and the grouped bigram / trigram counts of a token stream."""
+
+    uni: np.ndarray  # [V] float64
+    g2: tuple  # (contexts, successors, starts, totals, counts) of bigram keys a * V + b
+    g3: tuple  # the same for trigram keys (a * V + b) * V + c
+
+
+def _count(tokens: np.ndarray, vocab: int) -> _Counts:
+    """Unigram by bincount, bigram / trigram by np.unique over int64 keys."""
+    uni = np.bincount(tokens, minlength=vocab).astype(np.float64)  # [V]
+    k2, c2 = np.unique(tokens[:-1] * vocab + tokens[1:], return_counts=True)
+    k3, c3 = np.unique((tokens[:-2] * vocab + tokens[1:-1]) * vocab + tokens[2:], return_counts=True)
+    return _Counts(uni, (*_group(k2, c2, vocab), c2), (*_group(k3, c3, vocab), c3))
+
+
+@dataclass
+class _Bigram:
+    """The discounted bigram level and the lookups the trigram level backs off through."""
+
+    level: _Level
+    row: np.ndarray  # [V] token -> bigram row (C2 = not stored)
+    alpha_ext: np.ndarray  # [C2 + 1] back-off weights; an unstored context backs off with 1
+    p_uni: np.ndarray  # [V]
+    ekeys: np.ndarray  # [E2] sorted entry keys row * V + w of the stored bigrams
+
+    def p(self, ctx3: np.ndarray, w: np.ndarray, vocab: int) -> np.ndarray:
+        """Stored Katz p(w | b) for trigram context keys ``a * V + b``."""
+        bi, ekeys = self.level, self.ekeys
+        row = self.row[ctx3 % vocab]
+        backoff = self.alpha_ext[row] * self.p_uni[w]
+        if len(ekeys) == 0:
+            return backoff
+        q = row * vocab + w
+        i = np.minimum(np.searchsorted(ekeys, q), len(ekeys) - 1)
+        return np.where(ekeys[i] == q, bi.p[i].astype(np.float64), backoff)
+
+    def dense(self, rows: np.ndarray) -> np.ndarray:
+        """[n, V] full Katz distributions of bigram rows (C2: the unigram)."""
+        bi = self.level
+        full = self.p_uni[None, :] * self.alpha_ext[rows][:, None]
+        stored = np.flatnonzero(rows < len(bi.keys))
+        rep, ent = _segments(bi.ptr, rows[stored])
+        full[stored[rep], bi.ids[ent]] = bi.p[ent]
+        return full
+
+
+def _discount(counts: _Counts, config: NgramFitConfig, vocab: int) -> tuple[np.ndarray, _Bigram, _Level]:
+    """(add-one unigram p, the bigram level, the trigram level): Good-Turing discounts and
+    Katz back-off weights of the kept contexts."""
+    g2, g3 = counts.g2, counts.g3
+    keep2, keep3 = _select_contexts(g2[3], g3[3], config)
+    p_uni = (counts.uni + 1.0) / (counts.uni.sum() + vocab)  # [V]
+    bi = _build_level(g2, keep2, _Discount.fit(g2[4]), lambda ctx, w: p_uni[w])
+    row = np.full(vocab, len(bi.keys), np.int64)
+    row[bi.keys] = np.arange(len(bi.keys))
+    bigram = _Bigram(bi, row, np.r_[bi.alpha, 1.0], p_uni, bi.entry_keys(vocab))
+    tri = _build_level(g3, keep3, _Discount.fit(g3[4]), lambda ctx, w: bigram.p(ctx, w, vocab))
+    return p_uni, bigram, tri
+
+
+def _rank_levels(p_uni: np.ndarray, bigram: _Bigram, tri: _Level, k: int, steps) -> dict:
+    """Top-k lists: unigram, then bigram (ranked deeper, k + RANK_SLACK, to serve the
+    trigrams), then trigram. Returns ``{"uni": ids, "bi": (ids, p), "tri": (ids, p)}``."""
+    vocab, bi = len(p_uni), bigram.level
+    uni_rank = _unigram_rank(p_uni, vocab)  # [V]
+    uni_lower = _Lower(uni_rank[None, :], p_uni[uni_rank][None, :], np.zeros(len(bi.keys), np.int64),
+                       lambda rows: np.tile(p_uni, (len(rows), 1)))
+    deep = min(vocab, k + RANK_SLACK)
+    bi_rank_ids, bi_rank_p = _top_lists(bi, uni_lower, deep, vocab)  # [C2, deep]
+    steps.update(1, "bigram top-k")
+    uni_deep = uni_rank[:deep]
+    tri_lower = _Lower(np.vstack([bi_rank_ids, uni_deep[None, :]]),
+                       np.vstack([bi_rank_p, p_uni[uni_deep][None, :]]),
+                       bigram.row[tri.keys % vocab], bigram.dense)
+    tri_top = _top_lists(tri, tri_lower, k, vocab)  # [C3, k] each
+    steps.update(1, "trigram top-k")
+    return {"uni": uni_rank, "bi": (bi_rank_ids[:, :k], bi_rank_p[:, :k]), "tri": tri_top}
+
+
+def _arrays(p_uni: np.ndarray, levels: dict, ranked: dict, header: dict) -> dict:
+    """The .npz arrays (module docstring): ``header`` scalars, unigram, then bi / tri levels."""
+    k, uni_rank = int(header["topk"]), ranked["uni"]
+    arrays = {
+        "format_version": np.int64(NGRAM_FORMAT_VERSION), **{n: np.int64(v) for n, v in header.items()},
+        "uni_p": p_uni,
+        "uni_top_ids": uni_rank[:k].astype(np.int32), "uni_top_p": p_uni[uni_rank[:k]].astype(np.float32),
+    }
+    for name, level in levels.items():
+        top_ids, top_p = ranked[name]
+        arrays.update({f"{name}_keys": level.keys.astype(np.int64), f"{name}_ptr": level.ptr,
+                       f"{name}_ids": level.ids, f"{name}_p": level.p, f"{name}_alpha": level.alpha,
+                       f"{name}_top_ids": np.ascontiguousarray(top_ids, dtype=np.int32),
+                       f"{name}_top_p": np.ascontiguousarray(top_p, dtype=np.float32)})
+    if len(p_uni) <= 1 << 16:  # token ids fit in uint16: halves the largest arrays
+        for key in ("bi_ids", "bi_top_ids", "tri_ids", "tri_top_ids", "uni_top_ids"):
+            arrays[key] = arrays[key].astype(np.uint16)
+    return arrays
+
+
 def fit_ngram(
     corpus: Sequence[Path], tokenizer_file: Path, out_file: Path, config: NgramFitConfig = NgramFitConfig()
 ) -> NgramEntry:
@@ -382,75 +483,15 @@ def fit_ngram(
     k = min(config.topk, vocab)
     steps = _Progress(5, "n-gram", config.show_progress)
     n_tokens = int(len(tokens))
-
-    # counts: unigram by bincount, bigram / trigram by np.unique over int64 keys
-    uni = np.bincount(tokens, minlength=vocab).astype(np.float64)
-    k2, c2 = np.unique(tokens[:-1] * vocab + tokens[1:], return_counts=True)
-    k3, c3 = np.unique((tokens[:-2] * vocab + tokens[1:-1]) * vocab + tokens[2:], return_counts=True)
+    counts = _count(tokens, vocab)
     del tokens
     steps.update(1, "counted")
-
-    g2, g3 = (*_group(k2, c2, vocab), c2), (*_group(k3, c3, vocab), c3)
-    keep2, keep3 = _select_contexts(g2[3], g3[3], config)
-    p_uni = (uni + 1.0) / (uni.sum() + vocab)
-
-    bi = _build_level(g2, keep2, _Discount.fit(c2), lambda ctx, w: p_uni[w])
-    bi_row = np.full(vocab, len(bi.keys), np.int64)  # token -> bigram row (C2 = not stored)
-    bi_row[bi.keys] = np.arange(len(bi.keys))
-    bi_alpha_ext = np.r_[bi.alpha, 1.0]  # an unstored bigram context backs off with weight 1
-    bi_ekeys = bi.entry_keys(vocab)
-
-    def p_bigram(ctx3: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """Stored Katz p(w | b) for trigram context keys ``a * V + b``."""
-        row = bi_row[ctx3 % vocab]
-        backoff = bi_alpha_ext[row] * p_uni[w]
-        if len(bi_ekeys) == 0:
-            return backoff
-        q = row * vocab + w
-        i = np.minimum(np.searchsorted(bi_ekeys, q), len(bi_ekeys) - 1)
-        return np.where(bi_ekeys[i] == q, bi.p[i].astype(np.float64), backoff)
-
-    tri = _build_level(g3, keep3, _Discount.fit(c3), p_bigram)
-    del g2, g3, k2, c2, k3, c3
+    p_uni, bigram, tri = _discount(counts, config, vocab)
+    del counts
     steps.update(1, "discounted")
-
-    # top lists: unigram, then bigram (ranked deeper, k + RANK_SLACK, to serve the trigrams)
-    uni_rank = _unigram_rank(p_uni, vocab)
-    uni_lower = _Lower(uni_rank[None, :], p_uni[uni_rank][None, :], np.zeros(len(bi.keys), np.int64),
-                       lambda rows: np.tile(p_uni, (len(rows), 1)))
-    deep = min(vocab, k + RANK_SLACK)
-    bi_rank_ids, bi_rank_p = _top_lists(bi, uni_lower, deep, vocab)
-    steps.update(1, "bigram top-k")
-
-    def dense_bigram(rows: np.ndarray) -> np.ndarray:
-        full = p_uni[None, :] * bi_alpha_ext[rows][:, None]
-        stored = np.flatnonzero(rows < len(bi.keys))
-        rep, ent = _segments(bi.ptr, rows[stored])
-        full[stored[rep], bi.ids[ent]] = bi.p[ent]
-        return full
-
-    uni_deep = uni_rank[:deep]
-    tri_lower = _Lower(np.vstack([bi_rank_ids, uni_deep[None, :]]),
-                       np.vstack([bi_rank_p, p_uni[uni_deep][None, :]]),
-                       bi_row[tri.keys % vocab], dense_bigram)
-    tri_top_ids, tri_top_p = _top_lists(tri, tri_lower, k, vocab)
-    steps.update(1, "trigram top-k")
-
-    arrays = {
-        "format_version": np.int64(NGRAM_FORMAT_VERSION), "vocab_size": np.int64(vocab),
-        "order": np.int64(3), "topk": np.int64(k), "n_tokens": np.int64(n_tokens),
-        "eos_id": np.int64(config.eos_id), "uni_p": p_uni,
-        "uni_top_ids": uni_rank[:k].astype(np.int32), "uni_top_p": p_uni[uni_rank[:k]].astype(np.float32),
-    }
-    for name, level, top_ids, top_p in (("bi", bi, bi_rank_ids[:, :k], bi_rank_p[:, :k]),
-                                        ("tri", tri, tri_top_ids, tri_top_p)):
-        arrays.update({f"{name}_keys": level.keys.astype(np.int64), f"{name}_ptr": level.ptr,
-                       f"{name}_ids": level.ids, f"{name}_p": level.p, f"{name}_alpha": level.alpha,
-                       f"{name}_top_ids": np.ascontiguousarray(top_ids, dtype=np.int32),
-                       f"{name}_top_p": np.ascontiguousarray(top_p, dtype=np.float32)})
-    if vocab <= 1 << 16:  # token ids fit in uint16: halves the largest arrays
-        for key in ("bi_ids", "bi_top_ids", "tri_ids", "tri_top_ids", "uni_top_ids"):
-            arrays[key] = arrays[key].astype(np.uint16)
+    ranked = _rank_levels(p_uni, bigram, tri, k, steps)
+    header = {"vocab_size": vocab, "order": 3, "topk": k, "n_tokens": n_tokens, "eos_id": config.eos_id}
+    arrays = _arrays(p_uni, {"bi": bigram.level, "tri": tri}, ranked, header)
     out_file = Path(out_file)
     with open(out_file, "wb") as f:
         np.savez(f, **arrays)
