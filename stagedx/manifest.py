@@ -439,6 +439,17 @@ class Manifest:
     engines: tuple = ()  # of EngineEntry, written by stagedx.engines
     tuning: dict = field(default_factory=dict)  # key "<device>|<backend>|<threads>" -> TuningEntry
 
+    def __post_init__(self) -> None:
+        """Entries given as JSON objects (tests, hand-built manifests) become typed ones."""
+        if isinstance(self.reference, dict):
+            object.__setattr__(self, "reference", ReferenceEntry.from_dict(self.reference))
+        if any(isinstance(e, dict) for e in self.engines):
+            engines = tuple(EngineEntry.from_dict(e) if isinstance(e, dict) else e for e in self.engines)
+            object.__setattr__(self, "engines", engines)
+        if isinstance(self.tuning, dict) and any(isinstance(v, dict) for v in self.tuning.values()):
+            tuning = {k: TuningEntry.from_dict(v, k) if isinstance(v, dict) else v for k, v in self.tuning.items()}
+            object.__setattr__(self, "tuning", tuning)
+
     @property
     def oracle(self) -> ModelEntry:
         return self.models["oracle"]
