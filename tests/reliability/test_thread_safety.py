@@ -76,7 +76,11 @@ def test_close_waits_for_a_decode_in_another_thread(tiny_bundle):
     gen = Generator(tiny_bundle, device="cpu", threads=1)
     stream = gen.stream("def f(x):", max_new_tokens=12, ignore_eos=True)
     next(stream)
-    assert gen.close(timeout=0.2) is False  # the stream holds the Generator: nothing released
+    gave_up: list = []
+    t = threading.Thread(target=lambda: gave_up.append(gen.close(timeout=0.2)))
+    t.start()
+    t.join(timeout=30)
+    assert gave_up == [False]  # the stream holds the Generator: nothing released
     t = threading.Thread(target=gen.close)
     t.start()
     t.join(timeout=0.5)
