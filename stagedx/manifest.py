@@ -391,16 +391,6 @@ class TuningEntry:
         tree = getattr(self, mode, None)
         return tree.get("three_stage") if isinstance(tree, dict) else None
 
-    # a read-only mapping view of the JSON object (runtime code indexing ``tuned[mode]``)
-    def __contains__(self, key: str) -> bool:
-        return key in self.to_dict()
-
-    def __getitem__(self, key: str):
-        return self.to_dict()[key]
-
-    def get(self, key: str, default=None):
-        return self.to_dict().get(key, default)
-
     @staticmethod
     def from_dict(d: dict, key: str = "") -> "TuningEntry":
         check_object(f"tuning[{key!r}]", d)

@@ -12,10 +12,12 @@ generations. ``--untuned`` keeps TWIN's own default trees.
 
 import sys
 
+from stagedx.bench.bench import STAGEDX_METHODS
 from stagedx.bench.prompts import load_prompts
 from stagedx.bench.tune import interp
 from stagedx.manifest import load_manifest
 from stagedx.runtime import Generator, SamplingConfig
+from stagedx.runtime.trees import TreeChoice, sampling_mode
 
 KEY = "cpu|onnxruntime|2"
 
@@ -33,25 +35,26 @@ def main(argv: list) -> None:
     curves = {m: {int(k): v for k, v in stored.items()}
               for m, stored in (("oracle", entry.oracle_latency_s), ("draft", entry.draft_latency_s))}
     ob, db = mb.oracle.weight_bytes, mb.draft.weight_bytes
-    gen = Generator(twin, device="cpu", threads=1)
-    if "--untuned" not in argv:
-        gen.tuned = entry.modes()
-    prompts = load_prompts("humaneval", limit)
-    for s in ("greedy", "topk:50"):
-        cfg = SamplingConfig.parse(s)
-        for name in ("baseline", "speculative", "staged", "staged3"):
-            strategy, tree = ("staged", gen.three_stage_tree(cfg)) if name == "staged3" else (name, None)
-            tok = calls = dcalls = 0
-            cost = 0.0
-            for i, p in enumerate(prompts):
-                r = gen.generate(p.text, ntok, sampling=s, seed=i, strategy=strategy, tree=tree, ignore_eos=True,
-                                 truncate=True)  # fmt: skip
-                st = r.stats
-                tok, calls, dcalls = tok + st.new_tokens, calls + st.oracle_calls, dcalls + st.draft_calls
-                cost += sum(n * interp(curves[m], t) for m in curves for t, n in st.call_sizes[m].items())
-            print(f"{s:8s} {name:12s} tokens/call {tok / calls:5.2f}  rel.traffic {(calls * ob + dcalls * db) / (tok * ob):.3f}  "
-                  f"priced speedup {tok * curves['oracle'][1] / cost:.2f}x", flush=True)  # fmt: skip
-
+    with Generator(twin, device="cpu", threads=1) as gen:
+        # BIG's tuned trees, passed to every call (with --untuned: TWIN's own tuned / default ones)
+        tuned = gen.tuned if "--untuned" in argv else entry.modes()
+        trees = TreeChoice(tuned=tuned, has_draft2=gen.draft2.kind != "none")
+        prompts = load_prompts("humaneval", limit)
+        for s in ("greedy", "topk:50"):
+            mode = sampling_mode(SamplingConfig.parse(s))
+            for name in STAGEDX_METHODS:
+                strategy, tree = ("staged", trees.three_stage(mode)) if name == "staged3" else (name, trees.tree(mode))
+                tok = calls = dcalls = 0
+                cost = 0.0
+                for i, p in enumerate(prompts):
+                    r = gen.generate(p.text, max_new_tokens=ntok, sampling=s, seed=i, strategy=strategy, tree=tree,
+                                     ignore_eos=True, truncate=True)  # fmt: skip
+                    st = r.stats
+                    tok, calls, dcalls = tok + st.new_tokens, calls + st.oracle_calls, dcalls + st.draft_calls
+                    cost += sum(n * interp(curves[m], t) for m in curves for t, n in st.call_sizes[m].items())
+                print(f"{s:8s} {name:12s} tokens/call {tok / calls:5.2f}  "
+                      f"rel.traffic {(calls * ob + dcalls * db) / (tok * ob):.3f}  "
+                      f"priced speedup {tok * curves['oracle'][1] / cost:.2f}x", flush=True)  # fmt: skip
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -23,11 +23,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
+from ..runtime import STRATEGIES
 from .prompts import Prompt
 
 # staged: the tuned (else default) tree, which may skip the draft where it does not pay;
 # staged3: always all three stages (draft2 -> draft -> oracle), as in the paper.
-STAGEDX_METHODS = ("baseline", "speculative", "staged", "staged3")
+STAGEDX_METHODS = (*STRATEGIES, "staged3")
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class StagedxMethod:
             strategy, tree = "staged", self.gen.three_stage_tree(SamplingConfig.parse(sampling))
         t0 = time.perf_counter()
         res = self.gen.generate(
-            prompt.text, self.max_new_tokens, sampling=sampling, seed=seed, strategy=strategy,
+            prompt.text, max_new_tokens=self.max_new_tokens, sampling=sampling, seed=seed, strategy=strategy,
             ignore_eos=True, truncate=True, tree=tree,
         )  # fmt: skip
         wall = time.perf_counter() - t0
@@ -201,15 +202,20 @@ class BenchRequest:
 
 def benchmark(req: BenchRequest, progress: Callable | None = None, echo: Callable = print) -> dict:
     """Run the whole benchmark and return the result dict (raw records + summaries)."""
-    from pathlib import Path
-
     from ..runtime import Generator
-    from . import metrics
     from .prompts import load_prompts
-    from .roofline import roofline
 
     prompts = load_prompts(req.prompts, req.limit)
-    gen = Generator(req.bundle, device=req.device, strategy="staged", threads=req.threads, tree=None)
+    with Generator(req.bundle, device=req.device, strategy="staged", threads=req.threads, tree=None) as gen:
+        return _benchmark(gen, req, prompts, progress, echo)
+
+
+def _benchmark(gen, req: BenchRequest, prompts: list, progress: Callable | None, echo: Callable) -> dict:
+    from pathlib import Path
+
+    from . import metrics
+    from .roofline import roofline
+
     cfg = req.cfg
     methods: list = [StagedxMethod(gen, m, cfg.max_new_tokens) for m in cfg.methods]
     if req.peers:
@@ -269,7 +275,7 @@ def _tree_record(gen, sampling: str) -> dict:
 
 def _tree_source(gen, sampling: str) -> str:
     from ..runtime import SamplingConfig
-    from ..runtime.generator import sampling_mode
+    from ..runtime.trees import sampling_mode
 
     if gen.tree is not None:
         return "explicit"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import click
@@ -169,20 +170,23 @@ def tune(bundle, calibration, limit, max_new_tokens, sampling, passes, threads, 
         SamplingConfig.parse(mode)
     check_bundle_writable(bundle)  # before the measurement, not after it
     process_owner_thread_pool(threads)
-    twin = Generator(acceptance_from, device=device, strategy="staged", threads=threads) if acceptance_from else None
-    if twin is not None and reuse_curves:  # BUNDLE's models are not needed: only its manifest is
-        from ..manifest import load_manifest
-
-        if load_manifest(bundle, check_files=False).tokenizer.sha256 != twin.manifest.tokenizer.sha256:
-            raise StagedxError(f"--acceptance-from {acceptance_from}: its tokenizer differs from {bundle}'s")
-        gen, twin = twin, None
-    else:
-        gen = Generator(bundle, device=device, strategy="staged", threads=threads)
-        if twin is not None and twin.manifest.tokenizer.sha256 != gen.manifest.tokenizer.sha256:
-            raise StagedxError(f"--acceptance-from {acceptance_from}: its tokenizer differs from {bundle}'s")
     cfg = TuneConfig(calibration=calibration, limit=limit or None, max_new_tokens=max_new_tokens, samplings=samplings,
                      passes=passes, acceptance_from=acceptance_from, reuse_curves=reuse_curves)  # fmt: skip
-    tune_bundle(bundle, gen, cfg, echo=click.echo, twin=twin)
+    with contextlib.ExitStack() as generators:  # closes every Generator opened here
+        def load(path):
+            return generators.enter_context(Generator(path, device=device, strategy="staged", threads=threads))
 
+        twin = load(acceptance_from) if acceptance_from else None
+        if twin is not None and reuse_curves:  # BUNDLE's models are not needed: only its manifest is
+            from ..manifest import load_manifest
+
+            if load_manifest(bundle, check_files=False).tokenizer.sha256 != twin.manifest.tokenizer.sha256:
+                raise StagedxError(f"--acceptance-from {acceptance_from}: its tokenizer differs from {bundle}'s")
+            gen, twin = twin, None
+        else:
+            gen = load(bundle)
+            if twin is not None and twin.manifest.tokenizer.sha256 != gen.manifest.tokenizer.sha256:
+                raise StagedxError(f"--acceptance-from {acceptance_from}: its tokenizer differs from {bundle}'s")
+        tune_bundle(bundle, gen, cfg, echo=click.echo, twin=twin)
 
 COMMANDS = [bench, tune]

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 from ..files import write_atomic
+from .bench import STAGEDX_METHODS
 
 PAPER = {
     "note": "Spector & Re 2023, GPT-2-L (762M) oracle, 40M draft, RTX 4090, HumanEval",
@@ -16,7 +17,7 @@ PAPER = {
                          "topk:50": {"baseline": 1.0, "speculative": 0.48, "staged": 0.35}},
     "staged_speedup": {"greedy": 3.16, "topk:50": 1.98},
 }  # fmt: skip
-METHOD_ORDER = ("baseline", "speculative", "staged", "staged3")
+METHOD_ORDER = STAGEDX_METHODS
 
 
 def sampling_label(spec: str) -> str:

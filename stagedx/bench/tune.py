@@ -175,14 +175,13 @@ def tree_dict(cfg) -> dict:
 # -- acceptance on calibration prompts ---------------------------------------------------------
 def evaluate(gen, cfg, prompts, tune: TuneConfig, curves: tuple, factors: dict | None = None) -> Evaluation:
     """Staged runs of every calibration prompt with tree config ``cfg``."""
-    gen.tree = cfg
     sums = {"new_tokens": 0, "rounds": 0, "draft_calls": 0, "overhead_s": 0.0,
             "call_sizes": {"oracle": {}, "draft": {}}}  # fmt: skip
     wall, depth = 0.0, np.zeros(cfg.max_depth, np.int64)
     for i, prompt in enumerate(prompts):
         t0 = time.perf_counter()
-        res = gen.generate(prompt.text, tune.max_new_tokens, sampling=tune.samplings[0], seed=tune.seed + i,
-                           strategy="staged", ignore_eos=True, truncate=True)  # fmt: skip
+        res = gen.generate(prompt.text, max_new_tokens=tune.max_new_tokens, sampling=tune.samplings[0],
+                           seed=tune.seed + i, strategy="staged", ignore_eos=True, truncate=True, tree=cfg)  # fmt: skip
         wall += time.perf_counter() - t0
         s = res.stats.as_dict()
         sums["new_tokens"] += s["new_tokens"]
@@ -269,7 +268,7 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print, twin=None
     Returns the stored entry."""
     from ..files import utc_now
     from ..manifest import TuningEntry, load_manifest, update_manifest
-    from ..runtime.generator import sampling_mode
+    from ..runtime.trees import sampling_mode
     from ..runtime.sampling import SamplingConfig
     from .prompts import load_prompts
 
@@ -301,9 +300,6 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print, twin=None
         mode = sampling_mode(SamplingConfig.parse(sampling))
         entry[mode] = search_mode(twin or gen, prompts, dataclasses.replace(tune, samplings=(sampling,)), curves, echo,
                                   factors)  # fmt: skip
-    gen.tree = None
-    if twin is not None:
-        twin.tree = None
     entry.update({
         "tuned_utc": utc_now(),
         "calibration": {"prompts": tune.calibration, "n_prompts": len(prompts), "max_new_tokens": tune.max_new_tokens,
@@ -333,9 +329,9 @@ def stored_curves(entry, key: str) -> tuple:
 def in_loop_factors(gen, prompt, curves: tuple, new_tokens: int = 24) -> dict:
     """Phase time inside the decode loop over the isolated curves' price of the same calls, for
     the oracle and the draft, from one short greedy run of a tree that uses both models."""
-    from ..runtime.staged import TreeConfig
+    from ..runtime.trees import TreeConfig
 
-    res = gen.generate(prompt.text, new_tokens, strategy="staged", ignore_eos=True, truncate=True,
+    res = gen.generate(prompt.text, max_new_tokens=new_tokens, strategy="staged", ignore_eos=True, truncate=True,
                        tree=TreeConfig(budget=11, max_depth=8, fanouts=(2, 1, 1, 1), draft_calls=3))  # fmt: skip
     s = res.stats.as_dict()
     out = {}
@@ -349,14 +345,15 @@ def in_loop_factors(gen, prompt, curves: tuple, new_tokens: int = 24) -> dict:
 def _starts(gen, mode: str) -> list:
     """Starting points: the runtime default, a draft chain (what speculative does), a
     three-stage tree; for sampled modes a drawn chain and a drawn tree too."""
-    from ..runtime.generator import DEFAULT_TREES, THREE_STAGE_TREES
-    from ..runtime.staged import TreeConfig
+    from ..runtime.trees import DEFAULT_TREES, FAN10, THREE_STAGE_TREES
+    from ..runtime.trees import TreeConfig
 
     starts = [DEFAULT_TREES[mode], THREE_STAGE_TREES[mode]]
     if mode == "greedy":
         starts.append(TreeConfig(budget=11, max_depth=12, fanouts=(), draft_calls=6, stop_p=0.05))
     else:
-        starts += [TreeConfig(budget=4, max_depth=4, widths=(1, 1, 1, 1)), TreeConfig(budget=11, max_depth=6, widths=(3, 1, 1, 1))]
+        starts += [TreeConfig(budget=4, max_depth=4, fanouts=FAN10, draft_calls=1, widths=(1, 1, 1, 1)),
+                   TreeConfig(budget=11, max_depth=6, fanouts=FAN10, draft_calls=1, widths=(3, 1, 1, 1))]
     if getattr(gen.draft2, "kind", "none") == "none":  # draft2-only trees propose nothing
         starts = [s for s in starts if s.draft_calls > 0 or s.widths]
     return list(dict.fromkeys(starts))
@@ -374,7 +371,7 @@ def is_three_stage(tree: dict, draft2_kind: str) -> bool:
 
 def search_mode(gen, prompts, tune: TuneConfig, curves: tuple, echo: Callable, factors: dict | None = None) -> dict:
     """Coordinate search for one sampling mode; returns its entry (TreeConfig fields + evidence)."""
-    from ..runtime.generator import sampling_mode
+    from ..runtime.trees import sampling_mode
     from ..runtime.sampling import SamplingConfig
 
     sampling = tune.samplings[0]

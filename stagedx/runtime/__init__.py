@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import importlib
 
+# The decoding strategies, named once: the Generator, every --strategy option and bench use it.
+STRATEGIES = ("baseline", "speculative", "staged")
+
 _EXPORTS = {
     "Generator": ".generator",
-    "GenerationResult": ".generator",
-    "Stats": ".generator",
-    "STRATEGIES": ".generator",
+    "DecodeOptions": ".request",
+    "GenerationResult": ".results",
+    "Stats": ".results",
+    "Stream": ".results",
     "SamplingConfig": ".sampling",
-    "TreeConfig": ".staged",
+    "TreeConfig": ".trees",
 }
 
-__all__ = list(_EXPORTS)
+__all__ = ["STRATEGIES", *_EXPORTS]
 
 
 def __getattr__(name: str):

@@ -8,6 +8,7 @@ import sys
 import click
 
 from ..errors import StagedxError
+from . import STRATEGIES
 
 
 def _tree_config(gen, sampling, overrides: dict):
@@ -42,7 +43,7 @@ def _stats_line(res) -> str:
 @click.command("generate")
 @click.argument("bundle", type=click.Path())
 @click.argument("prompt")
-@click.option("--strategy", type=click.Choice(["staged", "speculative", "baseline"]), default="staged", show_default=True)
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="staged", show_default=True)
 @click.option("--sampling", default="greedy", show_default=True, help="greedy | sample | topk:K | topp:P")
 @click.option("--temperature", type=float, default=1.0, show_default=True)
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
@@ -81,43 +82,48 @@ def generate(bundle, prompt, strategy, sampling, temperature, max_new_tokens, se
     if max_new_tokens < 1:
         raise StagedxError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     process_owner_thread_pool(threads or available_cores())
-    gen = Generator(bundle, device=device, strategy=strategy, threads=threads)
-    gen.tree = _tree_config(
-        gen, cfg, {"budget": tree_budget, "max_depth": max_depth, "fanouts": fanouts, "draft_calls": draft_calls}
-    )
-    opts = dict(sampling=cfg, seed=seed, stop=stop, ignore_eos=ignore_eos, truncate=truncate)
-    if compare:
-        _compare(gen, prompt, max_new_tokens, opts)
-        return
-    if as_json:
-        res = gen.generate(prompt, max_new_tokens, **opts)
-        click.echo(json.dumps({"text": res.text, "tokens": res.tokens, "finish_reason": res.finish_reason,
-                               "stats": res.stats.as_dict(), "device": gen.device}))  # fmt: skip
-        return
-    for piece in gen.stream(prompt, max_new_tokens, **opts):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+    with Generator(bundle, device=device, strategy=strategy, threads=threads) as gen:
+        tree = _tree_config(
+            gen, cfg, {"budget": tree_budget, "max_depth": max_depth, "fanouts": fanouts, "draft_calls": draft_calls}
+        )
+        opts = dict(sampling=cfg, seed=seed, stop=stop, ignore_eos=ignore_eos, truncate=truncate, tree=tree)
+        if compare:
+            _compare(gen, prompt, max_new_tokens, opts)
+        elif as_json:
+            res = gen.generate(prompt, max_new_tokens=max_new_tokens, **opts)
+            click.echo(json.dumps({"text": res.text, "tokens": res.tokens, "finish_reason": res.finish_reason,
+                                   "stats": res.stats.as_dict(), "device": gen.device}))  # fmt: skip
+        else:
+            _stream(gen, prompt, max_new_tokens, opts, stats)
+
+
+def _stream(gen, prompt, max_new_tokens, opts, stats) -> None:
+    with gen.stream(prompt, max_new_tokens=max_new_tokens, **opts) as stream:
+        for piece in stream:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
     sys.stdout.write("\n")
-    res = gen.last_result
+    res = stream.result
     if res.finish_reason == "context":
         click.echo(f"stopped: reached the context limit of {gen.context_limit} tokens", err=True)
     if stats:
-        click.echo(f"device: {gen.device} ({gen.backend}); tree: {gen.tree_for(cfg)}", err=True)
+        click.echo(f"device: {gen.device} ({gen.backend}); tree: {opts['tree'] or gen.tree_for(opts['sampling'])}", err=True)
         click.echo(_stats_line(res), err=True)
 
 
 def _compare(gen, prompt, max_new_tokens, opts) -> None:
     """Warm up, then run each strategy on the same prompt; greedy outputs must be identical."""
-    gen.generate(prompt, 8, **{**opts, "strategy": "staged"})
+    gen.generate(prompt, max_new_tokens=8, **{**opts, "strategy": "staged"})
     variants = {
         "baseline": {"strategy": "baseline"},
         "speculative": {"strategy": "speculative"},
         "staged": {"strategy": "staged"},  # the tuned (else default) tree for this device
         "staged3": {"strategy": "staged", "tree": gen.three_stage_tree(opts["sampling"])},
     }
-    results = {name: gen.generate(prompt, max_new_tokens, **opts, **v) for name, v in variants.items()}
+    results = {name: gen.generate(prompt, max_new_tokens=max_new_tokens, **{**opts, **v}) for name, v in variants.items()}
     base = results["baseline"]
-    click.echo(f"device: {gen.device} ({gen.backend}), sampling {opts['sampling'].label}, tree {gen.tree_for(opts['sampling'])}")
+    tree = opts["tree"] or gen.tree_for(opts["sampling"])
+    click.echo(f"device: {gen.device} ({gen.backend}), sampling {opts['sampling'].label}, tree {tree}")
     for name, res in results.items():
         speed = base.stats.time_s["total"] / max(res.stats.time_s["total"], 1e-9)
         click.echo(f"{name:<12}{_stats_line(res)}  speedup x{speed:.2f}")

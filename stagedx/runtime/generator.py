@@ -20,26 +20,27 @@ Who owns what during one ``generate`` call (see also docs/design.md):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Generator as Coroutine, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import StagedxError
-from . import accept
+from ..manifest import find_tuning, tuning_key
+from . import STRATEGIES, accept
 from .bundle import cross_check, make_runner, open_bundle
 from .draft2 import Draft2
+from .request import DecodeOptions, Request, check_strategy, fit_prompt, prompt_ids
+from .results import GenerationResult, Stats, Stream
 from .runner import FETCH_LOGITS, FETCH_TOPK, chain_mask
 from .sampling import SamplingConfig, rank_logprobs, sample, warp
 from .staged import (
     SOURCE_DRAFT,
     SOURCE_DRAFT2,
     OracleTree,
-    TreeConfig,
     chain_tree,
     draft2_tree,
     grow_draft_tree,
@@ -49,76 +50,9 @@ from .staged import (
 from .sampled import SampledTree, grow_sampled_tree
 from .tokenizer import StreamDecoder, Tokenizer
 from .tree import ancestor_mask
+from .trees import TreeChoice, TreeConfig, sampling_mode, tuned_trees
 
-STRATEGIES = ("baseline", "speculative", "staged")
 STAGE_NAMES = {SOURCE_DRAFT2: "draft2", SOURCE_DRAFT: "draft"}
-
-
-@dataclass
-class Stats:
-    strategy: str
-    sampling: str
-    oracle_calls: int = 0
-    draft_calls: int = 0
-    new_tokens: int = 0
-    rounds: int = 0
-    accepted_by_stage: dict = field(default_factory=lambda: {"draft2": 0, "draft": 0, "oracle": 0})
-    accepted_by_depth: list = field(default_factory=list)
-    time_s: dict = field(
-        default_factory=lambda: {"prefill": 0.0, "draft2": 0.0, "draft": 0.0, "oracle": 0.0, "other": 0.0, "total": 0.0}
-    )
-    call_sizes: dict = field(default_factory=lambda: {"oracle": {}, "draft": {}})  # model -> {tokens: calls}
-
-    def count_calls(self, model: str, sizes) -> None:
-        hist = self.call_sizes[model]
-        for t in sizes:
-            hist[int(t)] = hist.get(int(t), 0) + 1
-
-    @property
-    def oracle_tokens(self) -> int:
-        """Tree tokens scored by the oracle, summed over calls (prefill excluded)."""
-        return sum(t * n for t, n in self.call_sizes["oracle"].items())
-
-    @property
-    def tokens_per_oracle_call(self) -> float:
-        return self.new_tokens / max(1, self.oracle_calls)
-
-    def as_dict(self) -> dict:
-        return {
-            "strategy": self.strategy,
-            "sampling": self.sampling,
-            "oracle_calls": self.oracle_calls,
-            "oracle_tokens": self.oracle_tokens,
-            "draft_calls": self.draft_calls,
-            "new_tokens": self.new_tokens,
-            "rounds": self.rounds,
-            "tokens_per_oracle_call": self.tokens_per_oracle_call,
-            "accepted_by_stage": dict(self.accepted_by_stage),
-            "accepted_by_depth": list(self.accepted_by_depth),
-            "time_s": dict(self.time_s),
-            "call_sizes": {m: {str(t): n for t, n in sorted(h.items())} for m, h in self.call_sizes.items()},
-        }
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    text: str
-    tokens: list  # new tokens, without a final EOS
-    prompt_tokens: int
-    finish_reason: str  # "length" | "eos" | "stop" | "context"
-    stats: Stats
-
-
-@dataclass(frozen=True)
-class Request:
-    prompt: np.ndarray  # [n] int64
-    max_new_tokens: int
-    sampling: SamplingConfig
-    seed: int | None
-    stop: tuple
-    strategy: str
-    ignore_eos: bool
-    tree: TreeConfig
 
 
 @dataclass
@@ -136,32 +70,6 @@ class DecodeState:
         return len(self.tokens) - self.n_prompt
 
 
-# Trees that always run all three stages (draft2 -> draft -> oracle): the best such shapes
-# measured on a 2-core CPU for the vendored pair. Greedy acceptance runs deep (deep, thin
-# tree); sampled (top-k 50, T=1) acceptance rarely passes depth 2 (small, shallow tree).
-THREE_STAGE_TREES = {
-    "greedy": TreeConfig(),
-    "sample": TreeConfig(budget=7, max_depth=4, widths=(2, 1, 1, 1), extra=2),  # drawn children + draft2 leaves
-}
-# Untuned defaults: the fastest shapes measured on the default backend (ONNX Runtime, 2-core
-# CPU) for the vendored pair. There a draft call costs ~1.5 ms inside the loop against ~3.6
-# ms for the oracle, and draft2's proposals (n-gram + prompt lookup, ~0.05 ms) are accepted
-# about as often, so draft2 feeds the oracle directly (draft_calls=0). `stagedx tune` redoes
-# this choice for each device, backend and thread count.
-DEFAULT_TREES = {
-    "greedy": TreeConfig(budget=16, max_depth=15, fanouts=(2,) + (1,) * 14, draft_calls=0),
-    "sample": TreeConfig(budget=3, max_depth=3, fanouts=(3,), draft_calls=0),
-}
-
-
-# Without draft2 (a bundle exported with ``--draft2 none``) draft2-only trees propose nothing:
-# the defaults then grow the tree with the draft alone, at least as deep as speculative's chain.
-NO_DRAFT2_TREES = {
-    "greedy": TreeConfig(budget=11, max_depth=12, fanouts=(), draft_calls=6, stop_p=0.05),
-    "sample": TreeConfig(budget=7, max_depth=4, widths=(2, 1, 1), extra=1),
-}
-
-
 def fit_tree(tree: OracleTree, rows: int) -> OracleTree:
     """Near the context limit a wide tree may not fit the oracle's free KV rows (the TensorRT
     runner writes every new row into its cache): keep its first ``rows`` nodes, which is
@@ -171,50 +79,12 @@ def fit_tree(tree: OracleTree, rows: int) -> OracleTree:
     return OracleTree(tree.tokens[:rows], tree.parents[:rows], tree.depth[:rows], tree.source[:rows])
 
 
-def sampling_mode(cfg: SamplingConfig) -> str:
-    return "greedy" if cfg.greedy else "sample"
-
-
-def find_tuning(tuning: dict, device: str, backend: str, threads: int | None) -> dict:
-    """The tuned entry for this device and backend (never another device's), preferring the
-    same thread count, else the nearest one. ``{"greedy": {...}, "sample": {...}}``."""
-    same = {int(k.split("|")[2]): v for k, v in tuning.items() if k.startswith(f"{device}|{backend}|")}
-    if not same:
-        return {}
-    want = threads or 0
-    return same[min(same, key=lambda t: (abs(t - want), -t))]
-
-
-def check_tuning(tuned: dict, key: str) -> dict:
-    """A tuned entry read from a manifest, with each mode's tree shape validated."""
-    for mode in ("greedy", "sample"):
-        if mode in tuned:
-            try:
-                TreeConfig.from_dict(tuned[mode])
-            except (StagedxError, TypeError) as exc:
-                raise StagedxError(f"manifest tuning[{key!r}][{mode!r}] is invalid: {exc}; rerun stagedx tune") from None
-    return tuned
-
-
-def prompt_ids(prompt, tokenizer: Tokenizer) -> np.ndarray:
-    """``str`` (encoded) or a sequence of int token ids; anything else is refused."""
-    if isinstance(prompt, str):
-        return np.asarray(tokenizer.encode(prompt), np.int64)
-    if isinstance(prompt, (bytes, bytearray, memoryview)):
-        raise StagedxError("prompt is bytes: pass a str (decode it first) or a sequence of int token ids")
-    if not isinstance(prompt, (Sequence, np.ndarray)):
-        raise StagedxError(f"prompt must be a str or a sequence of int token ids, got {type(prompt).__name__}")
-    ids = np.asarray(prompt)
-    if ids.size and (ids.ndim != 1 or ids.dtype.kind not in "iu"):
-        raise StagedxError(f"prompt token ids must be a flat sequence of ints, got dtype {ids.dtype} shape {ids.shape}")
-    return ids.astype(np.int64).reshape(-1)
-
-
 class Generator:
     """Decodes with one bundle. Safe to share between threads: each ``generate`` call and each
-    ``stream`` iteration (from its first item to its end or ``close()``) holds the Generator's
-    lock, so concurrent calls run one after another, never interleaved. A second call from the
-    thread that is iterating an unfinished stream is refused (it would wait for itself)."""
+    ``stream`` (from its first item to its end or ``close()``) holds the Generator's lock, so
+    concurrent calls run one after another, never interleaved. A second call from the thread
+    that is iterating an unfinished stream is refused (it would wait for itself). ``close()``
+    (or the end of a ``with`` block) releases both runners; later calls are refused."""
 
     def __init__(
         self,
@@ -226,8 +96,7 @@ class Generator:
         max_context: int | None = None,
         tree_budget: int | None = None,
     ):
-        if strategy not in STRATEGIES:
-            raise StagedxError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+        check_strategy(strategy)
         self.bundle_dir, self.manifest = open_bundle(bundle)
         self.strategy = strategy
         self.tokenizer = Tokenizer(self.bundle_dir / self.manifest.tokenizer.file)
@@ -236,11 +105,12 @@ class Generator:
         self.draft2 = Draft2.from_manifest(self.bundle_dir, self.manifest)
         self.device, self.backend = self.oracle.device, self.oracle.backend
         self.threads = getattr(self.oracle, "threads", threads) or 0  # what the backend really uses
-        self.tuning_key = f"{self.device}|{self.backend}|{self.threads}"
-        self.tuned = check_tuning(find_tuning(self.manifest.tuning, self.device, self.backend, self.threads),
-                                  self.tuning_key)  # fmt: skip
-        self.tree = tree  # an explicit tree overrides the tuned / default one for every mode
-        self.tree_budget = tree_budget  # only the oracle's node budget, over whichever tree
+        self.tuning_key = tuning_key(self.device, self.backend, self.threads)
+        entry = find_tuning(self.manifest.tuning, self.device, self.backend, self.threads)
+        self.tuned = tuned_trees(entry, self.tuning_key)  # {mode: tree dict}, each validated
+        # an explicit tree overrides the tuned / default one for every mode; tree_budget only
+        # the oracle's node budget, over whichever tree (a call's own tree overrides both)
+        self.trees = TreeChoice(tree, tree_budget, self.tuned, self.draft2.kind != "none")
         m = self.manifest
         self.context_limit = min(
             m.oracle.arch.max_positions, m.draft.arch.max_positions, self.oracle.max_context, self.draft.max_context
@@ -252,21 +122,52 @@ class Generator:
         cross_check(self.bundle_dir, m, self.tokenizer, self.draft2, (self.oracle, self.draft))
         self._lock = threading.Lock()  # one decode at a time: the runners' KV caches are shared state
         self._owner: int | None = None  # thread id of the decode in progress
-        self._local = threading.local()  # last_result of each thread's latest stream
+        self._closed = False
 
     @property
-    def last_result(self) -> GenerationResult | None:
-        """The result of the latest ``stream`` this thread exhausted (per thread)."""
-        return getattr(self._local, "result", None)
+    def tree(self) -> TreeConfig | None:
+        """The tree given at construction (read-only: pass ``tree=`` to a call instead)."""
+        return self.trees.explicit
+
+    @property
+    def tree_budget(self) -> int | None:
+        return self.trees.budget
+
+    # -- life cycle ----------------------------------------------------------------------
+    def __enter__(self) -> "Generator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Release both runners' sessions / engines and KV caches (idempotent). Waits for a
+        decode in another thread to end (at most ``timeout`` seconds: then returns False, and
+        nothing is released); refused in the thread iterating an unfinished stream."""
+        self._refuse_reentry()
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        try:
+            if not self._closed:
+                self._closed = True
+                self.oracle.close()
+                self.draft.close()
+            return True
+        finally:
+            self._lock.release()
+
+    def _refuse_reentry(self) -> None:
+        if self._owner == threading.get_ident():
+            raise StagedxError("this Generator is already decoding in this thread (an unfinished stream()?): "
+                               "exhaust or close() it first")  # fmt: skip
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
-        me = threading.get_ident()
-        if self._owner == me:
-            raise StagedxError("this Generator is already decoding in this thread (an unfinished stream()?): "
-                               "exhaust or close() it first")  # fmt: skip
+        self._refuse_reentry()
         with self._lock:
-            self._owner = me
+            if self._closed:
+                raise StagedxError("this Generator is closed (its runners were released): make a new one")
+            self._owner = threading.get_ident()
             try:
                 yield
             finally:
@@ -274,94 +175,67 @@ class Generator:
 
     # -- public API ----------------------------------------------------------------------
     def tree_for(self, sampling: SamplingConfig) -> TreeConfig:
-        """The tree shape used for this sampling mode: explicit, else tuned, else default."""
-        mode = sampling_mode(sampling)
-        if self.tree is not None:
-            tree = self.tree
-        elif mode in self.tuned:
-            tree = TreeConfig.from_dict(self.tuned[mode])
-        else:
-            tree = (NO_DRAFT2_TREES if self.draft2.kind == "none" else DEFAULT_TREES)[mode]
-        return tree if self.tree_budget is None else dataclasses.replace(tree, budget=self.tree_budget)
+        """The tree shape a call without ``tree=`` uses for this sampling mode: the Generator's
+        explicit tree, else the tuned one, else the default (``trees.TreeChoice``)."""
+        return self.trees.tree(sampling_mode(sampling))
 
     def three_stage_tree(self, sampling: SamplingConfig) -> TreeConfig:
-        """A tree that always runs draft2 -> draft -> oracle: tune's best such one, else the default.
-        Without draft2 there is no third stage: the draft-only tree (tuned, else default)."""
-        mode = sampling_mode(sampling)
-        if self.draft2.kind == "none":
-            return self.tree_for(sampling) if self.tree is None and mode in self.tuned else NO_DRAFT2_TREES[mode]
-        tuned = self.tuned.get(mode, {}).get("three_stage")
-        return TreeConfig.from_dict(tuned) if tuned else THREE_STAGE_TREES[mode]
+        """A tree that always runs draft2 -> draft -> oracle (bench's ``staged3``)."""
+        return self.trees.three_stage(sampling_mode(sampling))
 
-    def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128, **options) -> GenerationResult:
-        """Options: sampling ("greedy", "topk:50", SamplingConfig), seed, stop, strategy,
-        ignore_eos, truncate (drop the prompt's start when it does not fit), tree (a
-        TreeConfig for this call only)."""
-        req = self._request(prompt, max_new_tokens, **options)
+    def generate(self, prompt: str | Sequence[int], *, max_new_tokens: int = 128,
+                 sampling: str | SamplingConfig = "greedy", seed: int | None = None, stop: str | Sequence[str] = (),
+                 strategy: str | None = None, ignore_eos: bool = False, truncate: bool = False,
+                 tree: TreeConfig | None = None) -> GenerationResult:  # fmt: skip
+        """Decode a continuation of ``prompt`` (a str or token ids). ``sampling``: "greedy",
+        "topk:50", ... or a SamplingConfig; ``truncate``: drop the prompt's start when it does
+        not fit; ``tree``: the tree shape for this call only (see ``DecodeOptions``)."""
+        opts = DecodeOptions(max_new_tokens, sampling, seed, stop, strategy, ignore_eos, truncate, tree)
+        req = self._request(prompt, opts)
         with self._exclusive():
             st = self._start(req)
             for _ in self._rounds(req, st):
                 pass
             return self._result(req, st)
 
-    def stream(self, prompt: str | Sequence[int], max_new_tokens: int = 128, **options) -> Iterator[str]:
-        """Yield text as it is accepted, never splitting a UTF-8 character; the full result
-        is left in ``self.last_result`` when the iterator is exhausted. The Generator's lock is
-        held from the first item until the iterator ends or is closed."""
-        req = self._request(prompt, max_new_tokens, **options)
-        with self._exclusive():
-            yield from self._stream(req)
+    def stream(self, prompt: str | Sequence[int], *, max_new_tokens: int = 128,
+               sampling: str | SamplingConfig = "greedy", seed: int | None = None, stop: str | Sequence[str] = (),
+               strategy: str | None = None, ignore_eos: bool = False, truncate: bool = False,
+               tree: TreeConfig | None = None) -> Stream:  # fmt: skip
+        """Like ``generate``, as a ``Stream``: iterate it for the text as it is accepted (never
+        splitting a UTF-8 character); its ``result`` is set once it is exhausted. The options
+        are checked here; the Generator's lock is held from the first item until the stream
+        ends or is closed."""
+        opts = DecodeOptions(max_new_tokens, sampling, seed, stop, strategy, ignore_eos, truncate, tree)
+        return Stream(self._pieces(self._request(prompt, opts)))
 
-    def _stream(self, req: Request) -> Iterator[str]:
-        st = self._start(req)
-        decoder = StreamDecoder(self.tokenizer)
-        # a stop string may begin in text already decoded: hold back its length minus one
-        hold = max((len(s) for s in req.stop), default=1) - 1
-        text, sent = "", 0
-        for kept in self._rounds(req, st):
-            if st.finish == "eos":
-                kept = kept[:-1]  # the EOS token is not text
-            text += decoder.push(kept)
-            if st.finish is None and len(text) - hold > sent:
-                yield text[sent : len(text) - hold]
-                sent = len(text) - hold
-        self._local.result = result = self._result(req, st)
-        final = result.text  # cut before a stop string, without EOS
-        if len(final) > sent:
-            yield final[sent:]
+    def _pieces(self, req: Request) -> Coroutine[str, None, GenerationResult]:
+        with self._exclusive():
+            st = self._start(req)
+            decoder = StreamDecoder(self.tokenizer)
+            # a stop string may begin in text already decoded: hold back its length minus one
+            hold = max((len(s) for s in req.stop), default=1) - 1
+            text, sent = "", 0
+            for kept in self._rounds(req, st):
+                if st.finish == "eos":
+                    kept = kept[:-1]  # the EOS token is not text
+                text += decoder.push(kept)
+                if st.finish is None and len(text) - hold > sent:
+                    yield text[sent : len(text) - hold]
+                    sent = len(text) - hold
+            result = self._result(req, st)
+            final = result.text  # cut before a stop string, without EOS
+            if len(final) > sent:
+                yield final[sent:]
+            return result
 
     # -- request set-up ------------------------------------------------------------------
-    def _request(self, prompt, max_new_tokens, sampling="greedy", seed=None, stop=(), strategy=None,
-                 ignore_eos=False, truncate=False, tree=None) -> Request:  # fmt: skip
-        if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-            raise StagedxError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-        if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0):
-            raise StagedxError(f"seed must be an integer >= 0 (or None), got {seed!r}")
-        if not isinstance(sampling, (str, SamplingConfig)):
-            raise StagedxError(f"sampling must be a str such as 'topk:50' or a SamplingConfig, got {sampling!r}")
-        if tree is not None and not isinstance(tree, TreeConfig):
-            raise StagedxError(f"tree must be a TreeConfig, got {type(tree).__name__}")
-        if not isinstance(stop, str) and not (isinstance(stop, (list, tuple)) and all(isinstance(x, str) for x in stop)):
-            raise StagedxError(f"stop must be a str or a sequence of str, got {stop!r}")
-        ids = prompt_ids(prompt, self.tokenizer)
-        if ids.size == 0:
-            raise StagedxError("empty prompt: give at least one token")
-        if ids.min() < 0 or ids.max() >= self.vocab:
-            raise StagedxError(f"prompt token ids must lie in [0, {self.vocab})")
-        if len(ids) > self.context_limit:
-            if not truncate:
-                raise StagedxError(
-                    f"prompt has {len(ids)} tokens, more than the context of {self.context_limit} "
-                    "(use --truncate to keep its end)"
-                )
-            ids = ids[-max(1, self.context_limit - min(max_new_tokens, self.context_limit // 2)) :]
-        cfg = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig.parse(sampling)
-        strategy = strategy or self.strategy
-        if strategy not in STRATEGIES:
-            raise StagedxError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
-        stop = (stop,) if isinstance(stop, str) else tuple(s for s in stop if s)
-        return Request(ids.astype(np.int64), int(max_new_tokens), cfg, seed, stop, strategy, bool(ignore_eos),
-                       tree or self.tree_for(cfg))  # fmt: skip
+    def _request(self, prompt, opts: DecodeOptions) -> Request:
+        ids = fit_prompt(prompt_ids(prompt, self.tokenizer), opts, self.vocab, self.context_limit)
+        cfg = opts.sampling_config()
+        strategy = check_strategy(opts.strategy or self.strategy)
+        return Request(ids, int(opts.max_new_tokens), cfg, opts.seed, opts.stop_strings(), strategy,
+                       bool(opts.ignore_eos), opts.tree or self.tree_for(cfg))  # fmt: skip
 
     def _start(self, req: Request) -> DecodeState:
         """Reset both caches and prefill the oracle with every prompt token but the last."""

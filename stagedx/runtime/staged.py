@@ -1,7 +1,8 @@
 """The staged proposal: draft2 proposes branches, the draft scores them in tree-shaped calls,
 and the most probable nodes form the tree the oracle verifies in one call.
 
-One round of the draft stage (``grow_draft_tree``):
+One round of the draft stage (``grow_draft_tree``), one ``draft_call`` then one
+``commit_greedy_path`` per draft call:
 1. The batch is a chain (tokens the draft has not seen yet: catch-up rows and the root in the
    first call, then the draft's own greedy token ``g``) plus draft2's candidate subtree below
    the chain's end (``Draft2.propose_tree``: 12 successors, 7 of the best, then 4, 1, 1, 1).
@@ -22,69 +23,12 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import StagedxError
 from .runner import Runner
 from .tree import ancestor_mask, depths, select_best_first
+from .trees import TreeConfig
 
 SOURCE_DRAFT2 = 0
 SOURCE_DRAFT = 1
-
-
-@dataclass(frozen=True)
-class TreeConfig:
-    """Tree shape. The defaults are the best three-stage shape measured for greedy decoding of
-    the vendored pair on a 2-core CPU (thin draft2 chains: a draft call's cost grows with its
-    batch there); the paper's GPU shape is
-    ``TreeConfig(budget=64, fanouts=(12, 7, 4, 1, 1, 1), draft_calls=3)``."""
-
-    budget: int = 12  # oracle tree nodes per call besides the root (0 = no speculation)
-    max_depth: int = 10  # deepest tree node below the root
-    fanouts: tuple[int, ...] = (2, 1, 1, 1, 1, 1, 1, 1, 1, 1)  # draft2 fan-outs per level
-    draft_calls: int = 1  # sequential draft calls per round (staged; 0 = draft2 feeds the oracle)
-    draft_batch: int = 32  # nodes per draft call, chain included
-    tau: float = 0.1  # greedy ranking temperature
-    spec_k: int = 4  # chain length of the classic speculative strategy
-    stop_p: float = 0.0  # dynamic depth: no further draft call once the path's ranking prob < stop_p
-    widths: tuple[int, ...] = ()  # sampled modes: children drawn from q per level (sampled.py); () = best-first
-    extra: int = 0  # sampled trees: deterministic root leaves (draft2's, then the draft's top tokens)
-
-    def __post_init__(self) -> None:
-        """Refuse shapes the decode loop cannot run, however the config was built."""
-        for name, low in (("budget", 0), ("max_depth", 1), ("draft_calls", 0), ("draft_batch", 1), ("spec_k", 1)):
-            value = getattr(self, name)
-            if not _is_int(value) or not low <= value <= MAX_TREE_FIELD:
-                raise StagedxError(f"tree {name} must be an integer in [{low}, {MAX_TREE_FIELD}], got {value!r}")
-        if not isinstance(self.fanouts, tuple) or not all(_is_int(f) and 1 <= f <= MAX_TREE_FIELD for f in self.fanouts):
-            raise StagedxError(f"tree fanouts must be a tuple of integers in [1, {MAX_TREE_FIELD}], got {self.fanouts!r}")
-        if not isinstance(self.tau, (int, float)) or isinstance(self.tau, bool) or not 0 < self.tau < float("inf"):
-            raise StagedxError(f"tree tau (greedy ranking temperature) must be a finite number > 0, got {self.tau!r}")
-        if not _is_int(self.extra) or not 0 <= self.extra <= MAX_TREE_FIELD:
-            raise StagedxError(f"tree extra must be an integer in [0, {MAX_TREE_FIELD}], got {self.extra!r}")
-        if not isinstance(self.widths, tuple) or not all(_is_int(w) and 1 <= w <= MAX_TREE_FIELD for w in self.widths):
-            raise StagedxError(f"tree widths must be a tuple of integers in [1, {MAX_TREE_FIELD}], got {self.widths!r}")
-        stop_p = self.stop_p
-        if not isinstance(stop_p, (int, float)) or isinstance(stop_p, bool) or not 0 <= stop_p <= 1:
-            raise StagedxError(f"tree stop_p (dynamic depth threshold) must be a number in [0, 1], got {stop_p!r}")
-
-    @staticmethod
-    def from_dict(d: dict) -> "TreeConfig":
-        if not isinstance(d, dict):
-            raise StagedxError(f"a tree shape must be a JSON object, got {type(d).__name__}")
-        names = TreeConfig.__dataclass_fields__
-        kw = {k: v for k, v in d.items() if k in names}
-        for name in ("fanouts", "widths"):
-            if name in kw:
-                if not isinstance(kw[name], (list, tuple)):
-                    raise StagedxError(f"tree {name} must be a list of integers, got {kw[name]!r}")
-                kw[name] = tuple(kw[name])
-        return TreeConfig(**kw)
-
-
-MAX_TREE_FIELD = 4096  # far above any useful tree; keeps a typo from allocating gigabytes
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
 @dataclass
@@ -104,11 +48,100 @@ class DraftTree:
     sizes: list = field(default_factory=list)  # tokens of each draft call (for tune's cost model)
 
 
+@dataclass(frozen=True)
+class DraftStage:
+    """What stays fixed while one round's draft tree grows."""
+
+    draft: Runner
+    draft2: object  # stagedx.runtime.draft2.Draft2
+    history: np.ndarray  # [n] committed tokens; history[-1] is the root
+    cfg: TreeConfig
+    rank: Callable[[np.ndarray], np.ndarray]  # topk_values [T, K] -> ranking log-probs
+    depth_limit: int
+
+
+@dataclass(frozen=True)
+class DraftBatch:
+    """One draft call, in *local* ids (rows of the batch, 0 .. T-1): the chain ``0 .. m-1``
+    (rows the draft's KV lacks; its end ``m - 1`` is the root or the draft's last greedy token
+    g) then draft2's candidates ``m .. T-1`` below the chain end. Only the chain end and the
+    candidates are tree nodes: local ``m - 1 + j`` is *global* id ``base + j`` in the DraftTree,
+    and row ``j`` of the call's top-K arrays."""
+
+    tokens: np.ndarray  # [T] int64
+    parents: np.ndarray  # [T] int32 local parent, -1 for row 0
+    m: int  # chain length
+    base: int  # global id of the chain end
+    depth: int  # depth of the chain end below the root (0: it is the root)
+
+
 def _batch(chain: np.ndarray, cand_tokens: np.ndarray, cand_parents: np.ndarray):
     """Local arrays for one draft call: the chain then draft2's candidates under its end."""
     m = len(chain)
-    parents = np.concatenate([np.arange(-1, m - 1), np.where(cand_parents < 0, m - 1, cand_parents + m)])
-    return np.concatenate([chain, cand_tokens]).astype(np.int64), parents.astype(np.int32)
+    parents = np.concatenate([np.arange(-1, m - 1), np.where(cand_parents < 0, m - 1, cand_parents + m)])  # [T]
+    return np.concatenate([chain, cand_tokens]).astype(np.int64), parents.astype(np.int32)  # [T], [T]
+
+
+def draft_call(stage: DraftStage, tree: DraftTree, chain: np.ndarray, parent: int) -> DraftBatch:
+    """Build the batch (``chain`` [m] plus draft2's candidates below its end), run the draft on
+    it and register the chain end and the candidates as nodes of ``tree``. ``parent``: global
+    id of the chain end's parent (-1 when the chain ends at the root)."""
+    draft, cfg = stage.draft, stage.cfg
+    t0 = time.perf_counter()
+    # draft2 proposes the successors of the chain's end: history, the path, then g
+    below = chain[-1:] if parent >= 0 else chain[:0]  # [0 | 1]
+    context = np.concatenate([stage.history, np.asarray(tree.path, np.int64), below])  # [n + depth]
+    depth = len(tree.path) + len(below)  # of the chain end below the root
+    levels = max(0, stage.depth_limit - depth)  # draft2 may propose this many levels
+    none = (np.zeros(0, np.int64), np.zeros(0, np.int32))
+    cand, cpar = stage.draft2.propose_tree(context, cfg.fanouts[:levels]) if levels else none  # [C], [C]
+    keep = max(0, min(cfg.draft_batch, draft.max_context - draft.length) - len(chain))
+    cand, cpar = cand[:keep], cpar[:keep]  # a prefix keeps parents before children
+    t1 = time.perf_counter()
+    tokens, parents = _batch(chain, cand, cpar)  # [T], [T]
+    mask = ancestor_mask(parents)  # [T, T]
+    positions = draft.length + mask.sum(axis=1) - 1  # [T] depth = ancestors in the batch
+    out = draft.run(tokens, positions, mask)
+    tree.time_draft2 += t1 - t0
+    tree.time_draft += time.perf_counter() - t1
+    tree.calls += 1
+    tree.sizes.append(len(tokens))
+
+    # register the chain end and the candidates as tree nodes (catch-up rows are not)
+    m, base = len(chain), len(tree.tokens)
+    tree.tokens.extend(tokens[m - 1 :].tolist())  # [1 + C]
+    tree.parents.append(parent)
+    tree.parents.extend(np.where(cpar < 0, base, cpar + base + 1).tolist())  # [C] global ids
+    tree.source.append(SOURCE_DRAFT)
+    tree.source.extend([SOURCE_DRAFT2] * len(cand))
+    tree.topk_ids.append(out.topk_indices[m - 1 :])  # [1 + C, K]
+    tree.topk_logp.append(stage.rank(out.topk_values[m - 1 :]))  # [1 + C, K]
+    return DraftBatch(tokens, parents, m, base, depth)
+
+
+def commit_greedy_path(stage: DraftStage, tree: DraftTree, batch: DraftBatch) -> tuple[int, int]:
+    """Commit the chain and the draft's greedy path through the candidates (as far as the batch
+    covers it, and no deeper than the depth limit) to the draft's KV cache; extend
+    ``tree.path`` and ``tree.path_p``. Returns the global id of the path's end and g, the
+    draft's greedy token below it."""
+    m = batch.m
+    ids = tree.topk_ids[-1]  # [1 + C, K] row j = local m - 1 + j
+    top1 = np.exp(tree.topk_logp[-1][:, 0])  # [1 + C] ranking prob of the draft's greedy token
+    rows = list(range(m))  # local ids to commit: the chain, then the path below its end
+    j = 0  # row of the path's end (local m - 1 + j)
+    while batch.depth + len(rows) - m < stage.depth_limit:
+        hit = np.flatnonzero((batch.parents == m - 1 + j) & (batch.tokens == ids[j, 0]))  # [0 | 1] local
+        if hit.size == 0:
+            break
+        tree.path_p *= top1[j]
+        j = int(hit[0]) - (m - 1)
+        rows.append(m - 1 + j)
+    stage.draft.commit(rows)
+    if batch.depth > 0:  # the chain end g is itself on the path
+        tree.path.append(int(batch.tokens[m - 1]))
+    tree.path.extend(batch.tokens[rows[m:]].tolist())
+    tree.path_p *= top1[j]
+    return batch.base + j, int(ids[j, 0])
 
 
 def grow_draft_tree(
@@ -119,67 +152,18 @@ def grow_draft_tree(
     rank: Callable[[np.ndarray], np.ndarray],  # topk_values [T, K] -> ranking log-probs
     depth_limit: int,
 ) -> DraftTree:
+    """Up to ``cfg.draft_calls`` draft calls, each below the previous call's greedy path."""
+    stage = DraftStage(draft, draft2, history, cfg, rank, depth_limit)
     tree = DraftTree()
-    chain = history[draft.length :]  # catch-up rows + the root
-    root_parent = -1  # global id of the chain end's parent
-    depth0 = 0  # depth of the chain end below the root
+    chain = history[draft.length :]  # [m] catch-up rows + the root
+    parent = -1  # global id of the chain end's parent
     while True:
-        t0 = time.perf_counter()
-        # draft2 proposes the successors of the chain's end: history, the path, then g
-        below = chain[-1:] if root_parent >= 0 else chain[:0]
-        context = np.concatenate([history, np.asarray(tree.path, np.int64), below])
-        levels = max(0, depth_limit - depth0)  # draft2 may propose this many levels
-        cand, cpar = draft2.propose_tree(context, cfg.fanouts[:levels]) if levels else (np.zeros(0, np.int64), np.zeros(0, np.int32))
-        keep = max(0, min(cfg.draft_batch, draft.max_context - draft.length) - len(chain))
-        cand, cpar = cand[:keep], cpar[:keep]  # a prefix keeps parents before children
-        t1 = time.perf_counter()
-        tokens, parents = _batch(chain, cand, cpar)
-        mask = ancestor_mask(parents)  # [T, T]
-        positions = draft.length + mask.sum(axis=1) - 1  # depth = ancestors in the batch
-        out = draft.run(tokens, positions, mask)
-        t2 = time.perf_counter()
-        tree.time_draft2 += t1 - t0
-        tree.time_draft += t2 - t1
-        tree.calls += 1
-        tree.sizes.append(len(tokens))
-
-        # register the chain end and the candidates as tree nodes (catch-up rows are not)
-        m = len(chain)
-        base = len(tree.tokens)
-        tree.tokens.extend(tokens[m - 1 :].tolist())
-        tree.parents.append(root_parent)
-        tree.parents.extend(np.where(cpar < 0, base, cpar + base + 1).tolist())
-        tree.source.append(SOURCE_DRAFT)
-        tree.source.extend([SOURCE_DRAFT2] * len(cand))
-        ids = out.topk_indices[m - 1 :]  # [1 + C, K]
-        tree.topk_ids.append(ids)
-        tree.topk_logp.append(rank(out.topk_values[m - 1 :]))
-
-        # commit the chain and the draft's greedy path through the candidates
-        top1 = np.exp(tree.topk_logp[-1][:, 0])  # [1 + C] ranking prob of the draft's greedy token
-        rows = list(range(m))
-        local = m - 1
-        while depth0 + len(rows) - m < depth_limit:
-            want = ids[local - (m - 1), 0]
-            hit = np.flatnonzero((parents == local) & (tokens == want))
-            if hit.size == 0:
-                break
-            tree.path_p *= top1[local - (m - 1)]
-            local = int(hit[0])
-            rows.append(local)
-        draft.commit(rows)
-        if root_parent >= 0:  # the chain end g is itself on the path
-            tree.path.append(int(chain[-1]))
-        tree.path.extend(tokens[rows[m:]].tolist())
-        end = base + (local - (m - 1))  # global id of the path end
-
-        g = int(ids[local - (m - 1), 0])  # the draft's greedy token below the path end
-        tree.path_p *= top1[local - (m - 1)]
-        depth0 = len(tree.path) + 1
-        if tree.calls >= cfg.draft_calls or depth0 >= depth_limit or tree.path_p < cfg.stop_p:
+        batch = draft_call(stage, tree, chain, parent)
+        parent, g = commit_greedy_path(stage, tree, batch)
+        depth = len(tree.path) + 1  # of g below the root
+        if tree.calls >= cfg.draft_calls or depth >= depth_limit or tree.path_p < cfg.stop_p:
             return tree
-        chain = np.asarray([g], np.int64)
-        root_parent = end
+        chain = np.asarray([g], np.int64)  # [1]
 
 
 @dataclass(frozen=True)

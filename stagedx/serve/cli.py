@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ..errors import StagedxError
+from ..runtime import STRATEGIES
 
 SHUTDOWN_MARGIN_S = 5.0
 
@@ -81,7 +82,7 @@ def _server_class(uvicorn):
 @click.option("--grace", "grace_s", type=float, default=10.0, show_default=True,
               help="on SIGTERM/SIGINT: seconds in-flight requests may run on before they are cancelled")
 @click.option("--model-name", default=None, help="the model id clients pass (default: the bundle folder's name)")
-@click.option("--strategy", type=click.Choice(["staged", "speculative", "baseline"]), default="staged", show_default=True)
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="staged", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | tensorrt")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
 @click.option("--access-log", is_flag=True, help="log every request to stderr")
@@ -105,25 +106,28 @@ def serve(bundle, host, port, api_key, max_queue, timeout_s, grace_s, model_name
 
     process_owner_thread_pool(threads)
     gen = Generator(bundle, device=device, strategy=strategy, threads=threads)
-    gen.generate([gen.eos if gen.eos is not None else 0], 2)  # warm-up: the first request pays no set-up
-    name = model_name or Path(bundle).resolve().name
-    config = ServeConfig(model=name, api_key=api_key, max_queue=max_queue, timeout_s=timeout_s, grace_s=grace_s)
-    app = create_app(gen, config)
-    sock = _listen(host, port)
-    bound = sock.getsockname()[1]
-    # uvicorn's own grace is a backstop: the worker ends in-flight decodes at grace_s itself, so
-    # that their responses close properly (a stream gets an error event and [DONE]).
-    uv = uvicorn.Config(app, log_level="warning", access_log=access_log, lifespan="on",
-                        timeout_graceful_shutdown=grace_s + SHUTDOWN_MARGIN_S)  # fmt: skip
-    shown = f"[{host}]" if ":" in host else host
-    click.echo(f"stagedx serve: model {name!r} on {gen.device} ({gen.backend}); listening on http://{shown}:{bound}",
-               err=False)  # fmt: skip
-    click.get_text_stream("stdout").flush()
-    if api_key is None and not _is_loopback(sock.getsockname()[0]):
-        click.echo(f"warning: {host} is reachable from other machines and no --api-key is set", err=True)
-    with _signals_end_cleanly():
-        _server_class(uvicorn)(uv, lambda: app.state.server.worker.begin_shutdown(grace_s)).run(sockets=[sock])
-    sock.close()
+    try:
+        gen.generate([gen.eos if gen.eos is not None else 0], max_new_tokens=2)  # warm-up: the first request pays no set-up
+        name = model_name or Path(bundle).resolve().name
+        config = ServeConfig(model=name, api_key=api_key, max_queue=max_queue, timeout_s=timeout_s, grace_s=grace_s)
+        app = create_app(gen, config)
+        sock = _listen(host, port)
+        bound = sock.getsockname()[1]
+        # uvicorn's own grace is a backstop: the worker ends in-flight decodes at grace_s itself, so
+        # that their responses close properly (a stream gets an error event and [DONE]).
+        uv = uvicorn.Config(app, log_level="warning", access_log=access_log, lifespan="on",
+                            timeout_graceful_shutdown=grace_s + SHUTDOWN_MARGIN_S)  # fmt: skip
+        shown = f"[{host}]" if ":" in host else host
+        click.echo(f"stagedx serve: model {name!r} on {gen.device} ({gen.backend}); listening on http://{shown}:{bound}",
+                   err=False)  # fmt: skip
+        click.get_text_stream("stdout").flush()
+        if api_key is None and not _is_loopback(sock.getsockname()[0]):
+            click.echo(f"warning: {host} is reachable from other machines and no --api-key is set", err=True)
+        with _signals_end_cleanly():
+            _server_class(uvicorn)(uv, lambda: app.state.server.worker.begin_shutdown(grace_s)).run(sockets=[sock])
+        sock.close()
+    finally:
+        gen.close(timeout=0)  # a decode still running past the grace keeps its runners until the process ends
     click.echo("stagedx serve: stopped", err=True)
 
 

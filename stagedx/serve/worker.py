@@ -5,7 +5,7 @@ A :class:`Job` talks back to the event loop through an ``asyncio.Queue`` of even
 ``("text", str)`` for each piece the runtime accepts, then one ``("done",
 GenerationResult)`` or ``("error", ApiError)``. A job is cancelled (client gone, server
 shutting down) by setting its flag: the decode thread checks it after every piece the stream
-yields, closes the stream generator and takes the next job. The per-request deadline is
+yields, closes the stream and takes the next job. The per-request deadline is
 checked at the same points and when a job leaves the queue.
 """
 
@@ -153,13 +153,14 @@ class DecodeWorker:
     def _run(self, job: Job) -> None:
         if self._must_end(job):
             return
-        stream = self.generator.stream(list(job.prompt), job.max_tokens, **job.options)
+        stream = None
         try:
+            stream = self.generator.stream(list(job.prompt), max_new_tokens=job.max_tokens, **job.options)
             for piece in stream:
                 if self._must_end(job):
                     return
                 job.emit("text", piece)
-            result = self.generator.last_result
+            result = stream.result
         except StagedxError as exc:
             self.metrics.outcome("failed")
             job.emit("error", ApiError(400, str(exc)))
@@ -170,6 +171,7 @@ class DecodeWorker:
             job.emit("error", ApiError(500, f"the decode failed: {type(exc).__name__}", kind="server_error"))
             return
         finally:
-            stream.close()
+            if stream is not None:
+                stream.close()
         self.metrics.decode(result)
         job.emit("done", result)

@@ -153,7 +153,7 @@ def test_cost_model():
 
 def test_coordinate_search_finds_the_optimum_of_a_separable_score():
     from stagedx.bench.tune import SEARCH_SPACE
-    from stagedx.runtime import TreeConfig
+    from stagedx.runtime.trees import THREE_STAGE_TREES
 
     class Ev:
         def __init__(self, v):
@@ -164,7 +164,7 @@ def test_coordinate_search_finds_the_optimum_of_a_separable_score():
     def score(cfg):
         return Ev(-sum(abs(getattr(cfg, k) - v) for k, v in target.items()) - (cfg.fanouts != SEARCH_SPACE["fanouts"][1]))
 
-    best_ev, best, evals = coordinate_search(TreeConfig(), score)
+    best_ev, best, evals = coordinate_search(THREE_STAGE_TREES["greedy"], score)
     assert best.budget == 7 and best.max_depth == 4 and best.draft_calls == 2 and best.draft_batch == 16
     assert best.fanouts == SEARCH_SPACE["fanouts"][1]
     assert best_ev.predicted_tokens_per_s == 0

@@ -41,10 +41,10 @@ def assert_greedy_exact(bundle, n_tokens: int = 24) -> None:
 
     gen = Generator(bundle, device="cpu", threads=1)
     for prompt in ("def add(a, b):\n    return", "import os\nimport sys\n\n\ndef main():\n"):
-        base = gen.generate(prompt, n_tokens, strategy="baseline", ignore_eos=True)
+        base = gen.generate(prompt, max_new_tokens=n_tokens, strategy="baseline", ignore_eos=True)
         assert len(base.tokens) == n_tokens
         for strategy in ("speculative", "staged"):
-            res = gen.generate(prompt, n_tokens, strategy=strategy, ignore_eos=True)
+            res = gen.generate(prompt, max_new_tokens=n_tokens, strategy=strategy, ignore_eos=True)
             assert res.tokens == base.tokens, (strategy, prompt)
 
 

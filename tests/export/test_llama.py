@@ -156,10 +156,10 @@ def test_greedy_staged_identical_to_baseline(llama_bundle):
 
     gen = Generator(llama_bundle, device="cpu", threads=1)
     for prompt in ("def add(a, b):\n    return", "import os\nimport sys\n\n\ndef main():\n"):
-        base = gen.generate(prompt, 24, strategy="baseline", ignore_eos=True)
+        base = gen.generate(prompt, max_new_tokens=24, strategy="baseline", ignore_eos=True)
         assert len(base.tokens) == 24
         for strategy in ("speculative", "staged"):
-            res = gen.generate(prompt, 24, strategy=strategy, ignore_eos=True)
+            res = gen.generate(prompt, max_new_tokens=24, strategy=strategy, ignore_eos=True)
             assert res.tokens == base.tokens, (strategy, prompt)
 
 

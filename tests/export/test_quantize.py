@@ -165,7 +165,7 @@ def test_quantized_graph_with_external_data(tiny_pair, heldout_file, tmp_path, m
     assert m.draft.quantization is None and m.draft.external_data.file == "draft.onnx.data"
     assert sorted(p.name for p in out.iterdir()) == ["draft.onnx", "draft.onnx.data", "manifest.json", "oracle.onnx",
                                                      "oracle.onnx.data", "reference.npz", "tokenizer.json"]
-    assert len(Generator(out, device="cpu", threads=1).generate("def f(x):", 8, ignore_eos=True).tokens) == 8
+    assert len(Generator(out, device="cpu", threads=1).generate("def f(x):", max_new_tokens=8, ignore_eos=True).tokens) == 8
 
 
 def test_validate_compares_onnxruntime_with_the_quantized_reference(quant_bundle):

@@ -18,14 +18,14 @@ def gen(tiny_bundle):
                                     [[1, 2], [3, 4]], 42, None, {"a": 1}, (x for x in [1, 2]), ["1", "2"], [2**70]])  # fmt: skip
 def test_prompts_that_are_not_text_or_token_ids_are_refused(gen, prompt):
     with pytest.raises(StagedxError, match="prompt"):
-        gen.generate(prompt, 2)
+        gen.generate(prompt, max_new_tokens=2)
     with pytest.raises(StagedxError, match="prompt"):
-        "".join(gen.stream(prompt, 2))
+        "".join(gen.stream(prompt, max_new_tokens=2))
 
 
 @pytest.mark.parametrize("prompt", ["def f(x):", [5, 6, 7], (5, 6, 7), np.asarray([5, 6, 7], np.int32)])
 def test_text_and_int_sequences_work(gen, prompt):
-    res = gen.generate(prompt, 3, ignore_eos=True)
+    res = gen.generate(prompt, max_new_tokens=3, ignore_eos=True)
     assert len(res.tokens) == 3
 
 

@@ -53,7 +53,7 @@ def test_negative_seed(tiny_bundle, capsys):
     code, _, err = run_cli(capsys, ["generate", tiny_bundle, "x", "--seed", "-1", "--sampling", "topk:5", "--threads", "1"])
     assert_one_line_error(code, err, "--seed")
     with pytest.raises(StagedxError, match="seed must be an integer >= 0"):
-        Generator(tiny_bundle, device="cpu", threads=1).generate("x", 2, seed=-1)
+        Generator(tiny_bundle, device="cpu", threads=1).generate("x", max_new_tokens=2, seed=-1)
 
 
 def test_prompt_on_stdin_that_is_not_utf8(tiny_bundle, capsys, monkeypatch):

@@ -13,7 +13,8 @@ from stagedx.errors import StagedxError
 from stagedx.export.ngram import GT_MAX, _Discount
 from stagedx.files import sha256_file
 from stagedx.manifest import load_manifest
-from stagedx.runtime import Generator, SamplingConfig, TreeConfig
+from stagedx.runtime import DecodeOptions, Generator, SamplingConfig, TreeConfig
+from stagedx.runtime.trees import FAN10
 from stagedx.runtime.accept import greedy_draw, verify_chain, walk_tree
 from stagedx.runtime.ort_runner import OrtRunner
 from stagedx.runtime.runner import chain_mask
@@ -48,7 +49,8 @@ def test_walk_tree_emits_the_oracle_token_below_a_fully_accepted_chain():
 def test_speculative_with_a_perfect_draft_gets_k_plus_one_tokens_per_oracle_call(self_draft_bundle, k):
     gen = Generator(self_draft_bundle, device="cpu", threads=1)
     rounds = 5
-    res = gen.generate(PROMPT, rounds * (k + 1), ignore_eos=True, strategy="speculative", tree=TreeConfig(spec_k=k))
+    res = gen.generate(PROMPT, max_new_tokens=rounds * (k + 1), ignore_eos=True, strategy="speculative",
+                       tree=TreeConfig(spec_k=k))  # fmt: skip
     assert res.stats.oracle_calls == rounds  # tokens per oracle call == k + 1, exactly
     assert res.stats.tokens_per_oracle_call == k + 1
     assert res.stats.accepted_by_depth[:k] == [rounds] * k
@@ -56,8 +58,8 @@ def test_speculative_with_a_perfect_draft_gets_k_plus_one_tokens_per_oracle_call
 
 def test_staged_round_emits_its_accepted_nodes_plus_one(self_draft_bundle):
     gen = Generator(self_draft_bundle, device="cpu", threads=1)
-    tree = TreeConfig(budget=8, max_depth=4, draft_calls=2, draft_batch=8)
-    res = gen.generate(PROMPT, 40, ignore_eos=True, tree=tree)
+    tree = TreeConfig(budget=8, max_depth=4, fanouts=FAN10, draft_calls=2, draft_batch=8)
+    res = gen.generate(PROMPT, max_new_tokens=40, ignore_eos=True, tree=tree)
     s = res.stats
     assert s.new_tokens == sum(s.accepted_by_depth) + s.rounds  # every round adds the oracle's own token
     assert s.accepted_by_stage["oracle"] == s.rounds
@@ -73,7 +75,7 @@ def _fresh_prefill(bundle, manifest, tokens):
 
 
 @pytest.mark.parametrize("strategy, tree, sampling", [
-    ("staged", TreeConfig(budget=10, max_depth=5, draft_calls=2, draft_batch=8), "greedy"),
+    ("staged", TreeConfig(budget=10, max_depth=5, fanouts=FAN10, draft_calls=2, draft_batch=8), "greedy"),
     ("staged", TreeConfig(budget=6, max_depth=3, fanouts=(4, 2, 1), draft_calls=1, draft_batch=16), "topk:20"),
     ("speculative", TreeConfig(spec_k=3), "greedy"),
     ("speculative", TreeConfig(spec_k=3), "topk:20"),
@@ -82,7 +84,7 @@ def test_draft_cache_equals_a_fresh_prefill_after_every_round(tiny_bundle, strat
     """After each round the draft's committed rows are exactly the rows of the committed
     tokens (no stale speculative row), and no more rows were dropped than necessary."""
     gen = Generator(tiny_bundle, device="cpu", threads=1)
-    req = gen._request(PROMPT, 24, sampling=sampling, seed=5, strategy=strategy, ignore_eos=True, tree=tree)
+    req = gen._request(PROMPT, DecodeOptions(24, sampling, seed=5, strategy=strategy, ignore_eos=True, tree=tree))
     st = gen._start(req)
     checked = 0
     for _ in gen._rounds(req, st):
@@ -102,7 +104,7 @@ def test_the_draft_keeps_its_rows_of_accepted_tokens(self_draft_bundle):
     """With a perfect draft every speculative row survives: after each round the draft lacks
     at most the pending token and the tokens the oracle added beyond the draft's path."""
     gen = Generator(self_draft_bundle, device="cpu", threads=1)
-    req = gen._request(PROMPT, 20, strategy="speculative", ignore_eos=True, tree=TreeConfig(spec_k=3))
+    req = gen._request(PROMPT, DecodeOptions(20, strategy="speculative", ignore_eos=True, tree=TreeConfig(spec_k=3)))
     st = gen._start(req)
     for _ in gen._rounds(req, st):
         assert gen.draft.length == len(st.tokens) - 2  # everything but the bonus token and the root
@@ -122,8 +124,8 @@ def test_external_data_file_is_hashed(tiny_bundle, tmp_path):
         e["external_data"] = {"file": "oracle.onnx.data", "sha256": sha256_file(bundle / "oracle.onnx.data")}
 
     edit_manifest(bundle, point)
-    want = Generator(tiny_bundle, device="cpu", threads=1).generate(PROMPT, 6, ignore_eos=True).tokens
-    assert Generator(bundle, device="cpu", threads=1).generate(PROMPT, 6, ignore_eos=True).tokens == want
+    want = Generator(tiny_bundle, device="cpu", threads=1).generate(PROMPT, max_new_tokens=6, ignore_eos=True).tokens
+    assert Generator(bundle, device="cpu", threads=1).generate(PROMPT, max_new_tokens=6, ignore_eos=True).tokens == want
     data = bytearray((bundle / "oracle.onnx.data").read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte in the weights
     (bundle / "oracle.onnx.data").write_bytes(bytes(data))

@@ -94,8 +94,8 @@ def test_a_tampered_bundle_loads_and_decodes_or_is_refused(tamper_target):
         try:
             load_manifest(bundle)
             gen = Generator(bundle, device="cpu", threads=1)
-            gen.generate("def f(x):", 3, ignore_eos=True)
-            gen.generate("def f(x):", 3, sampling="topk:5", seed=1, ignore_eos=True)
+            gen.generate("def f(x):", max_new_tokens=3, ignore_eos=True)
+            gen.generate("def f(x):", max_new_tokens=3, sampling="topk:5", seed=1, ignore_eos=True)
         except StagedxError as exc:
             assert "\n" not in str(exc)
         finally:

@@ -16,7 +16,7 @@ def test_shared_generator_gives_every_thread_the_single_threaded_output(tiny_bun
     gen = Generator(tiny_bundle, device="cpu", threads=1)
     strategies = ["staged", "speculative", "baseline"]
     jobs = [(p, s) for p in PROMPTS for s in strategies]
-    expected = {job: gen.generate(job[0], 12, strategy=job[1], ignore_eos=True).tokens for job in jobs}
+    expected = {job: gen.generate(job[0], max_new_tokens=12, strategy=job[1], ignore_eos=True).tokens for job in jobs}
     results: dict = {}
     errors: list = []
     start = threading.Barrier(6)
@@ -27,10 +27,11 @@ def test_shared_generator_gives_every_thread_the_single_threaded_output(tiny_bun
             prompt, strategy = jobs[i]
             try:
                 if i % 2:  # half streamed, half generated, interleaved across threads
-                    text = "".join(gen.stream(prompt, 12, strategy=strategy, ignore_eos=True))
-                    results[jobs[i]] = (gen.last_result.tokens, text)
+                    stream = gen.stream(prompt, max_new_tokens=12, strategy=strategy, ignore_eos=True)
+                    text = "".join(stream)
+                    results[jobs[i]] = (stream.result.tokens, text)
                 else:
-                    res = gen.generate(prompt, 12, strategy=strategy, ignore_eos=True)
+                    res = gen.generate(prompt, max_new_tokens=12, strategy=strategy, ignore_eos=True)
                     results[jobs[i]] = (res.tokens, res.text)
             except Exception as exc:  # noqa: BLE001 - collected and reported below
                 errors.append(repr(exc))
@@ -49,13 +50,15 @@ def test_shared_generator_gives_every_thread_the_single_threaded_output(tiny_bun
 
 def test_a_stream_holds_the_generator_until_it_ends(tiny_bundle):
     gen = Generator(tiny_bundle, device="cpu", threads=1)
-    ref = gen.generate("import os\n", 6, ignore_eos=True).tokens
-    stream = gen.stream("def f(x):", 12, ignore_eos=True)
+    ref = gen.generate("import os\n", max_new_tokens=6, ignore_eos=True).tokens
+    stream = gen.stream("def f(x):", max_new_tokens=12, ignore_eos=True)
     next(stream)
     with pytest.raises(StagedxError, match="already decoding in this thread"):
-        gen.generate("import os\n", 6, ignore_eos=True)
+        gen.generate("import os\n", max_new_tokens=6, ignore_eos=True)
+    with pytest.raises(StagedxError, match="already decoding in this thread"):
+        gen.close()  # would wait for itself
     other: list = []
-    t = threading.Thread(target=lambda: other.append(gen.generate("import os\n", 6, ignore_eos=True).tokens))
+    t = threading.Thread(target=lambda: other.append(gen.generate("import os\n", max_new_tokens=6, ignore_eos=True).tokens))
     t.start()
     t.join(timeout=0.5)
     assert t.is_alive()  # waits for the stream, does not interleave with it
@@ -63,7 +66,27 @@ def test_a_stream_holds_the_generator_until_it_ends(tiny_bundle):
     t.join(timeout=60)
     assert other == [ref]
     assert rest is not None
-    stream = gen.stream("def f(x):", 12, ignore_eos=True)
+    stream = gen.stream("def f(x):", max_new_tokens=12, ignore_eos=True)
     next(stream)
     stream.close()  # closing releases the lock
-    assert gen.generate("import os\n", 6, ignore_eos=True).tokens == ref
+    assert gen.generate("import os\n", max_new_tokens=6, ignore_eos=True).tokens == ref
+
+
+def test_close_waits_for_a_decode_in_another_thread(tiny_bundle):
+    gen = Generator(tiny_bundle, device="cpu", threads=1)
+    stream = gen.stream("def f(x):", max_new_tokens=12, ignore_eos=True)
+    next(stream)
+    gave_up: list = []
+    t = threading.Thread(target=lambda: gave_up.append(gen.close(timeout=0.2)))
+    t.start()
+    t.join(timeout=30)
+    assert gave_up == [False]  # the stream holds the Generator: nothing released
+    t = threading.Thread(target=gen.close)
+    t.start()
+    t.join(timeout=0.5)
+    assert t.is_alive()  # waits for the stream
+    text = "".join(stream)
+    t.join(timeout=60)
+    assert not t.is_alive() and text and stream.result.tokens
+    with pytest.raises(StagedxError, match="closed"):
+        gen.generate("import os\n", max_new_tokens=6)

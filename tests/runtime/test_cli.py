@@ -26,7 +26,7 @@ def test_generate_streams_the_same_text_as_the_api(tiny_bundle, capsys):
     code, out, _ = run(capsys, ["generate", tiny_bundle, "def f(x):", "--max-new-tokens", "16", "--ignore-eos",
                                 "--threads", "1", "--device", "cpu"])  # fmt: skip
     assert code == 0
-    text = Generator(tiny_bundle, device="cpu", threads=1).generate("def f(x):", 16, ignore_eos=True).text
+    text = Generator(tiny_bundle, device="cpu", threads=1).generate("def f(x):", max_new_tokens=16, ignore_eos=True).text
     assert out == text + "\n"
 
 

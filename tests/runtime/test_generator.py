@@ -13,7 +13,7 @@ import pytest
 
 from stagedx.errors import StagedxError
 from stagedx.runtime import Generator, SamplingConfig, TreeConfig
-from stagedx.runtime.generator import THREE_STAGE_TREES
+from stagedx.runtime.trees import FAN10, THREE_STAGE_TREES
 from stagedx.runtime.runner import FETCH_LOGITS, chain_mask
 from stagedx.runtime.sampling import warp
 from stagedx.runtime.tree import ancestor_mask
@@ -45,11 +45,12 @@ VARIANTS = {
 }
 
 
-def assert_same_greedy(gen: Generator, prompt, n: int, strategies=tuple(VARIANTS)) -> dict:
-    base = gen.generate(prompt, n, strategy="baseline", ignore_eos=True)
+def assert_same_greedy(gen: Generator, prompt, n: int, strategies=tuple(VARIANTS), tree=None) -> dict:
+    """``tree``: the tree of every call whose variant names none."""
+    base = gen.generate(prompt, max_new_tokens=n, strategy="baseline", ignore_eos=True, tree=tree)
     results = {"baseline": base}
     for strategy in strategies:
-        res = gen.generate(prompt, n, ignore_eos=True, **VARIANTS[strategy])
+        res = gen.generate(prompt, max_new_tokens=n, ignore_eos=True, **{"tree": tree, **VARIANTS[strategy]})
         results[strategy] = res
         if res.tokens != base.tokens:
             i = next(k for k, (a, b) in enumerate(zip(res.tokens, base.tokens)) if a != b)
@@ -90,13 +91,14 @@ def test_greedy_identical_on_the_vendored_pair(pair_bundle):
 
 def test_budgets_and_depths_keep_greedy_exact(self_draft_bundle):
     gen = Generator(self_draft_bundle, device="cpu", threads=1)
-    for tree in (TreeConfig(budget=1, max_depth=1), TreeConfig(budget=40, max_depth=12, draft_calls=5),
-                 TreeConfig(budget=8, fanouts=(), draft_calls=4), TreeConfig(budget=0),
-                 TreeConfig(budget=6, fanouts=(3, 1), draft_calls=0),
-                 TreeConfig(budget=11, fanouts=(), draft_calls=6, stop_p=0.2),  # dynamic depth
-                 TreeConfig(budget=11, fanouts=(2, 1), draft_calls=8, stop_p=0.5)):  # fmt: skip
-        gen.tree = tree
-        assert_same_greedy(gen, PROMPTS[2], 30)
+    for tree in (TreeConfig(budget=1, max_depth=1, fanouts=FAN10, draft_calls=1),
+                 TreeConfig(budget=40, max_depth=12, fanouts=FAN10, draft_calls=5),
+                 TreeConfig(budget=8, max_depth=10, fanouts=(), draft_calls=4),
+                 TreeConfig(budget=0, max_depth=10, fanouts=FAN10, draft_calls=1),
+                 TreeConfig(budget=6, max_depth=10, fanouts=(3, 1), draft_calls=0),
+                 TreeConfig(budget=11, max_depth=10, fanouts=(), draft_calls=6, stop_p=0.2),  # dynamic depth
+                 TreeConfig(budget=11, max_depth=10, fanouts=(2, 1), draft_calls=8, stop_p=0.5)):  # fmt: skip
+        assert_same_greedy(gen, PROMPTS[2], 30, tree=tree)
 
 
 # -- sampling is exact ------------------------------------------------------------------
@@ -127,10 +129,12 @@ def exact_joint3(gen: Generator, prompt: np.ndarray, eps: float = 1e-4) -> dict:
     return law
 
 
-def joint_counts(gen: Generator, prompt: np.ndarray, strategy: str, seed0: int, accepted: Counter | None = None) -> Counter:
+def joint_counts(gen: Generator, prompt: np.ndarray, strategy: str, seed0: int, accepted: Counter | None = None,
+                 tree: TreeConfig | None = None) -> Counter:  # fmt: skip
     counts = Counter()
     for i in range(N_DRAWS):
-        res = gen.generate(prompt, 3, sampling=SAMPLING, seed=seed0 + i, strategy=strategy, ignore_eos=True)
+        res = gen.generate(prompt, max_new_tokens=3, sampling=SAMPLING, seed=seed0 + i, strategy=strategy,
+                           ignore_eos=True, tree=tree)  # fmt: skip
         counts[tuple(res.tokens)] += 1
         if accepted is not None:
             accepted.update(res.stats.accepted_by_stage)
@@ -150,18 +154,17 @@ def small_vocab(small_vocab_bundle):
 
 
 @pytest.mark.parametrize("strategy,tree", [
-    ("staged", TreeConfig(budget=12, max_depth=4)),  # draft2 -> draft -> oracle
+    ("staged", TreeConfig(budget=12, max_depth=4, fanouts=FAN10, draft_calls=1)),  # draft2 -> draft -> oracle
     ("staged", TreeConfig(budget=6, max_depth=3, fanouts=(3, 2), draft_calls=0)),  # draft2 -> oracle
-    ("staged", TreeConfig(budget=12, max_depth=4, widths=(3, 2, 1), extra=2)),  # drawn children + leaves
-    ("staged", TreeConfig(budget=12, max_depth=4, widths=(1, 1, 1))),  # a drawn chain, committed level by level
+    ("staged", TreeConfig(budget=12, max_depth=4, fanouts=FAN10, draft_calls=1, widths=(3, 2, 1), extra=2)),  # drawn + leaves
+    ("staged", TreeConfig(budget=12, max_depth=4, fanouts=FAN10, draft_calls=1, widths=(1, 1, 1))),  # a drawn chain
     ("speculative", None),
     ("baseline", None),
 ])  # fmt: skip
 def test_sampled_joint_law_matches_the_oracle(small_vocab, strategy, tree):
     gen, prompt, law = small_vocab
-    gen.tree = tree
     accepted = Counter()
-    assert pvalue(joint_counts(gen, prompt, strategy, 1000, accepted), law) > 1e-3
+    assert pvalue(joint_counts(gen, prompt, strategy, 1000, accepted, tree), law) > 1e-3
     if strategy != "baseline":  # speculated tokens were accepted: the accept path ran
         assert accepted["draft"] + accepted["draft2"] > 0.02 * N_DRAWS
 
@@ -189,8 +192,8 @@ def test_negative_control_biased_verifier_is_detected(small_vocab, monkeypatch):
             node = int(c)
 
     monkeypatch.setattr(gen, "_verify", biased_verify)
-    gen.tree = TreeConfig(budget=12, max_depth=4)
-    assert pvalue(joint_counts(gen, prompt, "staged", 5000), law) < 1e-6
+    tree = TreeConfig(budget=12, max_depth=4, fanouts=FAN10, draft_calls=1)
+    assert pvalue(joint_counts(gen, prompt, "staged", 5000, tree=tree), law) < 1e-6
 
 
 def test_negative_control_sampled_tree_without_residual_is_detected(small_vocab, monkeypatch):
@@ -217,14 +220,14 @@ def test_negative_control_sampled_tree_without_residual_is_detected(small_vocab,
             node = int(c)
 
     monkeypatch.setattr(accept, "verify_sampled", no_residual)
-    gen.tree = TreeConfig(budget=12, max_depth=4, widths=(3, 2, 1))
-    assert pvalue(joint_counts(gen, prompt, "staged", 5000), law) < 1e-6
+    tree = TreeConfig(budget=12, max_depth=4, fanouts=FAN10, draft_calls=1, widths=(3, 2, 1))
+    assert pvalue(joint_counts(gen, prompt, "staged", 5000, tree=tree), law) < 1e-6
 
 
 def test_same_seed_same_output(tiny_bundle):
     gen = Generator(tiny_bundle, device="cpu", threads=1)
-    a = gen.generate(PROMPTS[0], 24, sampling="topp:0.9", seed=7, ignore_eos=True)
-    b = gen.generate(PROMPTS[0], 24, sampling="topp:0.9", seed=7, ignore_eos=True)
+    a = gen.generate(PROMPTS[0], max_new_tokens=24, sampling="topp:0.9", seed=7, ignore_eos=True)
+    b = gen.generate(PROMPTS[0], max_new_tokens=24, sampling="topp:0.9", seed=7, ignore_eos=True)
     assert a.tokens == b.tokens and len(a.tokens) == 24
 
 
@@ -247,7 +250,7 @@ def assert_caches_consistent(gen: Generator, prompt, res) -> None:
 @pytest.mark.parametrize("max_new", [1, 5, 7])
 def test_max_new_tokens_inside_an_accepted_run(self_draft_bundle, max_new):
     gen = Generator(self_draft_bundle, device="cpu", threads=1)
-    res = gen.generate(PROMPTS[1], max_new, ignore_eos=True)
+    res = gen.generate(PROMPTS[1], max_new_tokens=max_new, ignore_eos=True)
     assert len(res.tokens) == max_new and res.finish_reason == "length"
     assert res.stats.new_tokens == max_new
     assert sum(res.stats.accepted_by_stage.values()) == max_new
@@ -256,9 +259,9 @@ def test_max_new_tokens_inside_an_accepted_run(self_draft_bundle, max_new):
 
 def test_eos_inside_an_accepted_run(self_draft_bundle):
     gen = Generator(self_draft_bundle, device="cpu", threads=1)
-    full = gen.generate(PROMPTS[1], 12, ignore_eos=True)
+    full = gen.generate(PROMPTS[1], max_new_tokens=12, ignore_eos=True)
     gen.eos = full.tokens[3]  # pretend the 4th greedy token is EOS: it lands inside a run
-    res = gen.generate(PROMPTS[1], 12)
+    res = gen.generate(PROMPTS[1], max_new_tokens=12)
     assert res.finish_reason == "eos"
     assert res.tokens == full.tokens[: full.tokens.index(gen.eos)]
     assert_caches_consistent(gen, PROMPTS[1], res)
@@ -266,9 +269,9 @@ def test_eos_inside_an_accepted_run(self_draft_bundle):
 
 def test_stop_string(self_draft_bundle):
     gen = Generator(self_draft_bundle, device="cpu", threads=1)
-    full = gen.generate(PROMPTS[0], 16, ignore_eos=True)
+    full = gen.generate(PROMPTS[0], max_new_tokens=16, ignore_eos=True)
     stop = full.text[5:8]
-    res = gen.generate(PROMPTS[0], 16, stop=[stop], ignore_eos=True)
+    res = gen.generate(PROMPTS[0], max_new_tokens=16, stop=[stop], ignore_eos=True)
     assert res.finish_reason == "stop"
     assert res.text == full.text[: full.text.index(stop)]
     assert_caches_consistent(gen, PROMPTS[0], res)
@@ -276,23 +279,73 @@ def test_stop_string(self_draft_bundle):
 
 def test_stream_equals_generate(tiny_bundle):
     gen = Generator(tiny_bundle, device="cpu", threads=1)
-    res = gen.generate(PROMPTS[2], 30, ignore_eos=True)
-    pieces = list(gen.stream(PROMPTS[2], 30, ignore_eos=True))
+    res = gen.generate(PROMPTS[2], max_new_tokens=30, ignore_eos=True)
+    stream = gen.stream(PROMPTS[2], max_new_tokens=30, ignore_eos=True)
+    with pytest.raises(StagedxError, match="not finished"):
+        stream.result  # noqa: B018 - before the end there is no result
+    pieces = list(stream)
     assert "".join(pieces) == res.text and len(pieces) > 1
-    assert gen.last_result.tokens == res.tokens
+    assert stream.result.tokens == res.tokens and stream.result.text == res.text
+    assert list(stream) == []  # exhausted, the result stays
+    assert stream.result.tokens == res.tokens
+
+
+def test_a_stream_closed_early_has_no_result_and_frees_the_generator(tiny_bundle):
+    gen = Generator(tiny_bundle, device="cpu", threads=1)
+    want = gen.generate(PROMPTS[0], max_new_tokens=6, ignore_eos=True).tokens
+    with gen.stream(PROMPTS[2], max_new_tokens=30, ignore_eos=True) as stream:
+        next(stream)
+    with pytest.raises(StagedxError, match="not finished"):
+        stream.result  # noqa: B018
+    assert gen.generate(PROMPTS[0], max_new_tokens=6, ignore_eos=True).tokens == want
+
+
+def test_options_are_keyword_only_and_checked_when_the_stream_is_made(tiny_bundle):
+    gen = Generator(tiny_bundle, device="cpu", threads=1)
+    with pytest.raises(TypeError):
+        gen.generate(PROMPTS[0], 4)
+    with pytest.raises(TypeError):
+        gen.stream(PROMPTS[0], 4)
+    with pytest.raises(StagedxError, match="max_new_tokens"):
+        gen.stream(PROMPTS[0], max_new_tokens=0)  # before any iteration
+
+
+def test_a_closed_generator_released_its_runners_and_refuses_calls(tiny_bundle, monkeypatch):
+    closed = []
+    with Generator(tiny_bundle, device="cpu", threads=1) as gen:
+        for runner in (gen.oracle, gen.draft):
+            monkeypatch.setattr(runner, "close", lambda close=runner.close, r=runner: (closed.append(r), close()))
+        assert len(gen.generate(PROMPTS[0], max_new_tokens=4, ignore_eos=True).tokens) == 4
+    assert closed == [gen.oracle, gen.draft]
+    gen.close()  # idempotent
+    assert len(closed) == 2
+    with pytest.raises(StagedxError, match="closed"):
+        gen.generate(PROMPTS[0], max_new_tokens=4)
+    with pytest.raises(StagedxError, match="closed"):
+        list(gen.stream(PROMPTS[0], max_new_tokens=4))
+
+
+def test_the_tree_is_a_per_call_option(tiny_bundle):
+    gen = Generator(tiny_bundle, device="cpu", threads=1)
+    with pytest.raises(AttributeError):
+        gen.tree = TreeConfig()  # read-only: pass tree= to the call
+    tree = TreeConfig(budget=3, max_depth=5, fanouts=(1, 1, 1), draft_calls=1)
+    res = gen.generate(PROMPTS[0], max_new_tokens=8, ignore_eos=True, tree=tree)
+    assert len(res.stats.accepted_by_depth) == tree.max_depth + 1  # this call's tree, not the default
+    assert gen.tree is None and gen.tree_for(SamplingConfig.parse("greedy")) != tree
 
 
 def test_stream_drops_eos_and_honours_stop_strings(self_draft_bundle):
     gen = Generator(self_draft_bundle, device="cpu", threads=1)
-    full = gen.generate(PROMPTS[1], 12, ignore_eos=True)
+    full = gen.generate(PROMPTS[1], max_new_tokens=12, ignore_eos=True)
     gen.eos = full.tokens[3]  # EOS inside an accepted run
-    res = gen.generate(PROMPTS[1], 12)
-    assert "".join(gen.stream(PROMPTS[1], 12)) == res.text and res.finish_reason == "eos"
+    res = gen.generate(PROMPTS[1], max_new_tokens=12)
+    assert "".join(gen.stream(PROMPTS[1], max_new_tokens=12)) == res.text and res.finish_reason == "eos"
     gen.eos = 0
-    long = gen.generate(PROMPTS[0], 24, ignore_eos=True)
+    long = gen.generate(PROMPTS[0], max_new_tokens=24, ignore_eos=True)
     stop = long.text[9:13]
-    res = gen.generate(PROMPTS[0], 24, stop=[stop], ignore_eos=True)
-    streamed = "".join(gen.stream(PROMPTS[0], 24, stop=[stop], ignore_eos=True))
+    res = gen.generate(PROMPTS[0], max_new_tokens=24, stop=[stop], ignore_eos=True)
+    streamed = "".join(gen.stream(PROMPTS[0], max_new_tokens=24, stop=[stop], ignore_eos=True))
     assert streamed == res.text and stop not in streamed and res.finish_reason == "stop"
 
 
@@ -307,29 +360,29 @@ def test_trees_fit_the_oracle_cache_near_the_context_limit(self_draft_bundle):
         return run(tokens, positions, mask, fetch)
 
     gen.oracle.run = checked_run
-    for tree in (TreeConfig(budget=40, max_depth=12, draft_calls=2), THREE_STAGE_TREES["greedy"]):
-        res = gen.generate(PROMPTS[2], 100, ignore_eos=True, tree=tree)
+    for tree in (TreeConfig(budget=40, max_depth=12, fanouts=FAN10, draft_calls=2), THREE_STAGE_TREES["greedy"]):
+        res = gen.generate(PROMPTS[2], max_new_tokens=100, ignore_eos=True, tree=tree)
         assert res.finish_reason == "context"
 
 
 def test_context_limit_stops_cleanly(tiny_bundle):
     gen = Generator(tiny_bundle, device="cpu", threads=1, max_context=40)
-    res = gen.generate(PROMPTS[0], 100, ignore_eos=True)
+    res = gen.generate(PROMPTS[0], max_new_tokens=100, ignore_eos=True)
     assert res.finish_reason == "context"
     assert res.prompt_tokens + len(res.tokens) == gen.context_limit + 1
     with pytest.raises(StagedxError, match="more than the context"):
-        gen.generate("x " * 60, 4)
-    assert gen.generate("x " * 60, 4, truncate=True, ignore_eos=True).tokens
+        gen.generate("x " * 60, max_new_tokens=4)
+    assert gen.generate("x " * 60, max_new_tokens=4, truncate=True, ignore_eos=True).tokens
 
 
 def test_bad_requests(tiny_bundle):
     gen = Generator(tiny_bundle, device="cpu", threads=1)
     with pytest.raises(StagedxError, match="empty prompt"):
-        gen.generate("", 4)
+        gen.generate("", max_new_tokens=4)
     with pytest.raises(StagedxError, match="unknown strategy"):
-        gen.generate("x", 4, strategy="magic")
+        gen.generate("x", max_new_tokens=4, strategy="magic")
     with pytest.raises(StagedxError, match="unknown sampling"):
-        gen.generate("x", 4, sampling="topk:-1")
+        gen.generate("x", max_new_tokens=4, sampling="topk:-1")
 
 
 # -- the wall: the runtime never imports PyTorch -------------------------------------------
@@ -338,7 +391,7 @@ def test_runtime_generates_without_torch(tiny_bundle):
         "import sys, json\n"
         "from stagedx.runtime import Generator\n"
         f"gen = Generator({str(tiny_bundle)!r}, device='cpu', threads=1)\n"
-        "res = gen.generate('def f(x):', 8, ignore_eos=True)\n"
+        "res = gen.generate('def f(x):', max_new_tokens=8, ignore_eos=True)\n"
         "print(json.dumps({'n': len(res.tokens), 'mods': [m for m in ('torch', 'transformers', 'onnx') if m in sys.modules]}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -350,13 +403,13 @@ def test_tree_budget_applies_to_every_mode(tiny_bundle):
     gen = Generator(tiny_bundle, device="cpu", threads=1, tree_budget=5)
     for spec in ("greedy", "topk:50"):
         assert gen.tree_for(SamplingConfig.parse(spec)).budget == 5
-    res = gen.generate(PROMPTS[0], 10, ignore_eos=True)
+    res = gen.generate(PROMPTS[0], max_new_tokens=10, ignore_eos=True)
     assert len(res.tokens) == 10
 
 
 def test_speculative_chain_length_is_spec_k_whatever_the_tree_depth(self_draft_bundle):
     gen = Generator(self_draft_bundle, device="cpu", threads=1)
-    res = gen.generate(PROMPTS[1], 30, ignore_eos=True, strategy="speculative",
+    res = gen.generate(PROMPTS[1], max_new_tokens=30, ignore_eos=True, strategy="speculative",
                        tree=TreeConfig(max_depth=2, spec_k=5))  # fmt: skip
     assert res.stats.draft_calls == 5 * res.stats.oracle_calls
     assert res.stats.accepted_by_depth[4] > 0  # the oracle accepted 5-token chains
@@ -377,7 +430,7 @@ def test_without_draft2_staged_uses_the_draft_at_least_as_well_as_speculative(pa
         calls = Counter()
         for i, prompt in enumerate(PROMPTS[:3]):
             for strategy in ("speculative", "staged"):
-                res = gen.generate(prompt, 48, sampling=sampling, seed=i, strategy=strategy, ignore_eos=True)
+                res = gen.generate(prompt, max_new_tokens=48, sampling=sampling, seed=i, strategy=strategy, ignore_eos=True)
                 calls[strategy] += res.stats.oracle_calls
         assert calls["staged"] <= calls["speculative"] * 1.1, (sampling, calls)
     res = assert_same_greedy(gen, PROMPTS[2], 40, ("staged",))["staged"]

@@ -4,7 +4,8 @@ commits, and the oracle tree that comes out."""
 import numpy as np
 
 from stagedx.runtime.runner import RunOutput
-from stagedx.runtime.staged import TreeConfig, draft2_tree, grow_draft_tree, oracle_tree
+from stagedx.runtime.staged import draft2_tree, grow_draft_tree, oracle_tree
+from stagedx.runtime.trees import TreeConfig
 
 V, K = 50, 4
 

@@ -69,7 +69,7 @@ def wait_until(predicate, timeout: float = 30.0) -> None:
 
 
 def test_greedy_text_equals_generator(pair_server, pair_generator):
-    want = pair_generator.generate(PROMPT, 40)
+    want = pair_generator.generate(PROMPT, max_new_tokens=40)
     c = client(pair_server)
     res = c.completions.create(model="pair", prompt=PROMPT, max_tokens=40, temperature=0)
     assert res.choices[0].text == want.text
@@ -102,13 +102,13 @@ def test_sampled_with_seed_is_reproducible(pair_server, pair_generator):
     first = c.completions.create(**kwargs).choices[0].text
     streamed = "".join(ch.choices[0].text for ch in c.completions.create(stream=True, **kwargs))
     cfg = SamplingConfig("sample", 0.8, top_k=40, top_p=0.95)
-    assert first == streamed == pair_generator.generate(PROMPT, 30, sampling=cfg, seed=7).text
+    assert first == streamed == pair_generator.generate(PROMPT, max_new_tokens=30, sampling=cfg, seed=7).text
 
 
 def test_stop_string_ends_the_text(pair_server, pair_generator):
-    full = pair_generator.generate(PROMPT, 40).text
+    full = pair_generator.generate(PROMPT, max_new_tokens=40).text
     stop = full[12:15]  # a string the greedy text reaches
-    want = pair_generator.generate(PROMPT, 40, stop=(stop,))
+    want = pair_generator.generate(PROMPT, max_new_tokens=40, stop=(stop,))
     res = client(pair_server).completions.create(model="pair", prompt=PROMPT, max_tokens=40, temperature=0, stop=[stop])
     assert res.choices[0].text == want.text == full[: full.find(stop)]
     assert res.choices[0].finish_reason == "stop"
@@ -175,7 +175,7 @@ def test_full_queue_gets_429(pair_server, pair_generator):
     finally:
         long.close()
         thread.join(60)
-    assert queued["res"].choices[0].text == pair_generator.generate(PROMPT, 5).text  # served, not lost
+    assert queued["res"].choices[0].text == pair_generator.generate(PROMPT, max_new_tokens=5).text  # served, not lost
 
 
 def test_disconnect_mid_stream_frees_the_slot(pair_server, pair_generator):
@@ -185,7 +185,7 @@ def test_disconnect_mid_stream_frees_the_slot(pair_server, pair_generator):
     long.close()
     wait_until(lambda: metric(pair_server.metrics(), cancelled) == metric(before, cancelled) + 1)
     res = client(pair_server).completions.create(model="pair", prompt=PROMPT, max_tokens=5, temperature=0)
-    assert res.choices[0].text == pair_generator.generate(PROMPT, 5).text
+    assert res.choices[0].text == pair_generator.generate(PROMPT, max_new_tokens=5).text
     after = pair_server.metrics()
     # the cancelled decode stopped early: far fewer than its 1000 tokens were generated
     done = metric(after, "stagedx_completion_tokens_total") - metric(before, "stagedx_completion_tokens_total")

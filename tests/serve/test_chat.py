@@ -63,7 +63,7 @@ def test_chat_completion_equals_generator_on_the_rendered_prompt(chat_server, ch
 
     gen = Generator(chat_bundle, device="cpu", threads=1)
     prompt = ChatTemplate(CHAT_TEMPLATE, "<|endoftext|>", "<|endoftext|>").render(MESSAGES)
-    want = gen.generate(prompt, 24)
+    want = gen.generate(prompt, max_new_tokens=24)
     c = openai.OpenAI(base_url=chat_server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
     res = c.chat.completions.create(model="tiny-chat", messages=MESSAGES, max_tokens=24, temperature=0)
     assert res.choices[0].message.role == "assistant" and res.choices[0].message.content == want.text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from stagedx.runtime.generator import GenerationResult, Stats
+from stagedx.runtime.results import GenerationResult, Stats
 from stagedx.serve.metrics import Metrics
 
 SAMPLE = re.compile(r'^[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? -?[0-9.e+-]+$')

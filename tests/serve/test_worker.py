@@ -9,14 +9,14 @@ import time
 
 import pytest
 
-from stagedx.runtime.generator import GenerationResult, Stats
+from stagedx.runtime.results import GenerationResult, Stats, Stream
 from stagedx.serve.metrics import Metrics
 from stagedx.serve.schemas import ApiError
 from stagedx.serve.worker import DecodeWorker, Job
 
 
 class Scripted:
-    """``stream`` yields "a", "b", "c", each after the test calls ``step()``; records who
+    """``stream`` returns a Stream of "a", "b", "c", each after the test calls ``step()``; records who
     ran, how many ran at once, and which streams were closed early."""
 
     def __init__(self, gated: bool = True):
@@ -29,7 +29,10 @@ class Scripted:
         for _ in range(n):
             self.gate.release()
 
-    def stream(self, prompt, max_new_tokens, **options):
+    def stream(self, prompt, *, max_new_tokens, **options) -> Stream:
+        return Stream(self._pieces(prompt))
+
+    def _pieces(self, prompt):
         self.started.append(prompt[0])
         self.active += 1
         self.max_active = max(self.max_active, self.active)
@@ -40,8 +43,8 @@ class Scripted:
                     self.gate.acquire(timeout=10)
                 yield piece
             stats = Stats("staged", "greedy", oracle_calls=1, new_tokens=3)
-            self.last_result = GenerationResult("abc", [1, 2, 3], len(prompt), "length", stats)
             finished = True
+            return GenerationResult("abc", [1, 2, 3], len(prompt), "length", stats)
         finally:
             self.active -= 1
             if not finished:

@@ -9,5 +9,5 @@ for threads in (1, 2):
     best = {k: 1e9 for k in gens}
     for rep in range(3):
         for k, g in gens.items():
-            t0 = time.perf_counter(); g.generate(P, 64, strategy="baseline", ignore_eos=True); best[k] = min(best[k], time.perf_counter() - t0)
+            t0 = time.perf_counter(); g.generate(P, max_new_tokens=64, strategy="baseline", ignore_eos=True); best[k] = min(best[k], time.perf_counter() - t0)
     print(f"threads {threads}: " + ", ".join(f"{k} {64 / v:.1f} tok/s" for k, v in best.items()), flush=True)

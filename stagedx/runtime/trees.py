@@ -1,0 +1,160 @@
+"""Tree shapes, defined once: ``TreeConfig`` (one shape, validated however it was built), the
+built-in shapes per sampling mode, and the choice a decode makes between an explicit, a tuned
+and a built-in tree.
+
+``TreeConfig()`` is the runtime default for greedy decoding (``DEFAULT_TREES["greedy"]``); the
+other tables write their shapes' tree fields out in full, so none depends on the defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import StagedxError
+from ..manifest import TuningEntry
+from .sampling import SamplingConfig
+
+MAX_TREE_FIELD = 4096  # far above any useful tree; keeps a typo from allocating gigabytes
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+@dataclass(frozen=True)
+class TreeConfig:
+    """Tree shape. The defaults are the untuned runtime default for greedy decoding (see
+    ``DEFAULT_TREES``); the paper's GPU shape is
+    ``TreeConfig(budget=64, max_depth=8, fanouts=(12, 7, 4, 1, 1, 1), draft_calls=3)``."""
+
+    budget: int = 16  # oracle tree nodes per call besides the root (0 = no speculation)
+    max_depth: int = 15  # deepest tree node below the root
+    fanouts: tuple[int, ...] = (2,) + (1,) * 14  # draft2 fan-outs per level
+    draft_calls: int = 0  # sequential draft calls per round (staged; 0 = draft2 feeds the oracle)
+    draft_batch: int = 32  # nodes per draft call, chain included
+    tau: float = 0.1  # greedy ranking temperature
+    spec_k: int = 4  # chain length of the classic speculative strategy
+    stop_p: float = 0.0  # dynamic depth: no further draft call once the path's ranking prob < stop_p
+    widths: tuple[int, ...] = ()  # sampled modes: children drawn from q per level (sampled.py); () = best-first
+    extra: int = 0  # sampled trees: deterministic root leaves (draft2's, then the draft's top tokens)
+
+    def __post_init__(self) -> None:
+        """Refuse shapes the decode loop cannot run, however the config was built."""
+        for name, low in (("budget", 0), ("max_depth", 1), ("draft_calls", 0), ("draft_batch", 1), ("spec_k", 1)):
+            value = getattr(self, name)
+            if not _is_int(value) or not low <= value <= MAX_TREE_FIELD:
+                raise StagedxError(f"tree {name} must be an integer in [{low}, {MAX_TREE_FIELD}], got {value!r}")
+        if not isinstance(self.fanouts, tuple) or not all(_is_int(f) and 1 <= f <= MAX_TREE_FIELD for f in self.fanouts):
+            raise StagedxError(f"tree fanouts must be a tuple of integers in [1, {MAX_TREE_FIELD}], got {self.fanouts!r}")
+        if not isinstance(self.tau, (int, float)) or isinstance(self.tau, bool) or not 0 < self.tau < float("inf"):
+            raise StagedxError(f"tree tau (greedy ranking temperature) must be a finite number > 0, got {self.tau!r}")
+        if not _is_int(self.extra) or not 0 <= self.extra <= MAX_TREE_FIELD:
+            raise StagedxError(f"tree extra must be an integer in [0, {MAX_TREE_FIELD}], got {self.extra!r}")
+        if not isinstance(self.widths, tuple) or not all(_is_int(w) and 1 <= w <= MAX_TREE_FIELD for w in self.widths):
+            raise StagedxError(f"tree widths must be a tuple of integers in [1, {MAX_TREE_FIELD}], got {self.widths!r}")
+        stop_p = self.stop_p
+        if not isinstance(stop_p, (int, float)) or isinstance(stop_p, bool) or not 0 <= stop_p <= 1:
+            raise StagedxError(f"tree stop_p (dynamic depth threshold) must be a number in [0, 1], got {stop_p!r}")
+
+    @staticmethod
+    def from_dict(d: dict) -> "TreeConfig":
+        """A shape stored in a manifest (``stagedx tune`` writes every field); a missing field
+        takes its value from ``FROM_DICT_BASE``, so entries written by older versions decode
+        as they always did."""
+        if not isinstance(d, dict):
+            raise StagedxError(f"a tree shape must be a JSON object, got {type(d).__name__}")
+        names = TreeConfig.__dataclass_fields__
+        kw = {k: v for k, v in d.items() if k in names}
+        for name in ("fanouts", "widths"):
+            if name in kw:
+                if not isinstance(kw[name], (list, tuple)):
+                    raise StagedxError(f"tree {name} must be a list of integers, got {kw[name]!r}")
+                kw[name] = tuple(kw[name])
+        return dataclasses.replace(FROM_DICT_BASE, **kw)
+
+
+GREEDY, SAMPLE = "greedy", "sample"  # the sampling modes a tree shape is chosen for
+
+
+def sampling_mode(cfg: SamplingConfig) -> str:
+    return GREEDY if cfg.greedy else SAMPLE
+
+
+# Untuned defaults: the fastest shapes measured on the default backend (ONNX Runtime, 2-core
+# CPU) for the vendored pair. There a draft call costs ~1.5 ms inside the loop against ~3.6
+# ms for the oracle, and draft2's proposals (n-gram + prompt lookup, ~0.05 ms) are accepted
+# about as often, so draft2 feeds the oracle directly (draft_calls=0). `stagedx tune` redoes
+# this choice for each device, backend and thread count.
+DEFAULT_TREES = {
+    GREEDY: TreeConfig(),  # the field defaults: budget=16, max_depth=15, fanouts=(2, 1 x 14), draft_calls=0
+    SAMPLE: TreeConfig(budget=3, max_depth=3, fanouts=(3,), draft_calls=0),
+}
+
+FAN10 = (2,) + (1,) * 9  # ten levels of thin draft2 chains below a fork at the root
+
+# Trees that always run all three stages (draft2 -> draft -> oracle): the best such shapes
+# measured on a 2-core CPU for the vendored pair. Greedy acceptance runs deep (deep, thin
+# tree: thin draft2 chains, as a draft call's cost grows with its batch there); sampled
+# (top-k 50, T=1) acceptance rarely passes depth 2 (small, shallow tree).
+THREE_STAGE_TREES = {
+    GREEDY: TreeConfig(budget=12, max_depth=10, fanouts=FAN10, draft_calls=1),
+    # sampled: drawn children + draft2 leaves (fanouts and draft_calls matter only to tune's search)
+    SAMPLE: TreeConfig(budget=7, max_depth=4, fanouts=FAN10, draft_calls=1, widths=(2, 1, 1, 1), extra=2),
+}
+
+# Without draft2 (a bundle exported with ``--draft2 none``) draft2-only trees propose nothing:
+# the defaults then grow the tree with the draft alone, at least as deep as speculative's chain.
+NO_DRAFT2_TREES = {
+    GREEDY: TreeConfig(budget=11, max_depth=12, fanouts=(), draft_calls=6, stop_p=0.05),
+    SAMPLE: TreeConfig(budget=7, max_depth=4, fanouts=FAN10, draft_calls=1, widths=(2, 1, 1), extra=1),
+}
+
+# The base ``from_dict`` fills missing fields from: the field defaults before the runtime
+# default became ``TreeConfig()`` (they were the three-stage greedy tree).
+FROM_DICT_BASE = THREE_STAGE_TREES[GREEDY]
+
+
+@dataclass(frozen=True)
+class TreeChoice:
+    """Which tree a decode uses for a sampling mode: an explicit tree, else the bundle's tuned
+    entry for this device, else the built-in default (``NO_DRAFT2_TREES`` without draft2). A
+    tree passed to one ``generate`` / ``stream`` call overrides all of this."""
+
+    explicit: TreeConfig | None = None  # the Generator's tree, for every mode
+    budget: int | None = None  # only the oracle's node budget, over whichever tree
+    tuned: dict = field(default_factory=dict)  # {"greedy": {fields..., "three_stage": {...}}, "sample": ...}
+    has_draft2: bool = True  # False for a bundle exported with --draft2 none
+
+    def tree(self, mode: str) -> TreeConfig:
+        if self.explicit is not None:
+            tree = self.explicit
+        elif mode in self.tuned:
+            tree = TreeConfig.from_dict(self.tuned[mode])
+        else:
+            tree = (DEFAULT_TREES if self.has_draft2 else NO_DRAFT2_TREES)[mode]
+        return tree if self.budget is None else dataclasses.replace(tree, budget=self.budget)
+
+    def three_stage(self, mode: str) -> TreeConfig:
+        """A tree that always runs draft2 -> draft -> oracle: tune's best such one, else the
+        default. Without draft2 there is no third stage: the draft-only tree (tuned, else default)."""
+        if not self.has_draft2:
+            return self.tree(mode) if self.explicit is None and mode in self.tuned else NO_DRAFT2_TREES[mode]
+        tuned = self.tuned.get(mode, {}).get("three_stage")
+        return TreeConfig.from_dict(tuned) if tuned else THREE_STAGE_TREES[mode]
+
+
+def tuned_trees(entry: TuningEntry | None, key: str) -> dict:
+    """``{mode: tree dict}`` of a manifest's tuning entry (``manifest.find_tuning``), each mode's
+    tree shape validated here, at load, so a bad entry is one clear line before any decode."""
+    if entry is None:
+        return {}
+    modes = entry.modes()
+    for mode, tree in modes.items():
+        try:
+            TreeConfig.from_dict(tree)
+        except (StagedxError, TypeError) as exc:
+            raise StagedxError(f"manifest tuning[{key!r}][{mode!r}] is invalid: {exc}; rerun stagedx tune") from None
+    return modes
