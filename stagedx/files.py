@@ -1,5 +1,5 @@
 """File-system helpers every stage uses: hashing, atomic writes, atomic output folders and the
-removal of temporaries a killed run left behind. Standard library only, like ``manifest.py``."""
+removal of temporaries a killed run left behind. Standard library only, like ``stagedx.manifest``."""
 
 from __future__ import annotations
 

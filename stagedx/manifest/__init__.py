@@ -2,7 +2,7 @@
 
 A bundle is a folder holding ``manifest.json`` plus the files it names. Export writes it,
 ``build-engine`` and ``tune`` add to it (atomically), the runtime only reads it. This module
-imports nothing but the standard library so that every stage can use it.
+package imports nothing but the standard library so that every stage can use it.
 
 Schema (version 1), as JSON::
 
@@ -70,12 +70,10 @@ quantized graph's own, ``verify`` the fp32 graph's parity before quantization)::
      "agreement": 0.97, "max_rel_error": 0.03, "min_agreement": 0.85, "n_tokens": 1024,
      "heldout": "stdlib sample"}
 
-Graph contract (every neural model, batch size 1):
-  inputs  input_ids [T] int64, position_ids [T] int64, tree_mask [T, P+T] bool (True = may
-          attend), past_key.{i} / past_value.{i} [P, H_kv, D] (model dtype)
-  outputs logits [T, V] and topk_values [T, K] in the model dtype (an fp16 bundle returns
-          fp16 logits; ModelEntry.dtype says which), topk_indices [T, K] int64,
-          new_key.{i} / new_value.{i} [T, H_kv, D] for the new tokens only.
+Package map (one door: import every name from ``stagedx.manifest``): this module holds the
+manifest and its entries, reading and writing; ``graph.py`` the graph contract (the ordered
+I/O list, dtypes, tolerances); ``tuning.py`` tuning entries and their keys; ``check.py`` the
+field checks a loaded manifest passes; ``jsonobj.py`` typed entry <-> JSON object.
 """
 
 from __future__ import annotations
@@ -87,38 +85,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import StagedxError
-from .files import sha256_file, write_atomic
-from .manifest_check import check_object
+from ..errors import StagedxError
+from ..files import sha256_file, write_atomic
+from .check import check_manifest, check_object
+from .graph import DEFAULT_IO, TOLERANCE, GraphIO
+from .graph import DTYPES as DTYPES, KV_KEYS as KV_KEYS, NUMPY_DTYPE as NUMPY_DTYPE, ORT_TYPE as ORT_TYPE
+from .jsonobj import plain, split_known
+from .tuning import TUNED_MODES as TUNED_MODES, TuningKey as TuningKey, find_tuning as find_tuning
+from .tuning import TuningEntry, parse_tuning_key
+from .tuning import tuning_key as tuning_key
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 ROLES = ("oracle", "draft")
 DRAFT2_KINDS = ("ngram", "prompt-lookup", "both", "none")
-DTYPES = ("fp32", "fp16")
 QUANT_BITS = (4, 8)
-NUMPY_DTYPE = {"fp32": "float32", "fp16": "float16"}  # np.dtype(NUMPY_DTYPE[entry.dtype])
-ORT_TYPE = {"fp32": "tensor(float)", "fp16": "tensor(float16)"}  # ONNX Runtime's type strings
-# relative logit tolerance (max|ours - ref| / max|ref|) per precision. int8 / int4 (export
-# --quantize): the reference is ONNX Runtime CPU's own run of the quantized graph, and its
-# int8-activation kernels turn 1e-7 upstream rounding into ~1e-3 jumps
-TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8": 2e-2, "int4": 2e-2}
 NGRAM_FORMAT_VERSION = 1  # format_version inside draft2_ngram.npz
-TUNED_MODES = ("greedy", "sample")  # sampling modes a tuning entry holds a tree for
-KV_KEYS = ("past_key", "past_value", "new_key", "new_value")  # per-layer io names ({i})
-
-DEFAULT_IO = {
-    "input_ids": "input_ids",
-    "position_ids": "position_ids",
-    "tree_mask": "tree_mask",
-    "past_key": "past_key.{i}",
-    "past_value": "past_value.{i}",
-    "logits": "logits",
-    "topk_values": "topk_values",
-    "topk_indices": "topk_indices",
-    "new_key": "new_key.{i}",
-    "new_value": "new_value.{i}",
-}
 DEFAULT_KV_RESERVED_SLOTS = {"onnxruntime": 0, "tensorrt": 1}
 
 
@@ -200,48 +182,6 @@ class ModelEntry:
 
 
 @dataclass(frozen=True)
-class GraphIO:
-    """Every graph input and output name of a model, resolved; ``inputs`` / ``outputs`` are in
-    the positional order of the exported module's forward (the one ordered I/O list)."""
-
-    input_ids: str
-    position_ids: str
-    tree_mask: str
-    logits: str
-    topk_values: str
-    topk_indices: str
-    past_key: tuple[str, ...]  # one name per layer
-    past_value: tuple[str, ...]
-    new_key: tuple[str, ...]
-    new_value: tuple[str, ...]
-
-    @staticmethod
-    def from_io(io: dict, n_layers: int) -> "GraphIO":
-        """From a ``ModelEntry.io`` map (``DEFAULT_IO`` for a fresh export)."""
-        scalars = {k: io[k] for k in DEFAULT_IO if k not in KV_KEYS}
-        per_layer = {k: tuple(io[k].format(i=i) for i in range(n_layers)) for k in KV_KEYS}
-        return GraphIO(**scalars, **per_layer)
-
-    @property
-    def past(self) -> tuple[str, ...]:
-        """past_key.0, past_value.0, past_key.1, ..."""
-        return tuple(n for pair in zip(self.past_key, self.past_value) for n in pair)
-
-    @property
-    def new(self) -> tuple[str, ...]:
-        """new_key.0, new_value.0, new_key.1, ..."""
-        return tuple(n for pair in zip(self.new_key, self.new_value) for n in pair)
-
-    @property
-    def inputs(self) -> tuple[str, ...]:
-        return (self.input_ids, self.position_ids, self.tree_mask, *self.past)
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        return (self.logits, self.topk_values, self.topk_indices, *self.new)
-
-
-@dataclass(frozen=True)
 class NgramEntry:
     file: str
     sha256: str
@@ -267,22 +207,6 @@ class TokenizerEntry:
     chat_template: str | None = None  # Jinja2 source from the checkpoint's tokenizer config
 
 
-def _split(cls, d: dict) -> tuple[dict, dict]:
-    """(the keys of ``d`` that are fields of ``cls``, the others)."""
-    names = {f.name for f in dataclasses.fields(cls)} - {"other"}
-    return {k: v for k, v in d.items() if k in names}, {k: v for k, v in d.items() if k not in names}
-
-
-def _plain(entry) -> dict:
-    """The JSON object of a typed entry: its fields that are set (None = absent), then ``other``."""
-    out = {}
-    for f in dataclasses.fields(entry):
-        value = getattr(entry, f.name)
-        if f.name != "other" and value is not None:
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-    return {**out, **entry.other}
-
-
 @dataclass(frozen=True)
 class ReferenceEntry:
     file: str
@@ -302,11 +226,11 @@ class ReferenceEntry:
     @staticmethod
     def from_dict(d: dict) -> "ReferenceEntry":
         check_object("reference", d, "an object or null")
-        known, other = _split(ReferenceEntry, d)
+        known, other = split_known(ReferenceEntry, d)
         return ReferenceEntry(**{"file": None, "sha256": None, **known}, other=other)
 
     def to_dict(self) -> dict:
-        return _plain(self)
+        return plain(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -329,90 +253,16 @@ class EngineEntry:
     @staticmethod
     def from_dict(d: dict, where: str = "engines[]") -> "EngineEntry":
         check_object(where, d)
-        known, other = _split(EngineEntry, d)
+        known, other = split_known(EngineEntry, d)
         if "profiles" in known:
             known["profiles"] = tuple(known["profiles"])
         return EngineEntry(**{"file": None, "sha256": None, **known}, other=other)
 
     def to_dict(self) -> dict:
-        d = _plain(self)
+        d = plain(self)
         if not self.profiles and "profiles" not in self.other:
             d.pop("profiles")
         return d
-
-
-@dataclass(frozen=True)
-class TuningKey:
-    """``"<device>|<backend>|<threads>"``, the key of a manifest ``tuning`` entry."""
-
-    device: str
-    backend: str
-    threads: int
-
-    def __str__(self) -> str:
-        return f"{self.device}|{self.backend}|{self.threads}"
-
-
-def parse_tuning_key(key: str) -> TuningKey:
-    """The one parser of tuning keys; anything but ``"<device>|<backend>|<digits>"`` is refused."""
-    parts = key.split("|") if isinstance(key, str) else []
-    if len(parts) != 3 or not (parts[2].isascii() and parts[2].isdigit()):
-        text = repr(key)
-        raise StagedxError(f'manifest.json: tuning key must be "<device>|<backend>|<threads>", got {text[:80]}')
-    return TuningKey(parts[0], parts[1], int(parts[2]))
-
-
-def tuning_key(device: str, backend: str, threads: int | None) -> str:
-    """The one builder of tuning keys (``threads`` None: 0, the backend's default)."""
-    return str(TuningKey(device, backend, threads or 0))
-
-
-@dataclass(frozen=True)
-class TuningEntry:
-    """What ``stagedx tune`` stored for one device, backend and thread count. ``greedy`` /
-    ``sample``: TreeConfig fields plus evidence (and ``three_stage``, a tree), validated by the
-    runtime when it builds its TreeConfig; the other fields are the measurements behind them."""
-
-    greedy: Any = None
-    sample: Any = None
-    tuned_utc: str | None = None
-    calibration: dict | None = None
-    past_len: int | None = None
-    oracle_latency_s: dict | None = None  # str(tree size) -> seconds
-    draft_latency_s: dict | None = None  # str(batch) -> seconds
-    in_loop_factors: dict | None = None  # {"oracle": f, "draft": f}
-    other: dict = field(default_factory=dict)
-
-    def modes(self) -> dict:
-        """``{mode: tree object}`` for each tuned sampling mode."""
-        return {m: getattr(self, m) for m in TUNED_MODES if getattr(self, m) is not None}
-
-    def three_stage(self, mode: str) -> dict | None:
-        tree = getattr(self, mode, None)
-        return tree.get("three_stage") if isinstance(tree, dict) else None
-
-    @staticmethod
-    def from_dict(d: dict, key: str = "") -> "TuningEntry":
-        check_object(f"tuning[{key!r}]", d)
-        known, other = _split(TuningEntry, d)
-        return TuningEntry(**known, other=other)
-
-    def to_dict(self) -> dict:
-        return _plain(self)
-
-
-def find_tuning(tuning: dict, device: str, backend: str, threads: int | None) -> TuningEntry | None:
-    """The entry of ``tuning`` (key -> TuningEntry) for this device and backend, never another
-    device's: the same thread count if stored, else the nearest one (ties: the larger)."""
-    same = {}
-    for key, entry in tuning.items():
-        k = parse_tuning_key(key)
-        if (k.device, k.backend) == (device, backend):
-            same[k.threads] = entry
-    if not same:
-        return None
-    want = threads or 0
-    return same[min(same, key=lambda t: (abs(t - want), -t))]
 
 
 @dataclass(frozen=True)
@@ -509,8 +359,6 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StagedxError(f"manifest.json is malformed: {type(exc).__name__} {exc}") from exc
-        from .manifest_check import check_manifest  # noqa: PLC0415 - keeps this module short
-
         check_manifest(manifest)
         return manifest
 

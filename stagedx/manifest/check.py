@@ -1,12 +1,13 @@
 """Field-level checks of a parsed manifest: every value a stage will use has the right type and
 range, so a tampered or hand-edited ``manifest.json`` fails here, in one line naming the field,
-instead of deep inside ONNX Runtime or NumPy. Standard library only, like ``manifest.py``."""
+instead of deep inside ONNX Runtime or NumPy. Standard library only, like the rest of ``stagedx.manifest``."""
 
 from __future__ import annotations
 
 import re
 
-from .errors import StagedxError
+from ..errors import StagedxError
+from .graph import DEFAULT_IO, DTYPES, KV_KEYS
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ARCH_INTS = ("n_layers", "n_heads", "n_kv_heads", "head_dim", "hidden", "vocab_size", "max_positions")
@@ -38,7 +39,7 @@ def check_object(where: str, value, what: str = "an object", kind: type = dict) 
 
 def check_manifest(m) -> None:
     """Raise a StagedxError naming the first field of ``m`` (a ``Manifest``) that is unusable."""
-    from .manifest import DRAFT2_KINDS, DTYPES, ROLES  # noqa: PLC0415 - manifest imports this module
+    from . import DRAFT2_KINDS, ROLES  # the package imports this module first
 
     _int("batch_size", m.batch_size, 1, 1)
     t = m.tokenizer
@@ -87,7 +88,6 @@ def _check_model(role: str, e, dtypes) -> None:
         _fail(f"{where}.arch.n_kv_heads", f"a divisor of n_heads {a.n_heads}", a.n_kv_heads)
     _int(f"{where}.topk", e.topk, 1, a.vocab_size)
     _int(f"{where}.weight_bytes", e.weight_bytes, 0)
-    from .manifest import DEFAULT_IO, KV_KEYS  # noqa: PLC0415 - manifest imports this module
 
     if not isinstance(e.io, dict) or set(DEFAULT_IO) - set(e.io) or not all(isinstance(v, str) and v for v in e.io.values()):
         _fail(f"{where}.io", f"an object naming the graph's {', '.join(DEFAULT_IO)}", e.io)
