@@ -99,8 +99,9 @@ class AtomicFolder:
             shutil.rmtree(self.tmp, ignore_errors=True)
             if isinstance(exc, OSError):  # disk full, permissions: one line, nothing left behind
                 where = f" ({exc.filename})" if exc.filename else ""
-                raise StagedxError(f"writing {self.target} failed: {exc.strerror or exc}{where}; "
-                                   "nothing was written") from exc  # fmt: skip
+                raise StagedxError(
+                    f"writing {self.target} failed: {exc.strerror or exc}{where}; nothing was written"
+                ) from exc
             return False
         try:
             if self.target.exists() or self.target.is_symlink():
@@ -122,7 +123,7 @@ class AtomicFolder:
 
 def _check_replaceable(target: Path) -> None:
     """``--force`` may replace an empty folder or a stagedx bundle, nothing else."""
-    from .manifest import MANIFEST_NAME  # noqa: PLC0415 - manifest imports this module
+    from .manifest import MANIFEST_NAME  # manifest imports this module
 
     if target.is_dir() and not target.is_symlink():
         names = {p.name for p in target.iterdir()}
@@ -135,7 +136,7 @@ def _check_replaceable(target: Path) -> None:
 
 
 def _holds_manifest(folder: Path) -> bool:
-    from .manifest import MANIFEST_NAME  # noqa: PLC0415 - manifest imports this module
+    from .manifest import MANIFEST_NAME  # manifest imports this module
 
     try:
         data = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))

@@ -34,8 +34,9 @@ def write_char_tokenizer(folder: Path, vocab_size: int) -> None:
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens([EOT])
     tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "tokenizer_class": "TokenizersBackend"}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "tokenizer_class": "TokenizersBackend"})
+    )
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
@@ -100,8 +101,13 @@ def make_gpt2_checkpoint(
     else:
         vocab_size = _vocab_size(vocab)
         config = GPT2Config(
-            n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size,
-            n_positions=n_positions, bos_token_id=0, eos_token_id=0,
+            n_layer=n_layer,
+            n_embd=n_embd,
+            n_head=n_head,
+            vocab_size=vocab_size,
+            n_positions=n_positions,
+            bos_token_id=0,
+            eos_token_id=0,
         )
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config)
@@ -136,10 +142,12 @@ def _randomise_llama(model, weight_scale: float, seed: int) -> None:
                 p.copy_(0.02 * weight_scale * noise)
 
 
-DECODER_CLASSES = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
-                   "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
-                   "mistral": ("MistralConfig", "MistralForCausalLM"),
-                   "phi3": ("Phi3Config", "Phi3ForCausalLM")}
+DECODER_CLASSES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+}
 
 
 def make_decoder_checkpoint(
@@ -171,9 +179,15 @@ def make_decoder_checkpoint(
     path.mkdir(parents=True, exist_ok=True)
     config = {"tie_word_embeddings": True, "intermediate_size": 2 * hidden, **config}
     cfg = getattr(transformers, cfg_name)(
-        num_hidden_layers=n_layer, hidden_size=hidden, num_attention_heads=n_heads,
-        num_key_value_heads=n_kv_heads, vocab_size=_vocab_size(vocab),
-        max_position_embeddings=max_positions, bos_token_id=0, eos_token_id=0, pad_token_id=None,
+        num_hidden_layers=n_layer,
+        hidden_size=hidden,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+        vocab_size=_vocab_size(vocab),
+        max_position_embeddings=max_positions,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=None,
         **config,
     )
     torch.manual_seed(seed)

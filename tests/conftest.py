@@ -7,7 +7,6 @@ loads torch); the fixtures import torch / the exporter when first used.
 from __future__ import annotations
 
 import os
-
 import shutil
 import sys
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _models import PAIR, make_gpt2_checkpoint  # noqa: E402
+from _models import PAIR, make_gpt2_checkpoint
 
 
 @dataclass(frozen=True)

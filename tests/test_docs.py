@@ -16,8 +16,9 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_cli_reference_is_generated_and_current():
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "cli_reference.py"), "--check"],
-                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "cli_reference.py"), "--check"], capture_output=True, text=True, cwd=ROOT
+    )
     assert proc.returncode == 0, proc.stderr
 
 

@@ -113,7 +113,9 @@ def cli_doc(commands: list[click.Command]) -> str:
             help_text = " ".join((p.help or "").split())
             if p.multiple:
                 help_text = (help_text.rstrip(".") + ".") if help_text else ""
-                help_text += f" Repeat the option for several values (`{p.opts[-1]} A {p.opts[-1]} B`), not space-separated."
+                help_text += (
+                    f" Repeat the option for several values (`{p.opts[-1]} A {p.opts[-1]} B`), not space-separated."
+                )
             rows.append(f"| `{'`, `'.join(p.opts)}` | {value} | {_escape(_default(p))} | {_escape(help_text)} |")
         out += rows + [""]
     return "\n".join(out)

@@ -46,8 +46,19 @@ def rss_mib(pid: int) -> float:
 
 def start_server(bundle: str, threads: int | None, max_queue: int) -> tuple[subprocess.Popen, int]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "stagedx", "serve", bundle, "--port", "0", "--max-queue", str(max_queue),
-           "--model-name", "load"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "stagedx",
+        "serve",
+        bundle,
+        "--port",
+        "0",
+        "--max-queue",
+        str(max_queue),
+        "--model-name",
+        "load",
+    ]
     if threads:
         cmd += ["--threads", str(threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
@@ -63,8 +74,12 @@ def stream_once(port: int, body: dict) -> dict:
     """One streaming completion: text, time to first text, usage, finish_reason, stagedx."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     t0 = time.perf_counter()
-    conn.request("POST", "/v1/completions", body=json.dumps({**body, "stream": True}),
-                 headers={"Content-Type": "application/json"})  # fmt: skip
+    conn.request(
+        "POST",
+        "/v1/completions",
+        body=json.dumps({**body, "stream": True}),
+        headers={"Content-Type": "application/json"},
+    )
     resp = conn.getresponse()
     if resp.status != 200:
         return {"error": f"HTTP {resp.status}: {resp.read()[:200]!r}"}
@@ -96,7 +111,14 @@ def request_body(i: int, max_tokens: int) -> dict:
     prompt = PROMPTS[i % len(PROMPTS)]
     if (i // len(PROMPTS)) % 2 == 0:
         return {"model": "load", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
-    return {"model": "load", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.8, "top_k": 40, "seed": i % 97}
+    return {
+        "model": "load",
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0.8,
+        "top_k": 40,
+        "seed": i % 97,
+    }
 
 
 def percentile(values: list, q: float) -> float:
@@ -149,23 +171,33 @@ def main() -> None:
 
     want = args.clients * args.requests
     errors = [res["error"] for _, res in results if "error" in res]
-    incomplete = [i for i, res in results if "error" not in res and not (res["done"] and res["finish"] and res["usage"])]
+    incomplete = [
+        i for i, res in results if "error" not in res and not (res["done"] and res["finish"] and res["usage"])
+    ]
     wrong = [i for i, res in results if "error" not in res and res["text"] != reference[i]["text"]]
     ok = [res for _, res in results if "error" not in res]
     tokens = sum(res["usage"]["completion_tokens"] for res in ok if res["usage"])
     ttft = [res["ttft"] for res in ok if res["ttft"] is not None]
     figures = {
-        "bundle": args.bundle, "clients": args.clients, "requests": len(results), "expected": want,
-        "errors": len(errors), "incomplete": len(incomplete), "wrong_text": len(wrong), "wall_s": round(wall, 2),
-        "requests_per_s": round(len(ok) / wall, 3), "tokens_per_s": round(tokens / wall, 1),
+        "bundle": args.bundle,
+        "clients": args.clients,
+        "requests": len(results),
+        "expected": want,
+        "errors": len(errors),
+        "incomplete": len(incomplete),
+        "wrong_text": len(wrong),
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(len(ok) / wall, 3),
+        "tokens_per_s": round(tokens / wall, 1),
         "completion_tokens": tokens,
         "ttft_p50_s": round(percentile(ttft, 0.5), 3) if ttft else None,
         "ttft_p99_s": round(percentile(ttft, 0.99), 3) if ttft else None,
         "latency_p50_s": round(percentile([r["latency"] for r in ok], 0.5), 3) if ok else None,
         "tokens_per_oracle_call": round(tokens / max(1, sum(r["stagedx"]["oracle_calls"] for r in ok)), 2),
-        "server_rss_mib_before": round(rss_before, 1), "server_rss_mib_after": round(rss_after, 1),
+        "server_rss_mib_before": round(rss_before, 1),
+        "server_rss_mib_after": round(rss_after, 1),
         "server_exit_code": rc,
-    }  # fmt: skip
+    }
     print(json.dumps(figures, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")

@@ -21,45 +21,138 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = ROOT / "models" / "stdlib-code-pair" / "oracle"
 
 # Llama 3.2's RoPE scaling (1B and 3B alike)
-LLAMA32_ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+LLAMA32_ROPE = {
+    "rope_type": "llama3",
+    "factor": 32.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 # config class, model class, config fields (published configurations of these models)
 SHAPES = {
-    "gpt2-large": ("GPT2Config", "GPT2LMHeadModel", dict(
-        n_layer=36, n_embd=1280, n_head=20, vocab_size=50257, n_positions=1024)),
-    "llama-3.2-3b": ("LlamaConfig", "LlamaForCausalLM", dict(
-        num_hidden_layers=28, hidden_size=3072, num_attention_heads=24, num_key_value_heads=8,
-        intermediate_size=8192, vocab_size=128256, max_position_embeddings=131072,
-        rms_norm_eps=1e-5, tie_word_embeddings=True, rope_theta=500000.0, head_dim=128,
-        rope_scaling=LLAMA32_ROPE)),
-    "llama-3.2-1b": ("LlamaConfig", "LlamaForCausalLM", dict(
-        num_hidden_layers=16, hidden_size=2048, num_attention_heads=32, num_key_value_heads=8,
-        intermediate_size=8192, vocab_size=128256, max_position_embeddings=131072,
-        rms_norm_eps=1e-5, tie_word_embeddings=True, rope_theta=500000.0, head_dim=64,
-        rope_scaling=LLAMA32_ROPE)),
-    "qwen2.5-0.5b": ("Qwen2Config", "Qwen2ForCausalLM", dict(
-        num_hidden_layers=24, hidden_size=896, num_attention_heads=14, num_key_value_heads=2,
-        intermediate_size=4864, vocab_size=151936, max_position_embeddings=32768,
-        rms_norm_eps=1e-6, tie_word_embeddings=True, rope_theta=1000000.0,
-        use_sliding_window=False, sliding_window=None)),
+    "gpt2-large": (
+        "GPT2Config",
+        "GPT2LMHeadModel",
+        dict(n_layer=36, n_embd=1280, n_head=20, vocab_size=50257, n_positions=1024),
+    ),
+    "llama-3.2-3b": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        dict(
+            num_hidden_layers=28,
+            hidden_size=3072,
+            num_attention_heads=24,
+            num_key_value_heads=8,
+            intermediate_size=8192,
+            vocab_size=128256,
+            max_position_embeddings=131072,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=True,
+            rope_theta=500000.0,
+            head_dim=128,
+            rope_scaling=LLAMA32_ROPE,
+        ),
+    ),
+    "llama-3.2-1b": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        dict(
+            num_hidden_layers=16,
+            hidden_size=2048,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            intermediate_size=8192,
+            vocab_size=128256,
+            max_position_embeddings=131072,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=True,
+            rope_theta=500000.0,
+            head_dim=64,
+            rope_scaling=LLAMA32_ROPE,
+        ),
+    ),
+    "qwen2.5-0.5b": (
+        "Qwen2Config",
+        "Qwen2ForCausalLM",
+        dict(
+            num_hidden_layers=24,
+            hidden_size=896,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            intermediate_size=4864,
+            vocab_size=151936,
+            max_position_embeddings=32768,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
+            rope_theta=1000000.0,
+            use_sliding_window=False,
+            sliding_window=None,
+        ),
+    ),
     # TinyMistral-248M's shape with Mistral 7B v0.1's window (4096)
-    "mistral-248m": ("MistralConfig", "MistralForCausalLM", dict(
-        num_hidden_layers=12, hidden_size=1024, num_attention_heads=32, num_key_value_heads=8,
-        intermediate_size=4096, vocab_size=32005, max_position_embeddings=32768,
-        rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, sliding_window=4096)),
+    "mistral-248m": (
+        "MistralConfig",
+        "MistralForCausalLM",
+        dict(
+            num_hidden_layers=12,
+            hidden_size=1024,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            intermediate_size=4096,
+            vocab_size=32005,
+            max_position_embeddings=32768,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+            rope_theta=10000.0,
+            sliding_window=4096,
+        ),
+    ),
     # tiny drafts sharing those vocabularies
-    "gpt2-draft": ("GPT2Config", "GPT2LMHeadModel", dict(
-        n_layer=2, n_embd=64, n_head=2, vocab_size=50257, n_positions=1024)),
-    "llama-draft": ("LlamaConfig", "LlamaForCausalLM", dict(
-        num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=128, vocab_size=128256, max_position_embeddings=131072,
-        tie_word_embeddings=True)),
-    "qwen2-draft": ("Qwen2Config", "Qwen2ForCausalLM", dict(
-        num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=128, vocab_size=151936, tie_word_embeddings=True)),
-    "mistral-draft": ("MistralConfig", "MistralForCausalLM", dict(
-        num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=128, vocab_size=32005, sliding_window=4096)),
+    "gpt2-draft": (
+        "GPT2Config",
+        "GPT2LMHeadModel",
+        dict(n_layer=2, n_embd=64, n_head=2, vocab_size=50257, n_positions=1024),
+    ),
+    "llama-draft": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        dict(
+            num_hidden_layers=2,
+            hidden_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            vocab_size=128256,
+            max_position_embeddings=131072,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "qwen2-draft": (
+        "Qwen2Config",
+        "Qwen2ForCausalLM",
+        dict(
+            num_hidden_layers=2,
+            hidden_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            vocab_size=151936,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "mistral-draft": (
+        "MistralConfig",
+        "MistralForCausalLM",
+        dict(
+            num_hidden_layers=2,
+            hidden_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            vocab_size=32005,
+            sliding_window=4096,
+        ),
+    ),
 }
 ST_DTYPES = {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}
 

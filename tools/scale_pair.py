@@ -57,8 +57,14 @@ REL_TOL = 1e-5  # max |scaled - source| / max |source| over the checked logits
 SAT_MARGIN = 30.0  # extra units' pre-activation stays below -SAT_MARGIN: GELU is exactly 0
 TINY = 2.0**-120  # magnitude scale of the identity layers' cancelling output biases
 INIT_STD = 0.02  # GPT-2's init, for the weights that carry no signal
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                   "vocab.json", "merges.txt", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+)
 
 
 # -- the construction (pure tensor code) -----------------------------------------------
@@ -122,8 +128,10 @@ def _identity_layer(big: int, units: int, gen) -> dict:
     import torch
 
     out = {
-        "ln_1.weight": 1.0 + 0.1 * torch.randn(big, generator=gen), "ln_1.bias": _rand(gen, big),
-        "ln_2.weight": 1.0 + 0.1 * torch.randn(big, generator=gen), "ln_2.bias": _rand(gen, big),
+        "ln_1.weight": 1.0 + 0.1 * torch.randn(big, generator=gen),
+        "ln_1.bias": _rand(gen, big),
+        "ln_2.weight": 1.0 + 0.1 * torch.randn(big, generator=gen),
+        "ln_2.bias": _rand(gen, big),
     }
     # Q and K random, V exactly zero: attention output is 0 whatever the scores.
     w_qkv = torch.cat([_rand(gen, big, 2 * big), torch.zeros(big, big)], dim=1)  # [E, 3E]
@@ -188,8 +196,10 @@ def load_gpt2(path: Path):
     model, info = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32", output_loading_info=True)
     missing = [k for k in info.get("missing_keys", ()) if not k.endswith("lm_head.weight")]
     if missing or info.get("unexpected_keys"):
-        raise StagedxError(f"{path}: checkpoint does not match its config (missing {missing[:3]}, "
-                           f"unexpected {list(info.get('unexpected_keys', ()))[:3]})")
+        raise StagedxError(
+            f"{path}: checkpoint does not match its config (missing {missing[:3]}, "
+            f"unexpected {list(info.get('unexpected_keys', ()))[:3]})"
+        )
     return model.eval()
 
 
@@ -238,7 +248,7 @@ def greedy_tokens(model, prompt: list, n: int) -> list:
     with torch.no_grad():
         for _ in range(n):
             ids.append(int(model(torch.as_tensor([ids])).logits[0, -1].argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 def check_sequences(vocab: int, n_positions: int, seed: int = 1) -> list:
@@ -264,8 +274,11 @@ def cmd_scale(args) -> None:
     cfg = small.config
     rel = logits_rel_error(small, big, check_sequences(cfg.vocab_size, cfg.n_positions))
     same = greedy_tokens(small, [1, 2, 3], 8) == greedy_tokens(big, [1, 2, 3], 8)
-    print(f"{out}: logits max rel error vs {src}: {rel:.2e} (limit {REL_TOL:.0e}); "
-          f"greedy {'identical' if same else 'DIFFERENT'}", file=sys.stderr)
+    print(
+        f"{out}: logits max rel error vs {src}: {rel:.2e} (limit {REL_TOL:.0e}); "
+        f"greedy {'identical' if same else 'DIFFERENT'}",
+        file=sys.stderr,
+    )
     if not rel < REL_TOL or not same:
         raise StagedxError(f"{out}: scaled checkpoint does not reproduce {src} (rel error {rel:.2e})")
 
@@ -305,11 +318,15 @@ def check_weight_bytes(bundle: Path) -> list:
     for role in ("oracle", "draft"):
         e = m.models[role]
         per = {"fp32": 4, "fp16": 2}[e.dtype]
-        lines.append(f"{role}: {e.weight_bytes:,} initializer bytes = {per} x {e.n_params:,} params"
-                     f" ({e.weight_bytes / (per * e.n_params):.6f})")
+        lines.append(
+            f"{role}: {e.weight_bytes:,} initializer bytes = {per} x {e.n_params:,} params"
+            f" ({e.weight_bytes / (per * e.n_params):.6f})"
+        )
         if e.weight_bytes != per * e.n_params:
-            raise StagedxError(f"{bundle} {role}: {e.weight_bytes} initializer bytes for {e.n_params} params "
-                               f"at {per} bytes each: the exporter merged or dropped weights")
+            raise StagedxError(
+                f"{bundle} {role}: {e.weight_bytes} initializer bytes for {e.n_params} params "
+                f"at {per} bytes each: the exporter merged or dropped weights"
+            )
     return lines
 
 
@@ -342,8 +359,11 @@ def cmd_check_bundle(args) -> None:
     prompts = [tok.encode(p.text) for p in load_prompts("humaneval", limit=args.prompts)]
     worst = compare_bundles(small, big, prompts, args.tokens, args.threads)
     for role, rel in worst.items():
-        print(f"{big} {role}: greedy output identical to {small} on {len(prompts)} HumanEval prompts x "
-              f"{args.tokens} tokens (top-1 logit max rel difference {rel:.1e})", file=sys.stderr)
+        print(
+            f"{big} {role}: greedy output identical to {small} on {len(prompts)} HumanEval prompts x "
+            f"{args.tokens} tokens (top-1 logit max rel difference {rel:.1e})",
+            file=sys.stderr,
+        )
 
 
 def main(argv=None) -> int:

@@ -32,8 +32,10 @@ def main(argv: list) -> None:
     entry = mb.tuning.get(KEY)
     if entry is None or entry.oracle_latency_s is None:
         sys.exit(f"{big}: no curves stored under {KEY!r}: run stagedx tune first")
-    curves = {m: {int(k): v for k, v in stored.items()}
-              for m, stored in (("oracle", entry.oracle_latency_s), ("draft", entry.draft_latency_s))}
+    curves = {
+        m: {int(k): v for k, v in stored.items()}
+        for m, stored in (("oracle", entry.oracle_latency_s), ("draft", entry.draft_latency_s))
+    }
     ob, db = mb.oracle.weight_bytes, mb.draft.weight_bytes
     with Generator(twin, device="cpu", threads=1) as gen:
         # BIG's tuned trees, passed to every call (with --untuned: TWIN's own tuned / default ones)
@@ -47,14 +49,26 @@ def main(argv: list) -> None:
                 tok = calls = dcalls = 0
                 cost = 0.0
                 for i, p in enumerate(prompts):
-                    r = gen.generate(p.text, max_new_tokens=ntok, sampling=s, seed=i, strategy=strategy, tree=tree,
-                                     ignore_eos=True, truncate=True)  # fmt: skip
+                    r = gen.generate(
+                        p.text,
+                        max_new_tokens=ntok,
+                        sampling=s,
+                        seed=i,
+                        strategy=strategy,
+                        tree=tree,
+                        ignore_eos=True,
+                        truncate=True,
+                    )
                     st = r.stats
                     tok, calls, dcalls = tok + st.new_tokens, calls + st.oracle_calls, dcalls + st.draft_calls
                     cost += sum(n * interp(curves[m], t) for m in curves for t, n in st.call_sizes[m].items())
-                print(f"{s:8s} {name:12s} tokens/call {tok / calls:5.2f}  "
-                      f"rel.traffic {(calls * ob + dcalls * db) / (tok * ob):.3f}  "
-                      f"priced speedup {tok * curves['oracle'][1] / cost:.2f}x", flush=True)  # fmt: skip
+                print(
+                    f"{s:8s} {name:12s} tokens/call {tok / calls:5.2f}  "
+                    f"rel.traffic {(calls * ob + dcalls * db) / (tok * ob):.3f}  "
+                    f"priced speedup {tok * curves['oracle'][1] / cost:.2f}x",
+                    flush=True,
+                )
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])

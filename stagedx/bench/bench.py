@@ -20,8 +20,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 from ..runtime import STRATEGIES
 from .prompts import Prompt
@@ -73,14 +74,21 @@ class StagedxMethod:
 
     def run(self, prompt: Prompt, sampling: str, seed: int) -> dict:
         from ..runtime import SamplingConfig
+
         strategy, tree = self.name, None
         if self.name == "staged3":  # tune's best three-stage tree, else the default one
             strategy, tree = "staged", self.gen.three_stage_tree(SamplingConfig.parse(sampling))
         t0 = time.perf_counter()
         res = self.gen.generate(
-            prompt.text, max_new_tokens=self.max_new_tokens, sampling=sampling, seed=seed, strategy=strategy,
-            ignore_eos=True, truncate=True, tree=tree,
-        )  # fmt: skip
+            prompt.text,
+            max_new_tokens=self.max_new_tokens,
+            sampling=sampling,
+            seed=seed,
+            strategy=strategy,
+            ignore_eos=True,
+            truncate=True,
+            tree=tree,
+        )
         wall = time.perf_counter() - t0
         stats = res.stats.as_dict()
         return {
@@ -114,7 +122,9 @@ def run_seed(cfg: BenchConfig, cell: Cell) -> int:
     return cfg.seed + 1000 * cell.repeat + cell.prompt_index
 
 
-def warm_up(methods: Sequence[Method], prompts: Sequence[Prompt], cfg: BenchConfig, on_run: Callable | None = None) -> None:
+def warm_up(
+    methods: Sequence[Method], prompts: Sequence[Prompt], cfg: BenchConfig, on_run: Callable | None = None
+) -> None:
     """``cfg.warmup`` unrecorded runs of every (method, sampling) cell on the first prompt."""
     for _ in range(cfg.warmup):
         for s in cfg.samplings:
@@ -125,7 +135,9 @@ def warm_up(methods: Sequence[Method], prompts: Sequence[Prompt], cfg: BenchConf
                         on_run(None)
 
 
-def run_bench(methods: Sequence[Method], prompts: Sequence[Prompt], cfg: BenchConfig, on_run: Callable | None = None) -> list[dict]:
+def run_bench(
+    methods: Sequence[Method], prompts: Sequence[Prompt], cfg: BenchConfig, on_run: Callable | None = None
+) -> list[dict]:
     """Warm up, then run the interleaved schedule; ``on_run(record)`` after each run."""
     by_name = {m.name: m for m in methods}
     warm_up(methods, prompts, cfg, on_run)
@@ -230,13 +242,23 @@ def _benchmark(gen, req: BenchRequest, prompts: list, progress: Callable | None,
     weights = {"oracle": int(gen.oracle_weight_bytes), "draft": int(gen.draft_weight_bytes)}
     result = {
         "config": {
-            "bundle": str(req.bundle), "prompts": req.prompts, "limit": req.limit, "n_prompts": len(prompts),
-            "prompt_ids": [p.id for p in prompts], "methods": list(cfg.methods), "samplings": list(cfg.samplings),
-            "max_new_tokens": cfg.max_new_tokens, "repeats": cfg.repeats, "warmup": cfg.warmup, "seed": cfg.seed,
-            "peers": req.peers, "stop_rule": "fixed new-token count, EOS ignored", "timing": "wall clock of each generate call, prefill included (decode_tokens_per_s: prefill excluded)",
+            "bundle": str(req.bundle),
+            "prompts": req.prompts,
+            "limit": req.limit,
+            "n_prompts": len(prompts),
+            "prompt_ids": [p.id for p in prompts],
+            "methods": list(cfg.methods),
+            "samplings": list(cfg.samplings),
+            "max_new_tokens": cfg.max_new_tokens,
+            "repeats": cfg.repeats,
+            "warmup": cfg.warmup,
+            "seed": cfg.seed,
+            "peers": req.peers,
+            "stop_rule": "fixed new-token count, EOS ignored",
+            "timing": "wall clock of each generate call, prefill included (decode_tokens_per_s: prefill excluded)",
             "tree": {s: _tree_record(gen, s) for s in cfg.samplings},
             "tree_source": {s: _tree_source(gen, s) for s in cfg.samplings},
-        },  # fmt: skip
+        },
         "environment": {**environment(gen, req.threads), "started_unix": started, "duration_s": time.time() - started},
         "weights_bytes": weights,
         "quantization": {role: _quant_record(e.quantization) for role, e in gen.manifest.models.items()},

@@ -38,35 +38,74 @@ def check_bundle_writable(bundle) -> None:
 
     folder = Path(bundle)
     if folder.is_dir() and not (os.access(folder, os.W_OK | os.X_OK) and os.access(folder / MANIFEST_NAME, os.W_OK)):
-        raise StagedxError(f"{folder} is read-only: tune stores its result in {folder / MANIFEST_NAME}; "
-                           "copy the bundle somewhere writable first")  # fmt: skip
+        raise StagedxError(
+            f"{folder} is read-only: tune stores its result in {folder / MANIFEST_NAME}; "
+            "copy the bundle somewhere writable first"
+        )
 
 
 @click.command("bench")
 @click.argument("bundle", type=click.Path())
-@click.option("--prompts", default="humaneval", show_default=True,
-              help="humaneval | humaneval:A-B | FILE.jsonl (field \"prompt\") | text FILE (blank-line-separated prompts)")
+@click.option(
+    "--prompts",
+    default="humaneval",
+    show_default=True,
+    help='humaneval | humaneval:A-B | FILE.jsonl (field "prompt") | text FILE (blank-line-separated prompts)',
+)
 @click.option("--limit", type=int, default=20, show_default=True, help="first N prompts (0 = all)")
-@click.option("--max-new-tokens", type=int, default=128, show_default=True, help="fixed new tokens per run (EOS ignored)")
+@click.option(
+    "--max-new-tokens", type=int, default=128, show_default=True, help="fixed new tokens per run (EOS ignored)"
+)
 @click.option("--repeats", type=int, default=1, show_default=True, help="interleaved repeats of the whole schedule")
-@click.option("--warmup", type=int, default=1, show_default=True, help="unrecorded warm-up runs per method and sampling")
+@click.option(
+    "--warmup", type=int, default=1, show_default=True, help="unrecorded warm-up runs per method and sampling"
+)
 @click.option("--methods", default="baseline,speculative,staged,staged3", show_default=True)
-@click.option("--sampling", "samplings", default="greedy,topk:50", show_default=True, help="comma-separated sampling modes")
+@click.option(
+    "--sampling", "samplings", default="greedy,topk:50", show_default=True, help="comma-separated sampling modes"
+)
 @click.option("--threads", type=int, default=2, show_default=True, help="threads for every backend (pinned, recorded)")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--peers", is_flag=True, help="also run transformers greedy / assisted / prompt-lookup generate (needs torch)")
-@click.option("--out", "out_dir", type=click.Path(), default="bench-out", show_default=True,
-              help="folder for bench.json, bench.txt and bench.png")
+@click.option(
+    "--peers", is_flag=True, help="also run transformers greedy / assisted / prompt-lookup generate (needs torch)"
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(),
+    default="bench-out",
+    show_default=True,
+    help="folder for bench.json, bench.txt and bench.png",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--figure-with", "figure_with", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="bench.json of another pair to draw beside this one in figure1.png (repeatable)")
-def bench(bundle, prompts, limit, max_new_tokens, repeats, warmup, methods, samplings, threads, device, peers,
-          out_dir, seed, figure_with):  # fmt: skip
+@click.option(
+    "--figure-with",
+    "figure_with",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="bench.json of another pair to draw beside this one in figure1.png (repeatable)",
+)
+def bench(
+    bundle,
+    prompts,
+    limit,
+    max_new_tokens,
+    repeats,
+    warmup,
+    methods,
+    samplings,
+    threads,
+    device,
+    peers,
+    out_dir,
+    seed,
+    figure_with,
+):
     """Measure baseline, speculative and staged decoding on BUNDLE (the paper's table)."""
     from pathlib import Path
 
-    from .bench import STAGEDX_METHODS, BenchConfig, BenchRequest, benchmark
     from ..files import write_atomic
+    from .bench import STAGEDX_METHODS, BenchConfig, BenchRequest, benchmark
     from .figure1 import write_figure1
     from .report import render, write_json, write_png
 
@@ -99,8 +138,12 @@ def bench(bundle, prompts, limit, max_new_tokens, repeats, warmup, methods, samp
 
     def progress(rec, total):
         if "bar" not in bar_state:
-            bar_state["bar"] = click.progressbar(length=total, label="bench", file=sys.stderr,
-                                                 item_show_func=lambda r: r and f"{r['method']} {r['sampling']} {r['prompt']}")  # fmt: skip
+            bar_state["bar"] = click.progressbar(
+                length=total,
+                label="bench",
+                file=sys.stderr,
+                item_show_func=lambda r: r and f"{r['method']} {r['sampling']} {r['prompt']}",
+            )
             bar_state["bar"].__enter__()
         bar_state["bar"].update(1, rec)
 
@@ -137,21 +180,37 @@ def _load_bench_json(path) -> dict:
 
 @click.command("tune")
 @click.argument("bundle", type=click.Path())
-@click.option("--calibration", default="humaneval:82-163", show_default=True,
-              help="calibration prompts, disjoint from the benchmark's (humaneval:A-B | FILE)")
+@click.option(
+    "--calibration",
+    default="humaneval:82-163",
+    show_default=True,
+    help="calibration prompts, disjoint from the benchmark's (humaneval:A-B | FILE)",
+)
 @click.option("--limit", type=int, default=8, show_default=True, help="first N calibration prompts (0 = all)")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True, help="tokens per calibration run")
-@click.option("--sampling", default="greedy,topk:50", show_default=True,
-              help="comma-separated sampling modes; one tree is tuned per mode (greedy / sampled)")
+@click.option(
+    "--sampling",
+    default="greedy,topk:50",
+    show_default=True,
+    help="comma-separated sampling modes; one tree is tuned per mode (greedy / sampled)",
+)
 @click.option("--passes", type=int, default=1, show_default=True, help="coordinate-ascent passes over the search space")
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--acceptance-from", "acceptance_from", type=click.Path(), default=None,
-              help="run the calibration generations on this bundle (same functions, e.g. the small pair a "
-                   "cost-scaled twin was built from); latency is still measured on BUNDLE")
-@click.option("--reuse-curves", is_flag=True,
-              help="price with the latency curves a previous tune stored for this device (with --acceptance-from, "
-                   "BUNDLE's models are then never loaded: a large oracle is tuned at the twin's speed)")
+@click.option(
+    "--acceptance-from",
+    "acceptance_from",
+    type=click.Path(),
+    default=None,
+    help="run the calibration generations on this bundle (same functions, e.g. the small pair a "
+    "cost-scaled twin was built from); latency is still measured on BUNDLE",
+)
+@click.option(
+    "--reuse-curves",
+    is_flag=True,
+    help="price with the latency curves a previous tune stored for this device (with --acceptance-from, "
+    "BUNDLE's models are then never loaded: a large oracle is tuned at the twin's speed)",
+)
 def tune(bundle, calibration, limit, max_new_tokens, sampling, passes, threads, device, acceptance_from, reuse_curves):
     """Measure this device and store the best tree shape in BUNDLE's manifest."""
     from ..runtime import Generator, SamplingConfig
@@ -170,9 +229,17 @@ def tune(bundle, calibration, limit, max_new_tokens, sampling, passes, threads, 
         SamplingConfig.parse(mode)
     check_bundle_writable(bundle)  # before the measurement, not after it
     process_owner_thread_pool(threads)
-    cfg = TuneConfig(calibration=calibration, limit=limit or None, max_new_tokens=max_new_tokens, samplings=samplings,
-                     passes=passes, acceptance_from=acceptance_from, reuse_curves=reuse_curves)  # fmt: skip
+    cfg = TuneConfig(
+        calibration=calibration,
+        limit=limit or None,
+        max_new_tokens=max_new_tokens,
+        samplings=samplings,
+        passes=passes,
+        acceptance_from=acceptance_from,
+        reuse_curves=reuse_curves,
+    )
     with contextlib.ExitStack() as generators:  # closes every Generator opened here
+
         def load(path):
             return generators.enter_context(Generator(path, device=device, strategy="staged", threads=threads))
 
@@ -188,5 +255,6 @@ def tune(bundle, calibration, limit, max_new_tokens, sampling, passes, threads, 
             if twin is not None and twin.manifest.tokenizer.sha256 != gen.manifest.tokenizer.sha256:
                 raise StagedxError(f"--acceptance-from {acceptance_from}: its tokenizer differs from {bundle}'s")
         tune_bundle(bundle, gen, cfg, echo=click.echo, twin=twin)
+
 
 COMMANDS = [bench, tune]

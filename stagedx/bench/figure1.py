@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -84,9 +84,16 @@ def operating_points(result: dict) -> list[dict]:
             if t is None or s is None or not (t == t and s == s) or s <= 0:
                 continue
             flops = _flops_per_token(curve) * t
-            out.append({"sampling": sampling, "method": method, "tree_tokens": t,
-                        "intensity": flops / curve["oracle_weight_bytes"], "flops_per_s": flops / s,
-                        "decode_tokens_per_s": c.get("decode_tokens_per_s")})  # fmt: skip
+            out.append(
+                {
+                    "sampling": sampling,
+                    "method": method,
+                    "tree_tokens": t,
+                    "intensity": flops / curve["oracle_weight_bytes"],
+                    "flops_per_s": flops / s,
+                    "decode_tokens_per_s": c.get("decode_tokens_per_s"),
+                }
+            )
     return out
 
 
@@ -116,8 +123,13 @@ def write_figure1(path: Path, results: Sequence[dict], title: str = "") -> Path 
     xs_all = np.concatenate([curve_points(r["cost_curve"])[0] for r in results])
     x = np.geomspace(xs_all.min() / 2, xs_all.max() * 4, 200)
     if bw:
-        ax.plot(x, np.minimum(bw * x, peak), color="black", lw=1.5, label=f"roofs: {bw / 1e9:.1f} GB/s copy, "
-                f"{peak / 1e9:.0f} GFLOP/s fp32 GEMM")  # fmt: skip
+        ax.plot(
+            x,
+            np.minimum(bw * x, peak),
+            color="black",
+            lw=1.5,
+            label=f"roofs: {bw / 1e9:.1f} GB/s copy, {peak / 1e9:.0f} GFLOP/s fp32 GEMM",
+        )
     else:
         ax.axhline(peak, color="black", lw=1.5, label=f"compute roof {peak / 1e9:.0f} GFLOP/s")
     for i, res in enumerate(results):
@@ -127,15 +139,35 @@ def write_figure1(path: Path, results: Sequence[dict], title: str = "") -> Path 
         ax.plot(cx, cy, "-", color=colour, lw=1, alpha=0.7, label=f"{pair_label(res)}: oracle call, T=1..{ts[-1]}")
         for t, px, py in zip(ts, cx, cy):
             if t in (1, 8, 16, 64):
-                ax.annotate(f"T={t}", (px, py), textcoords="offset points", xytext=(0, -11), fontsize=7,
-                            color=colour, ha="center")  # fmt: skip
+                ax.annotate(
+                    f"T={t}",
+                    (px, py),
+                    textcoords="offset points",
+                    xytext=(0, -11),
+                    fontsize=7,
+                    color=colour,
+                    ha="center",
+                )
         for p in operating_points(res):
             filled = p["sampling"] == "greedy"
-            ax.plot(p["intensity"], p["flops_per_s"], METHOD_MARKERS.get(p["method"], "x"), ms=8 if filled else 7,
-                    color=colour, mfc=colour if filled else "none", mew=1.2)  # fmt: skip
+            ax.plot(
+                p["intensity"],
+                p["flops_per_s"],
+                METHOD_MARKERS.get(p["method"], "x"),
+                ms=8 if filled else 7,
+                color=colour,
+                mfc=colour if filled else "none",
+                mew=1.2,
+            )
             if p["decode_tokens_per_s"]:
-                ax.annotate(f"{p['decode_tokens_per_s']:.3g}", (p["intensity"], p["flops_per_s"]),
-                            textcoords="offset points", xytext=(5, 3), fontsize=7, color=colour)  # fmt: skip
+                ax.annotate(
+                    f"{p['decode_tokens_per_s']:.3g}",
+                    (p["intensity"], p["flops_per_s"]),
+                    textcoords="offset points",
+                    xytext=(5, 3),
+                    fontsize=7,
+                    color=colour,
+                )
     for method, marker in METHOD_MARKERS.items():
         ax.plot([], [], marker, color="gray", label=method)
     ax.plot([], [], "o", color="gray", mfc="none", label="hollow: top-k 50; filled: greedy")

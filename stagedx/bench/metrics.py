@@ -16,7 +16,7 @@ these fields; the tests do exactly that.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -85,7 +85,9 @@ def relative_traffic(records: Sequence[dict], oracle_bytes: int, draft_bytes: in
     tokens = sum(r["new_tokens"] for r in records)
     if tokens == 0 or oracle_bytes <= 0:
         return float("nan")
-    moved = sum(r["oracle_calls"] for r in records) * oracle_bytes + sum(r["draft_calls"] for r in records) * draft_bytes
+    moved = (
+        sum(r["oracle_calls"] for r in records) * oracle_bytes + sum(r["draft_calls"] for r in records) * draft_bytes
+    )
     return moved / (tokens * oracle_bytes)
 
 

@@ -25,7 +25,7 @@ def resolve_checkpoint(source: str, bundle: Path) -> Path:
     """The manifest records the checkpoint path used at export time: absolute, relative to the
     working directory, or relative to the bundle (tried in that order)."""
     p = Path(source)
-    for cand in ([p] if p.is_absolute() else [Path.cwd() / p, Path(bundle) / p, Path(bundle).parent / p]):
+    for cand in [p] if p.is_absolute() else [Path.cwd() / p, Path(bundle) / p, Path(bundle).parent / p]:
         if (cand / "config.json").is_file():
             return cand
     raise StagedxError(
@@ -67,8 +67,12 @@ class PeerMethod:
 
     def _kwargs(self) -> dict:
         m = self.models
-        kw = dict(max_new_tokens=self.max_new_tokens, min_new_tokens=self.max_new_tokens, do_sample=False,
-                  pad_token_id=m.eos if m.eos is not None else 0)  # fmt: skip
+        kw = dict(
+            max_new_tokens=self.max_new_tokens,
+            min_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            pad_token_id=m.eos if m.eos is not None else 0,
+        )
         if self.name == "hf-assisted":
             kw["assistant_model"] = m.draft
         elif self.name == "hf-prompt-lookup":
@@ -122,10 +126,11 @@ def sanity_line(stagedx_baseline: float, hf_greedy: float | None) -> str:
         return ""
     if stagedx_baseline < hf_greedy:
         return (
-            "!!!!! SANITY CHECK FAILED: stagedx baseline ({:.1f} tokens/s) is SLOWER than transformers' plain greedy "
-            "generate ({:.1f} tokens/s) on the same checkpoint and threads: the runtime has overhead to fix "
-            "before any speedup over baseline means anything !!!!!".format(stagedx_baseline, hf_greedy)
+            f"!!!!! SANITY CHECK FAILED: stagedx baseline ({stagedx_baseline:.1f} tokens/s) is SLOWER than "
+            f"transformers' plain greedy generate ({hf_greedy:.1f} tokens/s) on the same checkpoint and threads: "
+            "the runtime has overhead to fix "
+            "before any speedup over baseline means anything !!!!!"
         )
-    return "sanity: stagedx baseline {:.1f} tokens/s >= transformers greedy {:.1f} tokens/s (ok)".format(
-        stagedx_baseline, hf_greedy
+    return (
+        f"sanity: stagedx baseline {stagedx_baseline:.1f} tokens/s >= transformers greedy {hf_greedy:.1f} tokens/s (ok)"
     )

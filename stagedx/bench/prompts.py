@@ -84,9 +84,9 @@ def load_jsonl(path: Path) -> list[Prompt]:
             row = json.loads(line)
             text = row["prompt"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise StagedxError(f"{path}:{n}: expected a JSON object with a \"prompt\" field") from exc
+            raise StagedxError(f'{path}:{n}: expected a JSON object with a "prompt" field') from exc
         if not isinstance(text, str):
-            raise StagedxError(f"{path}:{n}: \"prompt\" must be a string")
+            raise StagedxError(f'{path}:{n}: "prompt" must be a string')
         prompts.append(Prompt(str(row.get("task_id", row.get("id", f"{path.name}:{n}"))), text))
     return prompts
 

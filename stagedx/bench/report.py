@@ -13,10 +13,12 @@ from .bench import STAGEDX_METHODS
 
 PAPER = {
     "note": "Spector & Re 2023, GPT-2-L (762M) oracle, 40M draft, RTX 4090, HumanEval",
-    "relative_traffic": {"greedy": {"baseline": 1.0, "speculative": 0.31, "staged": 0.23},
-                         "topk:50": {"baseline": 1.0, "speculative": 0.48, "staged": 0.35}},
+    "relative_traffic": {
+        "greedy": {"baseline": 1.0, "speculative": 0.31, "staged": 0.23},
+        "topk:50": {"baseline": 1.0, "speculative": 0.48, "staged": 0.35},
+    },
     "staged_speedup": {"greedy": 3.16, "topk:50": 1.98},
-}  # fmt: skip
+}
 METHOD_ORDER = STAGEDX_METHODS
 
 
@@ -37,20 +39,41 @@ def _ordered(methods) -> list:
 
 
 def main_table(summary: dict) -> str:
-    head = ("sampling", "method", "tokens/s", "decode tok/s", "ms/tok mean", "p50", "p90", "speedup", "tok/oracle call", "rel. traffic")
+    head = (
+        "sampling",
+        "method",
+        "tokens/s",
+        "decode tok/s",
+        "ms/tok mean",
+        "p50",
+        "p90",
+        "speedup",
+        "tok/oracle call",
+        "rel. traffic",
+    )
     rows = [head]
     for sampling, cells in summary.items():
         for i, method in enumerate(_ordered(cells)):
             c = cells[method]
             lat = c["latency_ms_per_token"]
-            rows.append((
-                sampling_label(sampling) if i == 0 else "", method, _f(c["tokens_per_s"], "{:.1f}"),
-                _f(c.get("decode_tokens_per_s"), "{:.1f}"),
-                _f(lat["mean"]), _f(lat["p50"]), _f(lat["p90"]), _f(c.get("speedup_mean"), "{:.2f}x"),
-                _f(c["tokens_per_oracle_call"]), _f(c["relative_traffic"]),
-            ))  # fmt: skip
+            rows.append(
+                (
+                    sampling_label(sampling) if i == 0 else "",
+                    method,
+                    _f(c["tokens_per_s"], "{:.1f}"),
+                    _f(c.get("decode_tokens_per_s"), "{:.1f}"),
+                    _f(lat["mean"]),
+                    _f(lat["p50"]),
+                    _f(lat["p90"]),
+                    _f(c.get("speedup_mean"), "{:.2f}x"),
+                    _f(c["tokens_per_oracle_call"]),
+                    _f(c["relative_traffic"]),
+                )
+            )
     widths = [max(len(r[j]) for r in rows) for j in range(len(head))]
-    lines = ["  ".join(cell.ljust(w) if j < 2 else cell.rjust(w) for j, (cell, w) in enumerate(zip(r, widths))) for r in rows]
+    lines = [
+        "  ".join(cell.ljust(w) if j < 2 else cell.rjust(w) for j, (cell, w) in enumerate(zip(r, widths))) for r in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
 
@@ -71,7 +94,8 @@ def paper_table(summary: dict) -> str:
                 continue
             over_spec = st["tokens_per_s"] / sp["tokens_per_s"] if sp and sp["tokens_per_s"] else None
             lines.append(
-                f"{name} speedup, {sampling_label(sampling)}: {_f(st.get('speedup_mean'), '{:.2f}x')} mean over prompts "
+                f"{name} speedup, {sampling_label(sampling)}: "
+                f"{_f(st.get('speedup_mean'), '{:.2f}x')} mean over prompts "
                 f"(pooled {_f(st.get('speedup_pooled'), '{:.2f}x')}; {_f(over_spec, '{:.2f}x')} over speculative)"
                 f"  | paper {_f(PAPER['staged_speedup'].get(sampling), '{:.2f}x')}"
             )
@@ -87,7 +111,10 @@ def acceptance_lines(summary: dict) -> str:
             c = cells[method]
             stage = ", ".join(f"{k} {v:.2f}" for k, v in c["acceptance_by_stage"]["fraction"].items())
             depth = " ".join(f"{x:.2f}" for x in c["acceptance_by_depth"]["per_oracle_call"])
-            lines.append(f"{sampling_label(sampling)} {method}: tokens by stage [{stage}]; accepted per call by depth 1.. [{depth}]")
+            lines.append(
+                f"{sampling_label(sampling)} {method}: tokens by stage [{stage}]; "
+                f"accepted per call by depth 1.. [{depth}]"
+            )
     return "\n".join(lines)
 
 
@@ -133,8 +160,10 @@ def cost_curve_line(curve: dict) -> str:
     lat = {int(t): v for t, v in curve["latency_s"].items()}
     one = lat[min(lat)]
     steps = ", ".join(f"T={t} {v / one:.2f}x" for t, v in sorted(lat.items()) if t > min(lat))
-    return (f"oracle cost curve (past {curve['past_len']}): T={min(lat)} {1e3 * one:.2f} ms; {steps}; "
-            f"peak fp32 GEMM {curve['peak_flops'] / 1e9:.0f} GFLOP/s")
+    return (
+        f"oracle cost curve (past {curve['past_len']}): T={min(lat)} {1e3 * one:.2f} ms; {steps}; "
+        f"peak fp32 GEMM {curve['peak_flops'] / 1e9:.0f} GFLOP/s"
+    )
 
 
 def _quant_line(quant: dict, weights: dict) -> str:
@@ -145,9 +174,11 @@ def _quant_line(quant: dict, weights: dict) -> str:
         if q is None:
             cells.append(f"{role} unquantized ({size})")
             continue
-        cells.append(f"{role} int{q['bits']} {q['method']} block {q['block_size']} ({size}, fp32 "
-                     f"{q['fp32_weight_bytes'] / 1e6:.1f} MB; greedy agreement {100 * q['agreement']:.1f}%, "
-                     f"max logit error {q['max_rel_error']:.2e})")
+        cells.append(
+            f"{role} int{q['bits']} {q['method']} block {q['block_size']} ({size}, fp32 "
+            f"{q['fp32_weight_bytes'] / 1e6:.1f} MB; greedy agreement {100 * q['agreement']:.1f}%, "
+            f"max logit error {q['max_rel_error']:.2e})"
+        )
     return "weights: " + "; ".join(cells)
 
 
@@ -184,8 +215,9 @@ def write_png(path: Path, summary: dict, title: str = "") -> Path | None:
         from matplotlib.ticker import MaxNLocator
     except ImportError:
         return None
-    panels = [s for s, cells in summary.items()
-              if any("speedup_per_prompt" in c for m, c in cells.items() if m != "baseline")]
+    panels = [
+        s for s, cells in summary.items() if any("speedup_per_prompt" in c for m, c in cells.items() if m != "baseline")
+    ]
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)

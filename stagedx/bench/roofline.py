@@ -56,4 +56,6 @@ def tokens_per_s_limit(bandwidth_bytes_s: float, oracle_weight_bytes: int) -> fl
 def roofline(baseline_tokens_per_s: float, oracle_weight_bytes: int, mib: int = 256) -> Roofline:
     bw = measure_bandwidth(mib)
     limit = tokens_per_s_limit(bw, oracle_weight_bytes)
-    return Roofline(bw / 1e9, mib, int(oracle_weight_bytes), limit, baseline_tokens_per_s, baseline_tokens_per_s / limit)
+    return Roofline(
+        bw / 1e9, mib, int(oracle_weight_bytes), limit, baseline_tokens_per_s, baseline_tokens_per_s / limit
+    )

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -48,16 +48,39 @@ DRAFT_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64)
 SEARCH_SPACE = {  # greedy
     "budget": (0, 2, 4, 7, 11, 15, 23, 31, 47, 63),  # 0: no speculation; budget + 1 = tree tokens
     "max_depth": (3, 4, 6, 8, 10, 12, 16),
-    "fanouts": ((), (2, 1, 1, 1, 1, 1), (2,) + (1,) * 9, (1,) * 15, (2,) + (1,) * 15, (4, 2, 1, 1, 1, 1),
-                (4, 2) + (1,) * 8, (8, 4, 2, 1, 1, 1), (12, 7, 4, 1, 1, 1), (16, 8, 4, 2, 1, 1)),  # fmt: skip
+    "fanouts": (
+        (),
+        (2, 1, 1, 1, 1, 1),
+        (2,) + (1,) * 9,
+        (1,) * 15,
+        (2,) + (1,) * 15,
+        (4, 2, 1, 1, 1, 1),
+        (4, 2) + (1,) * 8,
+        (8, 4, 2, 1, 1, 1),
+        (12, 7, 4, 1, 1, 1),
+        (16, 8, 4, 2, 1, 1),
+    ),
     "draft_calls": (0, 1, 2, 3, 4, 6, 8),  # 0: draft2 feeds the oracle directly
     "stop_p": (0.0, 0.05, 0.2, 0.5),  # dynamic depth (with draft_calls as the cap)
     "draft_batch": (8, 16, 32, 48),
 }
 SAMPLED_SPACE = {  # sampled modes: drawn children (widths) or, with widths (), best-first trees
     "budget": SEARCH_SPACE["budget"][1:],
-    "widths": ((), (1, 1, 1), (1, 1, 1, 1), (1, 1, 1, 1, 1, 1), (2, 1, 1), (2, 1, 1, 1), (2, 1, 1, 1, 1, 1),
-               (3, 1, 1, 1), (4, 1, 1), (4, 1, 1, 1), (4, 2, 1), (8, 1, 1), (4, 2, 1, 1)),  # fmt: skip
+    "widths": (
+        (),
+        (1, 1, 1),
+        (1, 1, 1, 1),
+        (1, 1, 1, 1, 1, 1),
+        (2, 1, 1),
+        (2, 1, 1, 1),
+        (2, 1, 1, 1, 1, 1),
+        (3, 1, 1, 1),
+        (4, 1, 1),
+        (4, 1, 1, 1),
+        (4, 2, 1),
+        (8, 1, 1),
+        (4, 2, 1, 1),
+    ),
     "extra": (0, 1, 2, 4),
     "max_depth": (3, 4, 6, 8),
     "fanouts": SEARCH_SPACE["fanouts"][:2] + ((4, 2, 1), (3,)),
@@ -144,8 +167,9 @@ def draft_batch_size(tree: dict) -> float:
     return float(min(int(tree["draft_batch"]), 1 + sum(tree["fanouts"][:depth])))
 
 
-def predict_tokens_per_s(ev_counts: dict, tree: dict, oracle_curve: dict, draft_curve: dict,
-                         factors: dict | None = None) -> float:  # fmt: skip
+def predict_tokens_per_s(
+    ev_counts: dict, tree: dict, oracle_curve: dict, draft_curve: dict, factors: dict | None = None
+) -> float:
     """ev_counts: new_tokens, rounds, draft_calls, overhead_s (sums over calibration runs) and,
     when the decode loop counted them, call_sizes ``{"oracle": {T: calls}, "draft": {B: calls}}``:
     then every call is priced at its own size, times the in-loop ``factors``."""
@@ -153,9 +177,10 @@ def predict_tokens_per_s(ev_counts: dict, tree: dict, oracle_curve: dict, draft_
     if sizes:
         f = {"oracle": 1.0, "draft": 1.0, **(factors or {})}
         total = ev_counts["overhead_s"] + sum(
-            f[m] * n * interp(curve, int(t)) for m, curve in (("oracle", oracle_curve), ("draft", draft_curve))
+            f[m] * n * interp(curve, int(t))
+            for m, curve in (("oracle", oracle_curve), ("draft", draft_curve))
             for t, n in sizes.get(m, {}).items()
-        )  # fmt: skip
+        )
         return ev_counts["new_tokens"] / total if total > 0 else 0.0
     rounds = max(1, ev_counts["rounds"])
     round_s = (
@@ -175,13 +200,26 @@ def tree_dict(cfg) -> dict:
 # -- acceptance on calibration prompts ---------------------------------------------------------
 def evaluate(gen, cfg, prompts, tune: TuneConfig, curves: tuple, factors: dict | None = None) -> Evaluation:
     """Staged runs of every calibration prompt with tree config ``cfg``."""
-    sums = {"new_tokens": 0, "rounds": 0, "draft_calls": 0, "overhead_s": 0.0,
-            "call_sizes": {"oracle": {}, "draft": {}}}  # fmt: skip
+    sums = {
+        "new_tokens": 0,
+        "rounds": 0,
+        "draft_calls": 0,
+        "overhead_s": 0.0,
+        "call_sizes": {"oracle": {}, "draft": {}},
+    }
     wall, depth = 0.0, np.zeros(cfg.max_depth, np.int64)
     for i, prompt in enumerate(prompts):
         t0 = time.perf_counter()
-        res = gen.generate(prompt.text, max_new_tokens=tune.max_new_tokens, sampling=tune.samplings[0],
-                           seed=tune.seed + i, strategy="staged", ignore_eos=True, truncate=True, tree=cfg)  # fmt: skip
+        res = gen.generate(
+            prompt.text,
+            max_new_tokens=tune.max_new_tokens,
+            sampling=tune.samplings[0],
+            seed=tune.seed + i,
+            strategy="staged",
+            ignore_eos=True,
+            truncate=True,
+            tree=cfg,
+        )
         wall += time.perf_counter() - t0
         s = res.stats.as_dict()
         sums["new_tokens"] += s["new_tokens"]
@@ -195,13 +233,27 @@ def evaluate(gen, cfg, prompts, tune: TuneConfig, curves: tuple, factors: dict |
         depth[: len(acc)] += acc
     tree = tree_dict(cfg)
     pred = predict_tokens_per_s(sums, tree, *curves, factors)
-    return Evaluation(tree, sums["new_tokens"], sums["rounds"], sums["draft_calls"], sums["overhead_s"], wall,
-                      tuple(int(x) for x in depth), pred,
-                      {m: {str(t): n for t, n in sorted(h.items())} for m, h in sums["call_sizes"].items()})  # fmt: skip
+    return Evaluation(
+        tree,
+        sums["new_tokens"],
+        sums["rounds"],
+        sums["draft_calls"],
+        sums["overhead_s"],
+        wall,
+        tuple(int(x) for x in depth),
+        pred,
+        {m: {str(t): n for t, n in sorted(h.items())} for m, h in sums["call_sizes"].items()},
+    )
 
 
-def coordinate_search(start, score: Callable, passes: int = 1, on_eval: Callable | None = None,
-                      space: dict | None = None, cache: dict | None = None) -> tuple:  # fmt: skip
+def coordinate_search(
+    start,
+    score: Callable,
+    passes: int = 1,
+    on_eval: Callable | None = None,
+    space: dict | None = None,
+    cache: dict | None = None,
+) -> tuple:
     """Coordinate ascent over ``space`` (default SEARCH_SPACE) from ``start`` (a TreeConfig);
     ``score(cfg)`` returns an Evaluation; ``cache`` (cfg -> Evaluation) may be shared between
     starts. Returns (best Evaluation, best TreeConfig, all evaluations)."""
@@ -237,12 +289,20 @@ def effective(cfg):
     if cfg.widths:
         widths = cfg.widths[: cfg.max_depth]
         nodes = int(np.sum(np.cumprod(widths))) + cfg.extra
-        return dataclasses.replace(base, budget=min(cfg.budget, nodes), max_depth=len(widths), widths=widths,
-                                   extra=cfg.extra, tau=cfg.tau, spec_k=cfg.spec_k)  # fmt: skip
+        return dataclasses.replace(
+            base,
+            budget=min(cfg.budget, nodes),
+            max_depth=len(widths),
+            widths=widths,
+            extra=cfg.extra,
+            tau=cfg.tau,
+            spec_k=cfg.spec_k,
+        )
     if cfg.draft_calls == 0:
         nodes = int(sum(cfg.fanouts[: cfg.max_depth]))
-        return dataclasses.replace(cfg, budget=min(cfg.budget, nodes), stop_p=base.stop_p, draft_batch=base.draft_batch,
-                                   extra=0)  # fmt: skip
+        return dataclasses.replace(
+            cfg, budget=min(cfg.budget, nodes), stop_p=base.stop_p, draft_batch=base.draft_batch, extra=0
+        )
     return dataclasses.replace(cfg, extra=0)
 
 
@@ -268,8 +328,8 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print, twin=None
     Returns the stored entry."""
     from ..files import utc_now
     from ..manifest import TuningEntry, load_manifest, update_manifest
-    from ..runtime.trees import sampling_mode
     from ..runtime.sampling import SamplingConfig
+    from ..runtime.trees import sampling_mode
     from .prompts import load_prompts
 
     prompts = load_prompts(tune.calibration, tune.limit)
@@ -291,24 +351,33 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print, twin=None
         factors = in_loop_factors(gen, prompts[0], curves)
     echo("  oracle ms: " + "  ".join(f"T={t}:{1e3 * s:.2f}" for t, s in curves[0].items()))
     echo("  draft  ms: " + "  ".join(f"B={t}:{1e3 * s:.2f}" for t, s in curves[1].items()))
-    echo(f"  in-loop factors (phase time / isolated curve): oracle {factors['oracle']:.2f}, draft {factors['draft']:.2f}")
+    echo(
+        f"  in-loop factors (phase time / isolated curve): oracle {factors['oracle']:.2f}, draft {factors['draft']:.2f}"
+    )
     oracle_curve, draft_curve = curves
     if twin is not None:
         echo(f"calibration generations run on {tune.acceptance_from} (same functions, acceptance only)")
 
     for sampling in tune.samplings:
         mode = sampling_mode(SamplingConfig.parse(sampling))
-        entry[mode] = search_mode(twin or gen, prompts, dataclasses.replace(tune, samplings=(sampling,)), curves, echo,
-                                  factors)  # fmt: skip
-    entry.update({
-        "tuned_utc": utc_now(),
-        "calibration": {"prompts": tune.calibration, "n_prompts": len(prompts), "max_new_tokens": tune.max_new_tokens,
-                        "acceptance_from": tune.acceptance_from},
-        "past_len": need,
-        "oracle_latency_s": {str(k): v for k, v in oracle_curve.items()},
-        "draft_latency_s": {str(k): v for k, v in draft_curve.items()},
-        "in_loop_factors": factors,
-    })  # fmt: skip
+        entry[mode] = search_mode(
+            twin or gen, prompts, dataclasses.replace(tune, samplings=(sampling,)), curves, echo, factors
+        )
+    entry.update(
+        {
+            "tuned_utc": utc_now(),
+            "calibration": {
+                "prompts": tune.calibration,
+                "n_prompts": len(prompts),
+                "max_new_tokens": tune.max_new_tokens,
+                "acceptance_from": tune.acceptance_from,
+            },
+            "past_len": need,
+            "oracle_latency_s": {str(k): v for k, v in oracle_curve.items()},
+            "draft_latency_s": {str(k): v for k, v in draft_curve.items()},
+            "in_loop_factors": factors,
+        }
+    )
     tuning[key] = TuningEntry.from_dict(entry, key)
     update_manifest(bundle, tuning=tuning)
     echo(f"stored tuning[{key!r}] for {', '.join(tuning[key].modes())}")
@@ -331,8 +400,14 @@ def in_loop_factors(gen, prompt, curves: tuple, new_tokens: int = 24) -> dict:
     the oracle and the draft, from one short greedy run of a tree that uses both models."""
     from ..runtime.trees import TreeConfig
 
-    res = gen.generate(prompt.text, max_new_tokens=new_tokens, strategy="staged", ignore_eos=True, truncate=True,
-                       tree=TreeConfig(budget=11, max_depth=8, fanouts=(2, 1, 1, 1), draft_calls=3))  # fmt: skip
+    res = gen.generate(
+        prompt.text,
+        max_new_tokens=new_tokens,
+        strategy="staged",
+        ignore_eos=True,
+        truncate=True,
+        tree=TreeConfig(budget=11, max_depth=8, fanouts=(2, 1, 1, 1), draft_calls=3),
+    )
     s = res.stats.as_dict()
     out = {}
     for model, curve in zip(("oracle", "draft"), curves):
@@ -345,15 +420,16 @@ def in_loop_factors(gen, prompt, curves: tuple, new_tokens: int = 24) -> dict:
 def _starts(gen, mode: str) -> list:
     """Starting points: the runtime default, a draft chain (what speculative does), a
     three-stage tree; for sampled modes a drawn chain and a drawn tree too."""
-    from ..runtime.trees import DEFAULT_TREES, FAN10, THREE_STAGE_TREES
-    from ..runtime.trees import TreeConfig
+    from ..runtime.trees import DEFAULT_TREES, FAN10, THREE_STAGE_TREES, TreeConfig
 
     starts = [DEFAULT_TREES[mode], THREE_STAGE_TREES[mode]]
     if mode == "greedy":
         starts.append(TreeConfig(budget=11, max_depth=12, fanouts=(), draft_calls=6, stop_p=0.05))
     else:
-        starts += [TreeConfig(budget=4, max_depth=4, fanouts=FAN10, draft_calls=1, widths=(1, 1, 1, 1)),
-                   TreeConfig(budget=11, max_depth=6, fanouts=FAN10, draft_calls=1, widths=(3, 1, 1, 1))]
+        starts += [
+            TreeConfig(budget=4, max_depth=4, fanouts=FAN10, draft_calls=1, widths=(1, 1, 1, 1)),
+            TreeConfig(budget=11, max_depth=6, fanouts=FAN10, draft_calls=1, widths=(3, 1, 1, 1)),
+        ]
     if getattr(gen.draft2, "kind", "none") == "none":  # draft2-only trees propose nothing
         starts = [s for s in starts if s.draft_calls > 0 or s.widths]
     return list(dict.fromkeys(starts))
@@ -371,32 +447,42 @@ def is_three_stage(tree: dict, draft2_kind: str) -> bool:
 
 def search_mode(gen, prompts, tune: TuneConfig, curves: tuple, echo: Callable, factors: dict | None = None) -> dict:
     """Coordinate search for one sampling mode; returns its entry (TreeConfig fields + evidence)."""
-    from ..runtime.trees import sampling_mode
     from ..runtime.sampling import SamplingConfig
+    from ..runtime.trees import sampling_mode
 
     sampling = tune.samplings[0]
     mode = sampling_mode(SamplingConfig.parse(sampling))
-    echo(f"searching tree shapes on {len(prompts)} calibration prompts ({tune.calibration}), "
-         f"{tune.max_new_tokens} tokens each, {sampling} ...")  # fmt: skip
+    echo(
+        f"searching tree shapes on {len(prompts)} calibration prompts ({tune.calibration}), "
+        f"{tune.max_new_tokens} tokens each, {sampling} ..."
+    )
 
     def show(ev: Evaluation) -> None:
         t = ev.tree
-        shape = (f"widths={tuple(t['widths'])} extra={t['extra']}" if t["widths"] else
-                 f"fanouts={tuple(t['fanouts'])} calls={t['draft_calls']} stop_p={t['stop_p']} batch={t['draft_batch']}")
-        echo(f"  budget={t['budget']:<3} depth={t['max_depth']:<3} {shape} -> {ev.tokens_per_round:.2f} tok/round, "
-             f"predicted {ev.predicted_tokens_per_s:.1f} tok/s")  # fmt: skip
+        shape = (
+            f"widths={tuple(t['widths'])} extra={t['extra']}"
+            if t["widths"]
+            else f"fanouts={tuple(t['fanouts'])} calls={t['draft_calls']} stop_p={t['stop_p']} batch={t['draft_batch']}"
+        )
+        echo(
+            f"  budget={t['budget']:<3} depth={t['max_depth']:<3} {shape} -> {ev.tokens_per_round:.2f} tok/round, "
+            f"predicted {ev.predicted_tokens_per_s:.1f} tok/s"
+        )
 
     space = SEARCH_SPACE if mode == "greedy" else SAMPLED_SPACE
     cache: dict = {}
     best_ev = best_cfg = None
     for start in _starts(gen, mode):
-        ev, cfg, _ = coordinate_search(start, lambda c: evaluate(gen, c, prompts, tune, curves, factors), tune.passes,
-                                       show, space, cache)  # fmt: skip
+        ev, cfg, _ = coordinate_search(
+            start, lambda c: evaluate(gen, c, prompts, tune, curves, factors), tune.passes, show, space, cache
+        )
         if best_ev is None or ev.predicted_tokens_per_s > best_ev.predicted_tokens_per_s:
             best_ev, best_cfg = ev, cfg
     evals = list(cache.values())
-    echo(f"best for {sampling}: {_describe(best_ev)} "
-         f"(predicted {best_ev.predicted_tokens_per_s:.1f} tokens/s, {best_ev.tokens_per_round:.2f} tokens/round)")  # fmt: skip
+    echo(
+        f"best for {sampling}: {_describe(best_ev)} "
+        f"(predicted {best_ev.predicted_tokens_per_s:.1f} tokens/s, {best_ev.tokens_per_round:.2f} tokens/round)"
+    )
     kind = getattr(gen.draft2, "kind", "none")
     three = [e for e in evals if is_three_stage(e.tree, kind)]
     out = {
@@ -411,7 +497,10 @@ def search_mode(gen, prompts, tune: TuneConfig, curves: tuple, echo: Callable, f
     if three:
         best3 = max(three, key=lambda e: e.predicted_tokens_per_s)
         out["three_stage"] = dict(best3.tree)
-        echo(f"best three-stage for {sampling}: {_describe(best3)} (predicted {best3.predicted_tokens_per_s:.1f} tokens/s)")
+        echo(
+            f"best three-stage for {sampling}: {_describe(best3)} "
+            f"(predicted {best3.predicted_tokens_per_s:.1f} tokens/s)"
+        )
     return out
 
 

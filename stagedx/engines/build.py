@@ -48,8 +48,10 @@ def resolve_spec(cfg: BuildConfig, manifest: Manifest) -> ProfileSpec:
         raise StagedxError(f"--workspace must be positive (got {cfg.workspace_gb} GB)")
     quantized = [r for r in cfg.roles if manifest.models[r].quantization is not None]
     if quantized:
-        raise StagedxError(f"{' and '.join(quantized)} holds ONNX Runtime MatMulNBits weights (--quantize), "
-                           "which TensorRT cannot parse: export without --quantize to build engines")
+        raise StagedxError(
+            f"{' and '.join(quantized)} holds ONNX Runtime MatMulNBits weights (--quantize), "
+            "which TensorRT cannot parse: export without --quantize to build engines"
+        )
     return spec
 
 
@@ -67,8 +69,9 @@ def engine_file_name(role: str, gpu: GpuInfo, trt_version: str) -> str:
     return f"{ENGINES_DIR}/{role}.{slug}.sm{gpu.compute_capability.replace('.', '')}.trt{trt_version}.plan"
 
 
-def engine_record(entry: ModelEntry, spec: ProfileSpec, file_sha: tuple[str, str],
-                  gpu: GpuInfo, trt_version: str) -> EngineEntry:
+def engine_record(
+    entry: ModelEntry, spec: ProfileSpec, file_sha: tuple[str, str], gpu: GpuInfo, trt_version: str
+) -> EngineEntry:
     """The manifest ``engines`` entry for one built engine."""
     file, sha = file_sha
     return EngineEntry(
@@ -90,6 +93,7 @@ def engine_record(entry: ModelEntry, spec: ProfileSpec, file_sha: tuple[str, str
 
 def merge_records(old: tuple | list, new: list[EngineEntry]) -> list[EngineEntry]:
     """Replace records for the same (role, GPU, TensorRT version); keep every other one."""
+
     def key(r: EngineEntry) -> tuple:
         return (r.role, r.gpu_name, r.compute_capability, r.tensorrt_version)
 
@@ -107,17 +111,21 @@ def build_engines(cfg: BuildConfig, log=print) -> list[EngineEntry]:
     version = str(trt.__version__)
     (bundle / ENGINES_DIR).mkdir(exist_ok=True)
     cache_path = cfg.timing_cache or bundle / ENGINES_DIR / (
-        f"timing-{version}-sm{gpu.compute_capability.replace('.', '')}.cache")
+        f"timing-{version}-sm{gpu.compute_capability.replace('.', '')}.cache"
+    )
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     cache_bytes = _read_cache(Path(cache_path))
     records = []
     for role in cfg.roles:
         entry = manifest.models[role]
-        log(f"building {role} engine ({entry.dtype}, T 1..{spec.max_tree}, "
-            f"context {spec.max_context}) on {gpu.name} with TensorRT {version}")
-        plan, cache_bytes = _build_one(trt, (builder, logger), bundle / entry.file,
-                                       profile_shapes(entry, spec), (cfg, cache_bytes))
+        log(
+            f"building {role} engine ({entry.dtype}, T 1..{spec.max_tree}, "
+            f"context {spec.max_context}) on {gpu.name} with TensorRT {version}"
+        )
+        plan, cache_bytes = _build_one(
+            trt, (builder, logger), bundle / entry.file, profile_shapes(entry, spec), (cfg, cache_bytes)
+        )
         rel = engine_file_name(role, gpu, version)
         write_atomic(bundle / rel, plan)
         records.append(engine_record(entry, spec, (rel, sha256_file(bundle / rel)), gpu, version))
@@ -146,8 +154,9 @@ def _build_one(trt, builder_logger, onnx_path: Path, shapes: dict, cfg_cache) ->
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace_gb * 2**30))
     cache = config.create_timing_cache(cache_bytes or b"")
     if not config.set_timing_cache(cache, ignore_mismatch=False):
-        raise StagedxError("the timing cache was made by another TensorRT version or GPU; "
-                           "pass a fresh --timing-cache path")
+        raise StagedxError(
+            "the timing cache was made by another TensorRT version or GPU; pass a fresh --timing-cache path"
+        )
     profile = builder.create_optimization_profile()
     for name in inputs:
         r = shapes[name]

@@ -44,8 +44,7 @@ class ProfileSpec:
         return max(self.min_past, min(self.max_past, self.reserved + self.max_context // 2))
 
     def as_dict(self) -> dict:
-        return {"max_tree": self.max_tree, "max_context": self.max_context,
-                "reserved_slots": self.reserved}
+        return {"max_tree": self.max_tree, "max_context": self.max_context, "reserved_slots": self.reserved}
 
 
 @dataclass(frozen=True)
@@ -68,13 +67,9 @@ def check_spec(spec: ProfileSpec, max_positions: int) -> None:
     if spec.max_context < 2:
         raise StagedxError(f"--max-context must be at least 2 (got {spec.max_context})")
     if spec.max_tree > spec.max_context:
-        raise StagedxError(
-            f"--max-tree ({spec.max_tree}) cannot exceed --max-context ({spec.max_context})"
-        )
+        raise StagedxError(f"--max-tree ({spec.max_tree}) cannot exceed --max-context ({spec.max_context})")
     if spec.max_context > max_positions:
-        raise StagedxError(
-            f"--max-context ({spec.max_context}) exceeds the model's {max_positions} positions"
-        )
+        raise StagedxError(f"--max-context ({spec.max_context}) exceeds the model's {max_positions} positions")
     if spec.reserved < 1:
         raise StagedxError(
             "TensorRT needs at least one reserved KV slot (manifest kv_reserved_slots.tensorrt "
@@ -93,7 +88,7 @@ def profile_shapes(entry: ModelEntry, spec: ProfileSpec) -> dict[str, DimRange]:
         io.tree_mask: _ranges(lambda k: (t[k], p[k] + t[k])),  # [T, P+T]
     }
     kv = _ranges(lambda k: (p[k], a.n_kv_heads, a.head_dim))  # [P, H, D]
-    shapes.update({name: kv for name in io.past})
+    shapes.update(dict.fromkeys(io.past, kv))
     return shapes
 
 

@@ -62,8 +62,7 @@ def reference_feeds(ref, entry: ModelEntry, reserved: int = 0) -> dict[str, np.n
     feeds = {
         io.input_ids: np.asarray(ref[f"{r}.input_ids"], dtype=np.int64),  # [T]
         io.position_ids: np.asarray(ref[f"{r}.position_ids"], dtype=np.int64),  # [T]
-        io.tree_mask: np.concatenate(
-            [np.zeros((mask.shape[0], reserved), dtype=bool), mask], axis=1),  # [T, R+P+T]
+        io.tree_mask: np.concatenate([np.zeros((mask.shape[0], reserved), dtype=bool), mask], axis=1),  # [T, R+P+T]
     }
     dummy = np.zeros((reserved, a.n_kv_heads, a.head_dim), dtype=dtype)  # [R, H, D]
     for i in range(a.n_layers):
@@ -96,7 +95,7 @@ def _run_polygraphy(runner, feeds: dict) -> dict:
 
 
 def _onnxrt_checks(bundle: Path, manifest: Manifest, ref) -> list[Check]:
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx  # noqa: PLC0415
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
     checks = []
     reserved = manifest.reserved_slots("tensorrt")
@@ -113,22 +112,24 @@ def _onnxrt_checks(bundle: Path, manifest: Manifest, ref) -> list[Check]:
 
 
 def _skipped(backend: str, manifest: Manifest, note: str) -> list[Check]:
-    return [Check(backend, role, e.dtype, "-", None, tolerance_for(manifest, precision(e)), note)
-            for role, e in manifest.models.items()]
+    return [
+        Check(backend, role, e.dtype, "-", None, tolerance_for(manifest, precision(e)), note)
+        for role, e in manifest.models.items()
+    ]
 
 
 def _tensorrt_checks(bundle: Path, manifest: Manifest, ref) -> list[Check]:
     if not manifest.engines:
         return _skipped("tensorrt", manifest, "no engines in the bundle")
-    from ..runtime.trt_runner import gpu_info, import_cudart, import_tensorrt, select_engine  # noqa: PLC0415
-    from .profiles import fits_profile  # noqa: PLC0415
+    from ..runtime.trt_runner import gpu_info, import_cudart, import_tensorrt, select_engine
+    from .profiles import fits_profile
 
     try:
         trt = import_tensorrt("validating engines")
         gpu = gpu_info(import_cudart("validating engines"))
     except StagedxError as exc:
         return _skipped("tensorrt", manifest, str(exc).split(";")[0])
-    from polygraphy.backend.trt import EngineFromBytes, TrtRunner  # noqa: PLC0415
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
     checks = []
     for role, entry in manifest.models.items():
@@ -155,8 +156,8 @@ def validate_bundle(bundle: str | Path) -> list[Check]:
     if manifest.reference is None:
         raise StagedxError(f"{bundle} has no reference.npz to validate against; re-export it")
     try:
-        import polygraphy  # noqa: F401, PLC0415
-        from polygraphy.logger import G_LOGGER  # noqa: PLC0415
+        import polygraphy  # noqa: F401
+        from polygraphy.logger import G_LOGGER
     except ImportError as exc:
         raise StagedxError("validate needs Polygraphy: pip install 'stagedx[validate]'") from exc
     G_LOGGER.module_severity = G_LOGGER.ERROR

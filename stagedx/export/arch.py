@@ -5,9 +5,10 @@ class loads the fp32 reference, how to read the graph dimensions off the config 
 build our own export module from the checkpoint's weights. Registered: GPT-2 (``gpt2.py``),
 Llama (``llama.py``: RoPE with optional linear / llama3 scaling, RMSNorm, GQA, SwiGLU), Qwen2
 (``qwen2.py``: the Llama forward with q/k/v bias) and Mistral (``mistral.py``: the Llama forward
-with a sliding window) and Phi-3 (``phi3.py``: Mistral's graph, fused tensors). What each config.json may say is decided in ``configs.py``. Adding a
-family means writing ``<family>.py`` with a ``build_<family>_graph`` and registering one more
-:class:`ArchSpec`; nothing else changes.
+with a sliding window) and Phi-3 (``phi3.py``: Mistral's graph, fused tensors). What each
+config.json may say is decided in ``configs.py``. Adding a family means writing
+``<family>.py`` with a ``build_<family>_graph`` and registering one more :class:`ArchSpec`;
+nothing else changes.
 
 Only :func:`load_reference` imports torch / transformers.
 """
@@ -15,16 +16,20 @@ Only :func:`load_reference` imports torch / transformers.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..errors import StagedxError
 from ..manifest import ArchDims
 from .configs import decoder_dims
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 @dataclass(frozen=True)
@@ -74,9 +79,17 @@ register(ArchSpec("gpt2", ("gpt2",), "GPT2LMHeadModel", _gpt2_dims, _build_gpt2)
 def _decoder_dims(family: str) -> Callable[[dict], ArchDims]:
     def dims(cfg: dict) -> ArchDims:
         d = decoder_dims(cfg, family)
-        return ArchDims(family=family, n_layers=d.n_layers, n_heads=d.n_heads,
-                        n_kv_heads=d.n_kv_heads, head_dim=d.head_dim, hidden=d.hidden,
-                        vocab_size=d.vocab_size, max_positions=d.max_positions)
+        return ArchDims(
+            family=family,
+            n_layers=d.n_layers,
+            n_heads=d.n_heads,
+            n_kv_heads=d.n_kv_heads,
+            head_dim=d.head_dim,
+            hidden=d.hidden,
+            vocab_size=d.vocab_size,
+            max_positions=d.max_positions,
+        )
+
     return dims
 
 
@@ -109,8 +122,7 @@ register(ArchSpec("llama", ("llama",), "LlamaForCausalLM", _decoder_dims("llama"
 # Qwen2 and Qwen2.5 (model_type "qwen2"), without use_sliding_window.
 register(ArchSpec("qwen2", ("qwen2",), "Qwen2ForCausalLM", _decoder_dims("qwen2"), _build_qwen2))
 # Mistral 7B v0.1 (sliding window 4096), v0.2+ (no window), Nemo-style head_dim.
-register(ArchSpec("mistral", ("mistral",), "MistralForCausalLM", _decoder_dims("mistral"),
-                  _build_mistral))
+register(ArchSpec("mistral", ("mistral",), "MistralForCausalLM", _decoder_dims("mistral"), _build_mistral))
 # Phi-3 mini / medium 4k (fused qkv and gate_up; sliding window); longrope (128k) is refused.
 register(ArchSpec("phi3", ("phi3",), "Phi3ForCausalLM", _decoder_dims("phi3"), _build_phi3))
 
@@ -161,8 +173,11 @@ class Checkpoint:
         return None if value is None else int(value)
 
     def source(self) -> dict:
-        return {"checkpoint": self.name, "model_type": self.config.get("model_type"),
-                "architectures": list(self.config.get("architectures") or [])}
+        return {
+            "checkpoint": self.name,
+            "model_type": self.config.get("model_type"),
+            "architectures": list(self.config.get("architectures") or []),
+        }
 
 
 def _read_json(path: Path) -> dict:
@@ -194,7 +209,7 @@ def resolve_checkpoint(name: str) -> Path:
         raise StagedxError(f"checkpoint folder not found: {path} (huggingface_hub missing)") from exc
     try:
         return Path(snapshot_download(repo_id=name, local_files_only=True))
-    except Exception as exc:  # noqa: BLE001 - any failure means "not in the local cache"
+    except Exception as exc:  # any failure means "not in the local cache"
         raise StagedxError(
             f"checkpoint not found: {name!r} is neither a local folder nor a model in the local "
             f"Hugging Face cache ({constants.HF_HUB_CACHE}); stagedx works offline, download it "
@@ -212,9 +227,7 @@ def open_checkpoint(name: str) -> Checkpoint:
     model_type = config.get("model_type")
     spec = REGISTRY.get(model_type)
     if spec is None:
-        raise StagedxError(
-            f"unsupported architecture {model_type!r} in {path} (supported model types: {supported()})"
-        )
+        raise StagedxError(f"unsupported architecture {model_type!r} in {path} (supported model types: {supported()})")
     if not any((path / f).is_file() for f in WEIGHT_FILES):
         raise StagedxError(f"not a checkpoint: {path} has no weights ({' / '.join(WEIGHT_FILES)})")
     try:
@@ -234,14 +247,13 @@ def load_reference(ckpt: Checkpoint):
     cls = getattr(transformers, ckpt.spec.hf_class)
     try:
         model, info = cls.from_pretrained(ckpt.path, dtype=torch.float32, output_loading_info=True)
-    except Exception as exc:  # noqa: BLE001 - safetensors / torch raise many types
+    except Exception as exc:  # safetensors / torch raise many types
         msg = " ".join(str(exc).split())[:300]
         raise StagedxError(f"corrupt or unreadable weights in {ckpt.path}: {msg}") from exc
     missing = [k for k in info.get("missing_keys", ()) if "attn.bias" not in k]
     if missing or info.get("mismatched_keys"):
-        bad = (missing or [m[0] if isinstance(m, tuple) else m for m in info["mismatched_keys"]])
+        bad = missing or [m[0] if isinstance(m, tuple) else m for m in info["mismatched_keys"]]
         raise StagedxError(
-            f"corrupt weights in {ckpt.path}: {len(bad)} tensors missing or mis-shaped "
-            f"(first: {bad[0]})"
+            f"corrupt weights in {ckpt.path}: {len(bad)} tensors missing or mis-shaped (first: {bad[0]})"
         )
     return model.eval()

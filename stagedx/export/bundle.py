@@ -6,14 +6,15 @@ renamed at the very end, so a failed or interrupted export leaves nothing behind
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import gc
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -90,7 +91,7 @@ def _tokenizer_vocab(path: Path) -> dict:
 
     try:
         return Tokenizer.from_file(str(path)).get_vocab(with_added_tokens=True)
-    except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception
+    except Exception as exc:  # tokenizers raises plain Exception
         raise StagedxError(f"cannot read tokenizer {path}: {' '.join(str(exc).split())}") from exc
 
 
@@ -103,9 +104,7 @@ def _check_pair(oracle: Checkpoint, draft: Checkpoint) -> dict:
         raise StagedxError(f"vocabulary mismatch: oracle has vocab_size {vo}, draft has {vd}")
     vocab = _tokenizer_vocab(oracle.tokenizer_file)
     if draft.tokenizer_file is not None and _tokenizer_vocab(draft.tokenizer_file) != vocab:
-        raise StagedxError(
-            f"vocabulary mismatch: tokenizer.json of {oracle.path} and {draft.path} differ"
-        )
+        raise StagedxError(f"vocabulary mismatch: tokenizer.json of {oracle.path} and {draft.path} differ")
     if len(vocab) > vo:
         raise StagedxError(f"tokenizer has {len(vocab)} tokens but the model's vocab_size is {vo}")
     return vocab
@@ -115,10 +114,8 @@ def _release_memory() -> None:
     """Collect, then hand freed heap pages back to the OS (glibc keeps them otherwise, and
     the next phase would stack on top of the last one's high-water mark)."""
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
 
 
 def _reference(ckpt: Checkpoint, case: TreeCase) -> dict:
@@ -155,11 +152,18 @@ def _export_model(role: str, ckpt: Checkpoint, cfg: ExportConfig, work: Path, ca
     del graph
     _release_memory()
     entry = ModelEntry(
-        role=role, file=out.name, sha256=sha256_file(out), dtype=cfg.dtype,
-        topk=min(cfg.topk, ckpt.dims.vocab_size), arch=ckpt.dims,
-        n_params=exported.n_params, weight_bytes=exported.weight_bytes, source=ckpt.source(),
-        external_data=None if exported.external_data is None else
-        FileRef(exported.external_data.name, sha256_file(exported.external_data)),
+        role=role,
+        file=out.name,
+        sha256=sha256_file(out),
+        dtype=cfg.dtype,
+        topk=min(cfg.topk, ckpt.dims.vocab_size),
+        arch=ckpt.dims,
+        n_params=exported.n_params,
+        weight_bytes=exported.weight_bytes,
+        source=ckpt.source(),
+        external_data=None
+        if exported.external_data is None
+        else FileRef(exported.external_data.name, sha256_file(exported.external_data)),
     )
     if cfg.verify:
         record, arrays = verify_graph(ref, entry, out, case)
@@ -176,8 +180,7 @@ def _corpus_files(cfg: ExportConfig) -> list[Path]:
     return resolve_corpus(cfg.corpus, read_exclude_list(cfg.exclude_from))
 
 
-def _fit_ngram(cfg: ExportConfig, files: list[Path], tokenizer_file: Path, folder: Path,
-               eos_id: int | None):
+def _fit_ngram(cfg: ExportConfig, files: list[Path], tokenizer_file: Path, folder: Path, eos_id: int | None):
     """Fit draft2's n-gram on ``files`` (the n-gram module's default number of successors)."""
     from .ngram import NgramFitConfig, fit_ngram, read_exclude_list
 
@@ -186,8 +189,7 @@ def _fit_ngram(cfg: ExportConfig, files: list[Path], tokenizer_file: Path, folde
         kwargs["max_contexts"] = cfg.ngram_max_contexts
     if eos_id is not None:
         kwargs["eos_id"] = eos_id
-    return fit_ngram(files, tokenizer_file, folder / NGRAM_FILE,
-                     NgramFitConfig(**kwargs))
+    return fit_ngram(files, tokenizer_file, folder / NGRAM_FILE, NgramFitConfig(**kwargs))
 
 
 def _log_model(log, entry: ModelEntry, seconds: float) -> None:
@@ -198,13 +200,17 @@ def _log_model(log, entry: ModelEntry, seconds: float) -> None:
         log(f"{entry.role}: {entry.file} {describe(entry)}")
         return
     if entry.verify is None:
-        log(f"{entry.role}: {entry.file} ({size:.1f} MB weights, {entry.n_params:,} params) in "
-            f"{seconds:.1f}s; verification skipped")
+        log(
+            f"{entry.role}: {entry.file} ({size:.1f} MB weights, {entry.n_params:,} params) in "
+            f"{seconds:.1f}s; verification skipped"
+        )
         return
     v = entry.verify
-    log(f"{entry.role}: {entry.file} ({size:.1f} MB weights, {entry.n_params:,} params) in "
+    log(
+        f"{entry.role}: {entry.file} ({size:.1f} MB weights, {entry.n_params:,} params) in "
         f"{seconds:.1f}s; max logit error {v['max_rel_error']:.2e} relative to max|logit| "
-        f"{v['max_abs_logit']:.3g} (tolerance {v['tolerance']:g})")
+        f"{v['max_abs_logit']:.3g} (tolerance {v['tolerance']:g})"
+    )
 
 
 def export_bundle(config: ExportConfig, log: Callable[[str], None] | None = None) -> Path:
@@ -247,17 +253,20 @@ def export_bundle(config: ExportConfig, log: Callable[[str], None] | None = None
             log(f"draft2: {ngram.file} fitted on {ngram.n_tokens:,} tokens in {time.perf_counter() - t0:.1f}s")
         manifest = Manifest(
             tokenizer=TokenizerEntry(
-                file=TOKENIZER_FILE, sha256=sha256_file(tmp / TOKENIZER_FILE),
+                file=TOKENIZER_FILE,
+                sha256=sha256_file(tmp / TOKENIZER_FILE),
                 eos_token_id=oracle.special_token("eos_token_id"),
-                bos_token_id=oracle.special_token("bos_token_id"), vocab_size=len(vocab),
+                bos_token_id=oracle.special_token("bos_token_id"),
+                vocab_size=len(vocab),
                 chat_template=oracle.chat_template(),
             ),
             models=models,
             draft2=Draft2Entry(kind=kind, ngram=ngram),
             stagedx_version=__version__,
             created_utc=utc_now(),
-            reference=ReferenceEntry(REFERENCE_FILE, sha256_file(tmp / REFERENCE_FILE),
-                                     tolerance={d: TOLERANCE[d] for d in DTYPES}),
+            reference=ReferenceEntry(
+                REFERENCE_FILE, sha256_file(tmp / REFERENCE_FILE), tolerance={d: TOLERANCE[d] for d in DTYPES}
+            ),
         )
         write_manifest(tmp, manifest)
     log(f"wrote {output}")

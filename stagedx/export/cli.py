@@ -19,37 +19,99 @@ from .quantize import (
 @click.command()
 @click.argument("oracle")
 @click.option("--draft", required=True, help="Draft checkpoint: local folder or cached hub id.")
-@click.option("--draft2", type=click.Choice(DRAFT2_KINDS), default=None,
-              help="Second draft stage [default: ngram with --corpus, else prompt-lookup].")
-@click.option("--corpus", multiple=True, type=click.Path(path_type=Path),
-              help="File or folder (its *.py files) to fit the n-gram on, or the word stdlib "
-                   "for this interpreter's standard library (repeatable).")
-@click.option("--exclude-from", type=click.Path(path_type=Path), default=None,
-              help="JSON list of corpus-relative paths to leave out (e.g. a validation split).")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="Precision baked into the graphs.")
+@click.option(
+    "--draft2",
+    type=click.Choice(DRAFT2_KINDS),
+    default=None,
+    help="Second draft stage [default: ngram with --corpus, else prompt-lookup].",
+)
+@click.option(
+    "--corpus",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="File or folder (its *.py files) to fit the n-gram on, or the word stdlib "
+    "for this interpreter's standard library (repeatable).",
+)
+@click.option(
+    "--exclude-from",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="JSON list of corpus-relative paths to leave out (e.g. a validation split).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Precision baked into the graphs.",
+)
 @click.option("--topk", type=int, default=32, show_default=True, help="K of the topk outputs.")
 @click.option("--ngram-max-contexts", type=int, default=None, help="Size cap of the n-gram tables.")
 @click.option("--force", is_flag=True, help="Replace an existing output bundle.")
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime vs transformers check.")
-@click.option("--quantize", "quantize_spec", default=None, metavar="SPEC",
-              help="Weight-only quantization: int8 or int4 for both models, or per model, e.g. "
-                   "oracle=int4,draft=int8 (none keeps a model fp32).")
-@click.option("--quant-block-size", type=int, default=DEFAULT_BLOCK_SIZE, show_default=True,
-              help="Weights per quantization scale (a power of two >= 16).")
-@click.option("--quant-accuracy-level", type=int, default=DEFAULT_ACCURACY_LEVEL, show_default=True,
-              help="MatMulNBits accuracy_level (4: int8 activations, fastest on CPU; 0: fp32).")
-@click.option("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT, show_default=True,
-              help="Refuse a quantized model whose greedy next token agrees with fp32 less often.")
-@click.option("--heldout", multiple=True, metavar="PATH",
-              help="Held-out text for --min-agreement: files, folders (*.py) or JSON lists of "
-                   "stdlib-relative paths such as a model card's val_files.json [default: a stdlib sample].")
-@click.option("--heldout-tokens", type=int, default=DEFAULT_HELDOUT_TOKENS, show_default=True,
-              help="Held-out tokens compared (in chunks of 128).")
+@click.option(
+    "--quantize",
+    "quantize_spec",
+    default=None,
+    metavar="SPEC",
+    help="Weight-only quantization: int8 or int4 for both models, or per model, e.g. "
+    "oracle=int4,draft=int8 (none keeps a model fp32).",
+)
+@click.option(
+    "--quant-block-size",
+    type=int,
+    default=DEFAULT_BLOCK_SIZE,
+    show_default=True,
+    help="Weights per quantization scale (a power of two >= 16).",
+)
+@click.option(
+    "--quant-accuracy-level",
+    type=int,
+    default=DEFAULT_ACCURACY_LEVEL,
+    show_default=True,
+    help="MatMulNBits accuracy_level (4: int8 activations, fastest on CPU; 0: fp32).",
+)
+@click.option(
+    "--min-agreement",
+    type=float,
+    default=DEFAULT_MIN_AGREEMENT,
+    show_default=True,
+    help="Refuse a quantized model whose greedy next token agrees with fp32 less often.",
+)
+@click.option(
+    "--heldout",
+    multiple=True,
+    metavar="PATH",
+    help="Held-out text for --min-agreement: files, folders (*.py) or JSON lists of "
+    "stdlib-relative paths such as a model card's val_files.json [default: a stdlib sample].",
+)
+@click.option(
+    "--heldout-tokens",
+    type=int,
+    default=DEFAULT_HELDOUT_TOKENS,
+    show_default=True,
+    help="Held-out tokens compared (in chunks of 128).",
+)
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Bundle folder.")
-def export(oracle, draft, draft2, corpus, exclude_from, dtype, topk, ngram_max_contexts, force,
-           no_verify, quantize_spec, quant_block_size, quant_accuracy_level, min_agreement, heldout,
-           heldout_tokens, output):
+def export(
+    oracle,
+    draft,
+    draft2,
+    corpus,
+    exclude_from,
+    dtype,
+    topk,
+    ngram_max_contexts,
+    force,
+    no_verify,
+    quantize_spec,
+    quant_block_size,
+    quant_accuracy_level,
+    min_agreement,
+    heldout,
+    heldout_tokens,
+    output,
+):
     """Export ORACLE and --draft to ONNX graphs in a verified bundle folder."""
     import time
 
@@ -58,14 +120,27 @@ def export(oracle, draft, draft2, corpus, exclude_from, dtype, topk, ngram_max_c
     from .quantize import QuantizeOptions, parse_quantize
 
     quant = QuantizeOptions(
-        kinds=parse_quantize(quantize_spec), block_size=quant_block_size,
-        accuracy_level=quant_accuracy_level, min_agreement=min_agreement,
-        heldout=tuple(str(h) for h in heldout), heldout_tokens=heldout_tokens,
+        kinds=parse_quantize(quantize_spec),
+        block_size=quant_block_size,
+        accuracy_level=quant_accuracy_level,
+        min_agreement=min_agreement,
+        heldout=tuple(str(h) for h in heldout),
+        heldout_tokens=heldout_tokens,
     )
     config = ExportConfig(
-        oracle=oracle, draft=draft, output=output, draft2=draft2, corpus=tuple(corpus),
-        exclude_from=exclude_from, dtype=dtype, topk=topk, force=force, verify=not no_verify,
-        ngram_max_contexts=ngram_max_contexts, progress=True, quantize=quant,
+        oracle=oracle,
+        draft=draft,
+        output=output,
+        draft2=draft2,
+        corpus=tuple(corpus),
+        exclude_from=exclude_from,
+        dtype=dtype,
+        topk=topk,
+        force=force,
+        verify=not no_verify,
+        ngram_max_contexts=ngram_max_contexts,
+        progress=True,
+        quantize=quant,
     )
     t0 = time.perf_counter()
     export_bundle(config, log=lambda msg: click.echo(msg, err=True))
@@ -81,8 +156,10 @@ def _require_export_extra() -> None:
 
     missing = [m for m in ("torch", "transformers", "onnx") if importlib.util.find_spec(m) is None]
     if missing:
-        raise StagedxError(f"stagedx export needs {', '.join(missing)} (not installed): install the export extra, "
-                           "e.g. pip install torch==2.13.0 && pip install '.[export,cpu]' from a checkout")  # fmt: skip
+        raise StagedxError(
+            f"stagedx export needs {', '.join(missing)} (not installed): install the export extra, "
+            "e.g. pip install torch==2.13.0 && pip install '.[export,cpu]' from a checkout"
+        )
 
 
 def _fmt_bytes(n: int) -> str:
@@ -104,26 +181,34 @@ def summarize(bundle: Path) -> tuple[str, str | None]:
     from ..manifest import load_manifest, verify_files
 
     m = load_manifest(bundle, check_files=False)
-    lines = [f"bundle {bundle}  (schema {m.schema_version}, stagedx {m.stagedx_version}, "
-             f"created {m.created_utc}, batch size {m.batch_size})"]
+    lines = [
+        f"bundle {bundle}  (schema {m.schema_version}, stagedx {m.stagedx_version}, "
+        f"created {m.created_utc}, batch size {m.batch_size})"
+    ]
     t = m.tokenizer
     lines.append(f"tokenizer  {t.file}: vocab {t.vocab_size}, eos {t.eos_token_id}, bos {t.bos_token_id}")
     for role, e in m.models.items():
         a = e.arch
-        lines.append(f"{role:<10} {e.file}: {a.family} {a.n_layers} layers, {a.n_heads} heads "
-                     f"({a.n_kv_heads} kv) x {a.head_dim}, hidden {a.hidden}, vocab {a.vocab_size}, "
-                     f"max positions {a.max_positions}")
-        lines.append(f"{'':<10} {e.n_params:,} params, {_fmt_bytes(e.weight_bytes)} weights, {e.dtype}, "
-                     f"topk {e.topk}, opset {e.opset}, from {e.source.get('checkpoint')}"
-                     + (f", external data {e.external_data.file}" if e.external_data else ""))
+        lines.append(
+            f"{role:<10} {e.file}: {a.family} {a.n_layers} layers, {a.n_heads} heads "
+            f"({a.n_kv_heads} kv) x {a.head_dim}, hidden {a.hidden}, vocab {a.vocab_size}, "
+            f"max positions {a.max_positions}"
+        )
+        lines.append(
+            f"{'':<10} {e.n_params:,} params, {_fmt_bytes(e.weight_bytes)} weights, {e.dtype}, "
+            f"topk {e.topk}, opset {e.opset}, from {e.source.get('checkpoint')}"
+            + (f", external data {e.external_data.file}" if e.external_data else "")
+        )
         if e.quantization is not None:
             from .quantize import describe
 
             lines.append(f"{'':<10} quantized {describe(e)}")
         if e.verify:
             what = "fp32 graph verified before quantization" if e.quantization else "verified"
-            lines.append(f"{'':<10} {what}: max rel logit error {e.verify['max_rel_error']:.2e} "
-                         f"(tolerance {e.verify['tolerance']:g})")
+            lines.append(
+                f"{'':<10} {what}: max rel logit error {e.verify['max_rel_error']:.2e} "
+                f"(tolerance {e.verify['tolerance']:g})"
+            )
         else:
             lines.append(f"{'':<10} not verified")
     d2 = m.draft2
@@ -132,12 +217,15 @@ def summarize(bundle: Path) -> tuple[str, str | None]:
         n = d2.ngram
         line += f": {n.file}, order {n.order}, topk {n.topk}, {n.n_tokens:,} corpus tokens"
     lines.append(line)
-    lines.append("kv slots   reserved per backend: "
-                 + ", ".join(f"{k}={v}" for k, v in m.kv_reserved_slots.items()))
+    lines.append("kv slots   reserved per backend: " + ", ".join(f"{k}={v}" for k, v in m.kv_reserved_slots.items()))
     if m.reference:
         lines.append(f"reference  {m.reference.file}, tolerance {m.reference.tolerance}")
-    lines.append(f"engines    {len(m.engines)}" + "".join(
-        f"\n           {e.file}" + (f" ({e.other['device']})" if e.other.get("device") else "") for e in m.engines))
+    lines.append(
+        f"engines    {len(m.engines)}"
+        + "".join(
+            f"\n           {e.file}" + (f" ({e.other['device']})" if e.other.get("device") else "") for e in m.engines
+        )
+    )
     if m.tuning:
         lines.append("tuning     " + ", ".join(sorted(m.tuning)))
     problem = None

@@ -50,8 +50,12 @@ def _rope_dict(cfg: dict) -> dict:
     if "type" in params:
         params.setdefault("rope_type", params.pop("type"))
     params.setdefault("rope_type", "default")
-    theta = (params.get("rope_theta") or cfg.get("rope_theta")
-             or (given.get("rope_parameters") or {}).get("rope_theta") or 10000.0)
+    theta = (
+        params.get("rope_theta")
+        or cfg.get("rope_theta")
+        or (given.get("rope_parameters") or {}).get("rope_theta")
+        or 10000.0
+    )
     params["rope_theta"] = theta
     return params
 
@@ -61,8 +65,7 @@ def rope_of(cfg: dict, family: str) -> Rope:
     p = _rope_dict(cfg)
     kind = str(p["rope_type"])
     if kind not in ROPE_TYPES:
-        raise StagedxError(f"unsupported {family} rope_scaling type {kind!r} "
-                           f"(exported: {', '.join(ROPE_TYPES)}): {p}")
+        raise StagedxError(f"unsupported {family} rope_scaling type {kind!r} (exported: {', '.join(ROPE_TYPES)}): {p}")
     partial = p.get("partial_rotary_factor", cfg.get("partial_rotary_factor"))
     if partial not in (None, 1, 1.0):
         raise StagedxError(f"unsupported {family} partial_rotary_factor {partial} (only 1.0)")
@@ -76,11 +79,16 @@ def rope_of(cfg: dict, family: str) -> Rope:
         if kind == "linear":
             return Rope(theta=theta, kind=kind, factor=factor)
         return Rope(
-            theta=theta, kind=kind, factor=factor, low_freq_factor=float(p["low_freq_factor"]),
+            theta=theta,
+            kind=kind,
+            factor=factor,
+            low_freq_factor=float(p["low_freq_factor"]),
             high_freq_factor=float(p["high_freq_factor"]),
-            original_max_positions=int(p.get("original_max_position_embeddings")
-                                       or cfg.get("original_max_position_embeddings")
-                                       or cfg["max_position_embeddings"]),
+            original_max_positions=int(
+                p.get("original_max_position_embeddings")
+                or cfg.get("original_max_position_embeddings")
+                or cfg["max_position_embeddings"]
+            ),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise StagedxError(f"malformed {family} rope_scaling {p}: missing or bad {exc}") from exc
@@ -134,12 +142,14 @@ def decoder_dims(cfg: dict, family: str) -> DecoderDims:
     heads, hidden = _int(cfg, "num_attention_heads"), _int(cfg, "hidden_size")
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
     if heads % kv_heads:
-        raise StagedxError(f"{family} config has num_attention_heads={heads} not a multiple of "
-                           f"num_key_value_heads={kv_heads}")
+        raise StagedxError(
+            f"{family} config has num_attention_heads={heads} not a multiple of num_key_value_heads={kv_heads}"
+        )
     head_dim = cfg.get("head_dim")
     if head_dim is None and hidden % heads:
-        raise StagedxError(f"{family} config has hidden_size={hidden} not divisible by "
-                           f"num_attention_heads={heads} and no head_dim")
+        raise StagedxError(
+            f"{family} config has hidden_size={hidden} not divisible by num_attention_heads={heads} and no head_dim"
+        )
     window = None
     if family == "llama":
         qkv_bias = o_bias = bool(cfg.get("attention_bias", False))
@@ -153,11 +163,20 @@ def decoder_dims(cfg: dict, family: str) -> DecoderDims:
             if window < 1:
                 raise StagedxError(f"{family} config has sliding_window={window} (must be >= 1)")
     return DecoderDims(
-        family=family, n_layers=_int(cfg, "num_hidden_layers"), n_heads=heads,
-        n_kv_heads=kv_heads, head_dim=int(head_dim) if head_dim is not None else hidden // heads,
-        hidden=hidden, intermediate=_int(cfg, "intermediate_size"),
-        vocab_size=_int(cfg, "vocab_size"), max_positions=_int(cfg, "max_position_embeddings"),
-        eps=float(cfg.get("rms_norm_eps", 1e-6)), rope=rope_of(cfg, family),
-        qkv_bias=qkv_bias, o_bias=o_bias, mlp_bias=bool(cfg.get("mlp_bias", False)),
-        tied=bool(cfg.get("tie_word_embeddings", False)), window=window,
+        family=family,
+        n_layers=_int(cfg, "num_hidden_layers"),
+        n_heads=heads,
+        n_kv_heads=kv_heads,
+        head_dim=int(head_dim) if head_dim is not None else hidden // heads,
+        hidden=hidden,
+        intermediate=_int(cfg, "intermediate_size"),
+        vocab_size=_int(cfg, "vocab_size"),
+        max_positions=_int(cfg, "max_position_embeddings"),
+        eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        rope=rope_of(cfg, family),
+        qkv_bias=qkv_bias,
+        o_bias=o_bias,
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        tied=bool(cfg.get("tie_word_embeddings", False)),
+        window=window,
     )

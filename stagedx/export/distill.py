@@ -21,9 +21,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..errors import StagedxError
 from ..files import AtomicFolder, _umask, utc_now
@@ -32,8 +32,19 @@ from .distill_data import BatchSampler, CorpusSpec, eval_contexts, load_tokens
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 WARMUP_STEPS = 20
 STATE_FILE = "state.pt"
-RESUME_KEYS = ("oracle", "init", "shape", "corpus", "seq_len", "batch", "lr", "temperature",
-               "top_k", "seed", "max_corpus_tokens")  # options a resumed run must share
+RESUME_KEYS = (
+    "oracle",
+    "init",
+    "shape",
+    "corpus",
+    "seq_len",
+    "batch",
+    "lr",
+    "temperature",
+    "top_k",
+    "seed",
+    "max_corpus_tokens",
+)  # options a resumed run must share
 
 
 @dataclass(frozen=True)
@@ -67,11 +78,19 @@ class DistillConfig:
         return self.output.with_name(self.output.name + ".resume")
 
     def fingerprint(self) -> dict:
-        return {"oracle": self.oracle, "init": self.init, "shape": list(self.shape or ()),
-                "corpus": [list(self.corpus.paths), str(self.corpus.exclude_from)],
-                "seq_len": self.seq_len, "batch": self.batch, "lr": self.lr,
-                "temperature": self.temperature, "top_k": self.top_k, "seed": self.seed,
-                "max_corpus_tokens": self.corpus.max_tokens}
+        return {
+            "oracle": self.oracle,
+            "init": self.init,
+            "shape": list(self.shape or ()),
+            "corpus": [list(self.corpus.paths), str(self.corpus.exclude_from)],
+            "seq_len": self.seq_len,
+            "batch": self.batch,
+            "lr": self.lr,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "seed": self.seed,
+            "max_corpus_tokens": self.corpus.max_tokens,
+        }
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -91,8 +110,12 @@ def _check(cfg: DistillConfig) -> None:
         raise StagedxError("give exactly one of --minutes M and --steps N")
     if (cfg.minutes is not None and cfg.minutes <= 0) or (cfg.steps is not None and cfg.steps < 1):
         raise StagedxError("--minutes and --steps must be positive")
-    for name, value in (("--seq-len", cfg.seq_len), ("--batch", cfg.batch),
-                        ("--eval-contexts", cfg.eval_contexts), ("--eval-len", cfg.eval_len)):
+    for name, value in (
+        ("--seq-len", cfg.seq_len),
+        ("--batch", cfg.batch),
+        ("--eval-contexts", cfg.eval_contexts),
+        ("--eval-len", cfg.eval_len),
+    ):
         if value < 1:
             raise StagedxError(f"{name} must be at least 1, got {value}")
     if cfg.lr <= 0 or cfg.temperature <= 0 or cfg.top_k < 0:
@@ -180,10 +203,18 @@ class _Bar:
             try:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=self.total, initial=self.pos, file=sys.stderr, dynamic_ncols=True,
-                                desc="distill", unit="step", mininterval=0.5 if sys.stderr.isatty() else 30.0,
-                                bar_format=None if self.by_steps else
-                                "{l_bar}{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]")
+                self.bar = tqdm(
+                    total=self.total,
+                    initial=self.pos,
+                    file=sys.stderr,
+                    dynamic_ncols=True,
+                    desc="distill",
+                    unit="step",
+                    mininterval=0.5 if sys.stderr.isatty() else 30.0,
+                    bar_format=None
+                    if self.by_steps
+                    else "{l_bar}{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]",
+                )
             except ImportError:
                 pass
 
@@ -226,18 +257,19 @@ def _load_state(cfg: DistillConfig) -> dict | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - pickle/zip errors come in many types
+    except Exception as exc:  # pickle/zip errors come in many types
         raise StagedxError(f"unreadable resume state {path}: {exc} (delete it to start over)") from exc
     if state.get("fingerprint") != cfg.fingerprint():
         old, new = state.get("fingerprint", {}), cfg.fingerprint()
         diff = [k for k in RESUME_KEYS if old.get(k) != new.get(k)]
-        raise StagedxError(f"{cfg.resume_dir} holds a run with other options ({', '.join(diff)}); "
-                           "rerun with the same options to resume, or delete it to start over")
+        raise StagedxError(
+            f"{cfg.resume_dir} holds a run with other options ({', '.join(diff)}); "
+            "rerun with the same options to resume, or delete it to start over"
+        )
     return state
 
 
-def _train(cfg: DistillConfig, models, sampler: BatchSampler, state: dict | None, meta: dict,
-           hooks) -> dict:
+def _train(cfg: DistillConfig, models, sampler: BatchSampler, state: dict | None, meta: dict, hooks) -> dict:
     """The training loop; returns the run's record (steps, seconds, last KL). ``models``:
     (oracle, draft); ``meta``: saved with every resume state; ``hooks``: (log, on_step)."""
     import torch
@@ -282,19 +314,34 @@ def _train(cfg: DistillConfig, models, sampler: BatchSampler, state: dict | None
         kl_avg = kl if math.isnan(kl_avg) else 0.95 * kl_avg + 0.05 * kl
         rate = (step - step0) / max(time.perf_counter() - t_session, 1e-9)
         bar.update(step, elapsed, rate, kl_avg)
-        due = (cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0) or \
-            time.perf_counter() - t_saved >= cfg.checkpoint_minutes * 60
+        due = (
+            cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0
+        ) or time.perf_counter() - t_saved >= cfg.checkpoint_minutes * 60
         if due and not done():
-            _save_state(cfg, {"fingerprint": cfg.fingerprint(), "model": draft.state_dict(),
-                              "optimizer": opt.state_dict(), "sampler": sampler.state(), "step": step,
-                              "elapsed": elapsed, "kl_avg": kl_avg, **meta})
+            _save_state(
+                cfg,
+                {
+                    "fingerprint": cfg.fingerprint(),
+                    "model": draft.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "sampler": sampler.state(),
+                    "step": step,
+                    "elapsed": elapsed,
+                    "kl_avg": kl_avg,
+                    **meta,
+                },
+            )
             t_saved = time.perf_counter()
         if on_step is not None:
             on_step(step, kl)
     bar.close()
-    return {"steps": step, "seconds": round(elapsed, 1), "final_kl_avg": kl_avg,
-            "precision": "bf16 autocast" if bf16 else "fp32",
-            "tokens": step * cfg.batch * cfg.seq_len}
+    return {
+        "steps": step,
+        "seconds": round(elapsed, 1),
+        "final_kl_avg": kl_avg,
+        "precision": "bf16 autocast" if bf16 else "fp32",
+        "tokens": step * cfg.batch * cfg.seq_len,
+    }
 
 
 def _write_output(cfg: DistillConfig, oracle_ckpt, draft, record: dict) -> None:
@@ -312,8 +359,9 @@ def _write_output(cfg: DistillConfig, oracle_ckpt, draft, record: dict) -> None:
             f.chmod(mode)
 
 
-def distill(cfg: DistillConfig, log: Callable[[str], None] | None = None,
-            on_step: Callable[[int, float], None] | None = None) -> dict:
+def distill(
+    cfg: DistillConfig, log: Callable[[str], None] | None = None, on_step: Callable[[int, float], None] | None = None
+) -> dict:
     """Run the distillation; writes ``cfg.output`` and returns its record (also distill.json)."""
     import torch
 
@@ -327,8 +375,10 @@ def distill(cfg: DistillConfig, log: Callable[[str], None] | None = None,
     eos = oracle_ckpt.special_token("eos_token_id") or 0
     data = load_tokens(cfg.corpus, oracle_ckpt.tokenizer_file, eos, cfg.seq_len + 1)
     contexts = eval_contexts(data.heldout, cfg.eval_contexts, cfg.eval_len)
-    log(f"corpus: {len(data.train):,} training tokens from {data.train_files} files; held-out "
-        f"{len(data.heldout):,} tokens ({data.heldout_source})")
+    log(
+        f"corpus: {len(data.train):,} training tokens from {data.train_files} files; held-out "
+        f"{len(data.heldout):,} tokens ({data.heldout_source})"
+    )
     device = _device(cfg.device)
     oracle.to(device).requires_grad_(False)
     draft.to(device)
@@ -344,17 +394,30 @@ def distill(cfg: DistillConfig, log: Callable[[str], None] | None = None,
     after = evaluate(oracle, draft.eval(), contexts, cfg.seed).as_dict()
     log("after:  " + _metrics_line(after))
     record = {
-        "created_utc": utc_now(), "command": cfg.command, "oracle": str(oracle_ckpt.path),
-        "init": cfg.init, "shape": list(cfg.shape) if cfg.shape else None,
+        "created_utc": utc_now(),
+        "command": cfg.command,
+        "oracle": str(oracle_ckpt.path),
+        "init": cfg.init,
+        "shape": list(cfg.shape) if cfg.shape else None,
         "n_params": sum(p.numel() for p in draft.parameters()),
-        "options": {k: v for k, v in dataclasses.asdict(cfg).items()
-                    if k not in ("oracle", "output", "corpus", "init", "shape", "command", "force", "progress")},
-        "corpus": {"paths": list(cfg.corpus.paths), "exclude_from": str(cfg.corpus.exclude_from),
-                   "train_tokens": len(data.train), "train_files": data.train_files,
-                   "heldout_tokens": len(data.heldout), "heldout": data.heldout_source},
-        "device": str(device), "threads": torch.get_num_threads(),
+        "options": {
+            k: v
+            for k, v in dataclasses.asdict(cfg).items()
+            if k not in ("oracle", "output", "corpus", "init", "shape", "command", "force", "progress")
+        },
+        "corpus": {
+            "paths": list(cfg.corpus.paths),
+            "exclude_from": str(cfg.corpus.exclude_from),
+            "train_tokens": len(data.train),
+            "train_files": data.train_files,
+            "heldout_tokens": len(data.heldout),
+            "heldout": data.heldout_source,
+        },
+        "device": str(device),
+        "threads": torch.get_num_threads(),
         "run": {**run, "this_session_seconds": round(time.perf_counter() - t0, 1)},
-        "before": before, "after": after,
+        "before": before,
+        "after": after,
     }
     _write_output(cfg, oracle_ckpt, draft.to("cpu"), record)
     shutil.rmtree(cfg.resume_dir, ignore_errors=True)
@@ -363,6 +426,8 @@ def distill(cfg: DistillConfig, log: Callable[[str], None] | None = None,
 
 
 def _metrics_line(m: dict) -> str:
-    return (f"KL {m['kl']:.4f} nats/token, top-1 agreement {m['top1']:.3f}, tokens per oracle "
-            f"call (4-chain) greedy {m['greedy_tokens']:.3f}, top-k 50 {m['topk_tokens']:.3f} "
-            f"± {m['topk_stderr']:.3f}")
+    return (
+        f"KL {m['kl']:.4f} nats/token, top-1 agreement {m['top1']:.3f}, tokens per oracle "
+        f"call (4-chain) greedy {m['greedy_tokens']:.3f}, top-k 50 {m['topk_tokens']:.3f} "
+        f"± {m['topk_stderr']:.3f}"
+    )

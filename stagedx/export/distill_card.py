@@ -24,8 +24,11 @@ def _table(before: dict, after: dict) -> list[str]:
 def model_card(record: dict) -> str:
     """Markdown describing how the draft was made and how well it matches its oracle."""
     opts, run, corpus, after = record["options"], record["run"], record["corpus"], record["after"]
-    start = f"initialised from `{record['init']}`" if record["init"] else \
-        f"fresh random weights, shape {'x'.join(map(str, record['shape']))} (layers x width x heads)"
+    start = (
+        f"initialised from `{record['init']}`"
+        if record["init"]
+        else f"fresh random weights, shape {'x'.join(map(str, record['shape']))} (layers x width x heads)"
+    )
     budget = f"{opts['minutes']} minutes" if opts.get("minutes") else f"{opts['steps']} steps"
     warp = f"T={opts['temperature']:g}" + (f", top-k {opts['top_k']}" if opts["top_k"] else ", full vocabulary")
     lines = [

@@ -8,9 +8,9 @@ split) when any of them are in the corpus, otherwise from a seeded 2% of the cor
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -62,7 +62,7 @@ def _load_tokenizer(tokenizer_file: Path):
 
     try:
         return Tokenizer.from_file(str(tokenizer_file))
-    except Exception as exc:  # noqa: BLE001 - tokenizers raises its own exception types
+    except Exception as exc:  # tokenizers raises its own exception types
         raise StagedxError(f"cannot load tokenizer {tokenizer_file}: {exc}") from exc
 
 
@@ -106,8 +106,9 @@ def load_tokens(spec: CorpusSpec, tokenizer_file: Path, eos_id: int, min_tokens:
             f"corpus has no usable text: {len(train)} training tokens in {len(train_files)} "
             f"files of {where} (need at least {min_tokens}: one sequence of --seq-len + 1)"
         )
-    return TokenData(train=train, heldout=heldout, train_files=len(train_files),
-                     heldout_files=len(held_files), heldout_source=source)
+    return TokenData(
+        train=train, heldout=heldout, train_files=len(train_files), heldout_files=len(held_files), heldout_source=source
+    )
 
 
 class BatchSampler:

@@ -125,16 +125,24 @@ def evaluate(oracle, draft, contexts: np.ndarray, seed: int = 0) -> Metrics:
         o = oracle(input_ids=x, use_cache=True)
         d = draft(input_ids=x, use_cache=True)
         kl, agree = _kl_top1(o.logits, d.logits)
-        greedy = _chain(oracle, draft, (o.logits[:, -1], d.logits[:, -1], o.past_key_values,
-                                        d.past_key_values), "greedy", gen)
+        greedy = _chain(
+            oracle, draft, (o.logits[:, -1], d.logits[:, -1], o.past_key_values, d.past_key_values), "greedy", gen
+        )
         del o, d
         o = oracle(input_ids=x, use_cache=True, logits_to_keep=1)
         d = draft(input_ids=x, use_cache=True, logits_to_keep=1)
-        sampled = _chain(oracle, draft, (o.logits[:, -1], d.logits[:, -1], o.past_key_values,
-                                         d.past_key_values), "topk", gen)
+        sampled = _chain(
+            oracle, draft, (o.logits[:, -1], d.logits[:, -1], o.past_key_values, d.past_key_values), "topk", gen
+        )
     n_pos = x.numel()
     n = x.shape[0]
     stderr = sampled.std().item() / math.sqrt(n) if n > 1 else float("nan")
-    return Metrics(kl=kl / n_pos, top1=agree / n_pos, greedy_tokens=greedy.mean().item(),
-                   topk_tokens=sampled.mean().item(), topk_stderr=stderr, n_tokens=n_pos,
-                   n_contexts=n)
+    return Metrics(
+        kl=kl / n_pos,
+        top1=agree / n_pos,
+        greedy_tokens=greedy.mean().item(),
+        topk_tokens=sampled.mean().item(),
+        topk_stderr=stderr,
+        n_tokens=n_pos,
+        n_contexts=n,
+    )

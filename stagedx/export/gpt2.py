@@ -38,7 +38,7 @@ class GPT2Dims:
         return self.hidden // self.n_heads
 
     @staticmethod
-    def from_config(cfg: dict) -> "GPT2Dims":
+    def from_config(cfg: dict) -> GPT2Dims:
         """From a config.json dict (transformers' GPT2Config defaults for absent keys)."""
         return GPT2Dims(
             n_layers=int(cfg["n_layer"]),
@@ -141,12 +141,18 @@ class GPT2Graph(nn.Module):
 
 
 _BLOCK_WEIGHTS = (
-    ("ln_1", "weight", "ln_1.weight"), ("ln_1", "bias", "ln_1.bias"),
-    ("ln_2", "weight", "ln_2.weight"), ("ln_2", "bias", "ln_2.bias"),
-    (None, "w_qkv", "attn.c_attn.weight"), (None, "b_qkv", "attn.c_attn.bias"),
-    (None, "w_o", "attn.c_proj.weight"), (None, "b_o", "attn.c_proj.bias"),
-    (None, "w_fc", "mlp.c_fc.weight"), (None, "b_fc", "mlp.c_fc.bias"),
-    (None, "w_proj", "mlp.c_proj.weight"), (None, "b_proj", "mlp.c_proj.bias"),
+    ("ln_1", "weight", "ln_1.weight"),
+    ("ln_1", "bias", "ln_1.bias"),
+    ("ln_2", "weight", "ln_2.weight"),
+    ("ln_2", "bias", "ln_2.bias"),
+    (None, "w_qkv", "attn.c_attn.weight"),
+    (None, "b_qkv", "attn.c_attn.bias"),
+    (None, "w_o", "attn.c_proj.weight"),
+    (None, "b_o", "attn.c_proj.bias"),
+    (None, "w_fc", "mlp.c_fc.weight"),
+    (None, "b_fc", "mlp.c_fc.bias"),
+    (None, "w_proj", "mlp.c_proj.weight"),
+    (None, "b_proj", "mlp.c_proj.bias"),
 )
 
 

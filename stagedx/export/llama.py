@@ -69,7 +69,7 @@ class Block(nn.Module):
         self.b_gate_up = _optional(2 * f, dims.mlp_bias)  # [2F]
         self.w_down = nn.Parameter(torch.empty(f, e))  # [F, E]
         self.b_down = _optional(e, dims.mlp_bias)  # [E]
-        self.scale = d ** -0.5
+        self.scale = d**-0.5
 
     def _repeat_kv(self, x):
         # x [S, H_kv, D] -> [S, H, D]: kv head j serves query heads j*n_rep .. (j+1)*n_rep - 1
@@ -118,7 +118,7 @@ class Block(nn.Module):
 def inverse_frequencies(rope: Rope, head_dim: int) -> torch.Tensor:
     """[D/2] fp32 RoPE inverse frequencies, with linear or llama3 scaling (as transformers)."""
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
-    inv_freq = 1.0 / rope.theta ** exponents  # [D/2]
+    inv_freq = 1.0 / rope.theta**exponents  # [D/2]
     if rope.kind == "linear":
         return inv_freq / rope.factor  # [D/2]
     if rope.kind == "llama3":
@@ -128,7 +128,8 @@ def inverse_frequencies(rope: Rope, head_dim: int) -> torch.Tensor:
         wavelen = 2 * math.pi / inv_freq  # [D/2]
         scaled = torch.where(wavelen > low_wavelen, inv_freq / rope.factor, inv_freq)  # [D/2]
         smooth = (rope.original_max_positions / wavelen - rope.low_freq_factor) / (
-            rope.high_freq_factor - rope.low_freq_factor)  # [D/2]
+            rope.high_freq_factor - rope.low_freq_factor
+        )  # [D/2]
         ramp = (1 - smooth) * scaled / rope.factor + smooth * scaled  # [D/2]
         medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)  # [D/2]
         return torch.where(medium, ramp, scaled)  # [D/2]
@@ -211,25 +212,23 @@ def check_frequencies(graph: LlamaGraph, cfg: dict) -> None:
     import transformers
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    config = transformers.AutoConfig.for_model(
-        cfg["model_type"], **{k: v for k, v in cfg.items() if k != "model_type"})
+    config = transformers.AutoConfig.for_model(cfg["model_type"], **{k: v for k, v in cfg.items() if k != "model_type"})
     params = getattr(config, "rope_parameters", None) or {}
     kind = params.get("rope_type", "default")
     if kind != graph.dims.rope.kind:
-        raise StagedxError(f"{graph.dims.family} RoPE type read as {graph.dims.rope.kind!r} but "
-                           f"transformers reads {kind!r}")
+        raise StagedxError(
+            f"{graph.dims.family} RoPE type read as {graph.dims.rope.kind!r} but transformers reads {kind!r}"
+        )
     if kind == "default":
         return
     theirs, factor = ROPE_INIT_FUNCTIONS[kind](config, "cpu")
     if factor != 1.0:
         raise StagedxError(f"unsupported RoPE attention factor {factor} for type {kind!r}")
     if not torch.allclose(theirs.float(), graph.inv_freq, rtol=1e-6, atol=0):
-        raise StagedxError(f"{graph.dims.family} rotary frequencies differ from transformers' "
-                           f"(RoPE type {kind!r})")
+        raise StagedxError(f"{graph.dims.family} rotary frequencies differ from transformers' (RoPE type {kind!r})")
 
 
-def build_decoder_graph(graph_cls, dims: DecoderDims, weights, topk: int, dtype,
-                        fused: bool = False) -> LlamaGraph:
+def build_decoder_graph(graph_cls, dims: DecoderDims, weights, topk: int, dtype, fused: bool = False) -> LlamaGraph:
     """A ``graph_cls`` (LlamaGraph or a subclass) in ``dtype`` holding ``weights`` (name ->
     tensor, names without ``model.``), read one tensor at a time; ``fused`` as for Phi-3."""
     from .weights import put

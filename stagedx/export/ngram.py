@@ -38,9 +38,9 @@ import os
 import sys
 import sysconfig
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -202,7 +202,7 @@ class _Discount:
     absolute: float
 
     @staticmethod
-    def fit(counts: np.ndarray) -> "_Discount":
+    def fit(counts: np.ndarray) -> _Discount:
         n = np.bincount(counts[counts <= GT_MAX + 1], minlength=GT_MAX + 2).astype(np.float64)
         if np.all(n[1:] > 0):
             r = np.arange(1, GT_MAX + 1, dtype=np.float64)
@@ -431,15 +431,22 @@ def _rank_levels(p_uni: np.ndarray, bigram: _Bigram, tri: _Level, k: int, steps)
     trigrams), then trigram. Returns ``{"uni": ids, "bi": (ids, p), "tri": (ids, p)}``."""
     vocab, bi = len(p_uni), bigram.level
     uni_rank = _unigram_rank(p_uni, vocab)  # [V]
-    uni_lower = _Lower(uni_rank[None, :], p_uni[uni_rank][None, :], np.zeros(len(bi.keys), np.int64),
-                       lambda rows: np.tile(p_uni, (len(rows), 1)))
+    uni_lower = _Lower(
+        uni_rank[None, :],
+        p_uni[uni_rank][None, :],
+        np.zeros(len(bi.keys), np.int64),
+        lambda rows: np.tile(p_uni, (len(rows), 1)),
+    )
     deep = min(vocab, k + RANK_SLACK)
     bi_rank_ids, bi_rank_p = _top_lists(bi, uni_lower, deep, vocab)  # [C2, deep]
     steps.update(1, "bigram top-k")
     uni_deep = uni_rank[:deep]
-    tri_lower = _Lower(np.vstack([bi_rank_ids, uni_deep[None, :]]),
-                       np.vstack([bi_rank_p, p_uni[uni_deep][None, :]]),
-                       bigram.row[tri.keys % vocab], bigram.dense)
+    tri_lower = _Lower(
+        np.vstack([bi_rank_ids, uni_deep[None, :]]),
+        np.vstack([bi_rank_p, p_uni[uni_deep][None, :]]),
+        bigram.row[tri.keys % vocab],
+        bigram.dense,
+    )
     tri_top = _top_lists(tri, tri_lower, k, vocab)  # [C3, k] each
     steps.update(1, "trigram top-k")
     return {"uni": uni_rank, "bi": (bi_rank_ids[:, :k], bi_rank_p[:, :k]), "tri": tri_top}
@@ -449,16 +456,25 @@ def _arrays(p_uni: np.ndarray, levels: dict, ranked: dict, header: dict) -> dict
     """The .npz arrays (module docstring): ``header`` scalars, unigram, then bi / tri levels."""
     k, uni_rank = int(header["topk"]), ranked["uni"]
     arrays = {
-        "format_version": np.int64(NGRAM_FORMAT_VERSION), **{n: np.int64(v) for n, v in header.items()},
+        "format_version": np.int64(NGRAM_FORMAT_VERSION),
+        **{n: np.int64(v) for n, v in header.items()},
         "uni_p": p_uni,
-        "uni_top_ids": uni_rank[:k].astype(np.int32), "uni_top_p": p_uni[uni_rank[:k]].astype(np.float32),
+        "uni_top_ids": uni_rank[:k].astype(np.int32),
+        "uni_top_p": p_uni[uni_rank[:k]].astype(np.float32),
     }
     for name, level in levels.items():
         top_ids, top_p = ranked[name]
-        arrays.update({f"{name}_keys": level.keys.astype(np.int64), f"{name}_ptr": level.ptr,
-                       f"{name}_ids": level.ids, f"{name}_p": level.p, f"{name}_alpha": level.alpha,
-                       f"{name}_top_ids": np.ascontiguousarray(top_ids, dtype=np.int32),
-                       f"{name}_top_p": np.ascontiguousarray(top_p, dtype=np.float32)})
+        arrays.update(
+            {
+                f"{name}_keys": level.keys.astype(np.int64),
+                f"{name}_ptr": level.ptr,
+                f"{name}_ids": level.ids,
+                f"{name}_p": level.p,
+                f"{name}_alpha": level.alpha,
+                f"{name}_top_ids": np.ascontiguousarray(top_ids, dtype=np.int32),
+                f"{name}_top_p": np.ascontiguousarray(top_p, dtype=np.float32),
+            }
+        )
     if len(p_uni) <= 1 << 16:  # token ids fit in uint16: halves the largest arrays
         for key in ("bi_ids", "bi_top_ids", "tri_ids", "tri_top_ids", "uni_top_ids"):
             arrays[key] = arrays[key].astype(np.uint16)
@@ -498,5 +514,11 @@ def fit_ngram(
     steps.update(1, f"wrote {out_file.name}")
     steps.close()
     common = os.path.commonpath([str(p) for p in corpus]) if corpus else ""
-    return NgramEntry(file=out_file.name, sha256=sha256_file(out_file), order=3, topk=k,
-                      n_tokens=n_tokens, corpus=(f"{common} ({len(corpus)} files)",))
+    return NgramEntry(
+        file=out_file.name,
+        sha256=sha256_file(out_file),
+        order=3,
+        topk=k,
+        n_tokens=n_tokens,
+        corpus=(f"{common} ({len(corpus)} files)",),
+    )

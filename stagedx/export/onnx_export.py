@@ -48,8 +48,10 @@ def _dummy_inputs(dims: ArchDims, dtype):
 
     t, p = EXPORT_T, EXPORT_P
     mask = torch.ones(t, p + t, dtype=torch.bool)  # [T, P+T]
-    past = [torch.zeros(p, dims.n_kv_heads, dims.head_dim, dtype=dtype)  # [P, H, D]
-            for _ in range(2 * dims.n_layers)]
+    past = [
+        torch.zeros(p, dims.n_kv_heads, dims.head_dim, dtype=dtype)  # [P, H, D]
+        for _ in range(2 * dims.n_layers)
+    ]
     return (torch.zeros(t, dtype=torch.long), torch.arange(p, p + t), mask, *past)
 
 
@@ -71,8 +73,7 @@ def _initializer(name: str, tensor, data_file, offset: int):
     from onnx import TensorProto, helper
 
     array = tensor.contiguous().numpy()
-    proto = TensorProto(name=name, dims=list(array.shape),
-                        data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+    proto = TensorProto(name=name, dims=list(array.shape), data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
     if data_file is None:
         proto.raw_data = array.tobytes()
         return proto, 0
@@ -80,8 +81,11 @@ def _initializer(name: str, tensor, data_file, offset: int):
     data_file.write(b"\0" * pad)
     data_file.write(memoryview(array.reshape(-1)).cast("B"))
     proto.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", data_file.name_in_graph), ("offset", str(offset + pad)),
-                       ("length", str(array.nbytes))):
+    for key, value in (
+        ("location", data_file.name_in_graph),
+        ("offset", str(offset + pad)),
+        ("length", str(array.nbytes)),
+    ):
         entry = proto.external_data.add()
         entry.key, entry.value = key, value
     return proto, pad + array.nbytes
@@ -134,17 +138,25 @@ def export_graph(module, dims: ArchDims, out_file: Path, work_dir: Path) -> Expo
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module, _dummy_inputs(dims, dtype), str(raw),
-            input_names=inputs, output_names=outputs,
-            dynamic_axes=_dynamic_axes(inputs, outputs), export_params=False,
-            opset_version=OPSET, do_constant_folding=True, dynamo=False,
+            module,
+            _dummy_inputs(dims, dtype),
+            str(raw),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=_dynamic_axes(inputs, outputs),
+            export_params=False,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
         )
     model = onnx.load(str(raw))  # the graph alone: its weights are still inputs
     shutil.rmtree(raw_dir, ignore_errors=True)
     missing = set(params) - {i.name for i in model.graph.input}
     if missing:  # a parameter the trace did not use, or renamed: never ship a graph without it
-        raise StagedxError(f"{out_file.stem}: the ONNX trace merged or dropped parameters {sorted(missing)[:3]} "
-                           "(equal tensors are deduplicated by the exporter); nothing written")
+        raise StagedxError(
+            f"{out_file.stem}: the ONNX trace merged or dropped parameters {sorted(missing)[:3]} "
+            "(equal tensors are deduplicated by the exporter); nothing written"
+        )
     external = out_file.with_name(out_file.name + ".data") if weight_bytes >= EXTERNAL_FROM else None
     _attach_weights(model, params, external)
     if external is None:

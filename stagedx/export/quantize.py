@@ -57,8 +57,9 @@ class QuantizeOptions:
     def check(self) -> None:
         for role, kind in self.kinds:
             if role not in ROLES or kind not in KINDS:
-                raise StagedxError(f"bad quantization {role}={kind} (roles {', '.join(ROLES)}; "
-                                   f"kinds {', '.join(KINDS)})")
+                raise StagedxError(
+                    f"bad quantization {role}={kind} (roles {', '.join(ROLES)}; kinds {', '.join(KINDS)})"
+                )
         b = self.block_size
         if b < 16 or b & (b - 1):
             raise StagedxError(f"--quant-block-size must be a power of two >= 16, got {b}")
@@ -166,8 +167,14 @@ def quantize_graph(src: Path, dst: Path, bits: int, opts: QuantizeOptions) -> tu
     model = onnx.load(str(src))
     _untie_head(model)
     ops = quantized_ops(bits)
-    q = _quantizer_class()(model, bits=bits, block_size=opts.block_size, is_symmetric=opts.symmetric,
-                             accuracy_level=opts.accuracy_level, op_types_to_quantize=ops)
+    q = _quantizer_class()(
+        model,
+        bits=bits,
+        block_size=opts.block_size,
+        is_symmetric=opts.symmetric,
+        accuracy_level=opts.accuracy_level,
+        op_types_to_quantize=ops,
+    )
     q.process()
     model = q.model.model
     del q
@@ -175,8 +182,14 @@ def quantize_graph(src: Path, dst: Path, bits: int, opts: QuantizeOptions) -> tu
     dst.parent.mkdir(parents=True, exist_ok=True)
     if weight_bytes >= EXTERNAL_FROM:  # the same rule as unquantized graphs
         external = dst.with_name(dst.name + ".data")
-        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=external.name, size_threshold=1024)
+        onnx.save_model(
+            model,
+            str(dst),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=external.name,
+            size_threshold=1024,
+        )
         return weight_bytes, external
     onnx.save_model(model, str(dst))
     return weight_bytes, None
@@ -192,8 +205,9 @@ def _quantizer_class():
     try:
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     except ImportError as exc:
-        raise StagedxError(f"--quantize needs onnxruntime's quantization tools: {exc} "
-                           "(pip install 'stagedx[export,cpu]')") from exc
+        raise StagedxError(
+            f"--quantize needs onnxruntime's quantization tools: {exc} (pip install 'stagedx[export,cpu]')"
+        ) from exc
     finally:
         for h in root.handlers[:]:
             if h not in handlers:
@@ -222,9 +236,12 @@ def _chunk_feeds(ids: np.ndarray, dims: ArchDims) -> dict:
     t = len(ids)
     empty = np.zeros((0, dims.n_kv_heads, dims.head_dim), np.float32)  # [0, H, D]
     io = GraphIO.from_io(DEFAULT_IO, dims.n_layers)  # export names every graph with DEFAULT_IO
-    feeds = {io.input_ids: ids.astype(np.int64), io.position_ids: np.arange(t, dtype=np.int64),  # [T]
-             io.tree_mask: np.tril(np.ones((t, t), dtype=bool))}  # [T, T] causal
-    feeds.update({name: empty for name in io.past})
+    feeds = {
+        io.input_ids: ids.astype(np.int64),
+        io.position_ids: np.arange(t, dtype=np.int64),  # [T]
+        io.tree_mask: np.tril(np.ones((t, t), dtype=bool)),
+    }  # [T, T] causal
+    feeds.update(dict.fromkeys(io.past, empty))
     return feeds
 
 
@@ -244,7 +261,7 @@ def heldout_chunks(sources: tuple[str, ...], tokenizer_file: Path, n_tokens: int
             continue
         ids = np.asarray(tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
         for start in range(0, len(ids) - chunk + 1, chunk):
-            chunks.append(ids[start:start + chunk])
+            chunks.append(ids[start : start + chunk])
             if len(chunks) * chunk >= n_tokens:
                 return chunks
     if not chunks:
@@ -296,18 +313,24 @@ def measure(fp32_file: Path, q_file: Path, dims: ArchDims, chunks: list[np.ndarr
     return Agreement(same / total, num / den, total)
 
 
-def quant_entry(bits: int, opts: QuantizeOptions, fp32_weight_bytes: int, agr: Agreement,
-                heldout: str) -> QuantEntry:
+def quant_entry(bits: int, opts: QuantizeOptions, fp32_weight_bytes: int, agr: Agreement, heldout: str) -> QuantEntry:
     import onnxruntime as ort
 
     assert bits in QUANT_BITS
     return QuantEntry(
-        method=METHOD, bits=bits, block_size=opts.block_size, symmetric=opts.symmetric,
-        accuracy_level=opts.accuracy_level, ops=quantized_ops(bits),
+        method=METHOD,
+        bits=bits,
+        block_size=opts.block_size,
+        symmetric=opts.symmetric,
+        accuracy_level=opts.accuracy_level,
+        ops=quantized_ops(bits),
         tool=f"onnxruntime {ort.__version__} MatMulNBitsQuantizer",
-        fp32_weight_bytes=int(fp32_weight_bytes), agreement=agr.agreement,
-        max_rel_error=agr.max_rel_error, min_agreement=opts.min_agreement,
-        n_tokens=agr.n_tokens, heldout=heldout,
+        fp32_weight_bytes=int(fp32_weight_bytes),
+        agreement=agr.agreement,
+        max_rel_error=agr.max_rel_error,
+        min_agreement=opts.min_agreement,
+        n_tokens=agr.n_tokens,
+        heldout=heldout,
     )
 
 
@@ -336,10 +359,12 @@ def heldout_text(opts: QuantizeOptions, tokenizer_file: Path) -> HeldOut:
 def describe(entry) -> str:
     """One line on a quantized ModelEntry (export log, ``stagedx inspect``)."""
     q = entry.quantization
-    return (f"{q.kind} ({q.method}, block {q.block_size}, accuracy level {q.accuracy_level}): "
-            f"{entry.weight_bytes / 1e6:.1f} MB weights (fp32 {q.fp32_weight_bytes / 1e6:.1f} MB); "
-            f"greedy agreement with fp32 {q.agreement:.1%} on {q.n_tokens} held-out tokens "
-            f"(min {q.min_agreement:.1%}), max logit error {q.max_rel_error:.2e} relative to max|logit|")
+    return (
+        f"{q.kind} ({q.method}, block {q.block_size}, accuracy level {q.accuracy_level}): "
+        f"{entry.weight_bytes / 1e6:.1f} MB weights (fp32 {q.fp32_weight_bytes / 1e6:.1f} MB); "
+        f"greedy agreement with fp32 {q.agreement:.1%} on {q.n_tokens} held-out tokens "
+        f"(min {q.min_agreement:.1%}), max logit error {q.max_rel_error:.2e} relative to max|logit|"
+    )
 
 
 def quantize_model(entry, folder: Path, arrays: dict, opts: QuantizeOptions, heldout: HeldOut):
@@ -369,14 +394,19 @@ def quantize_model(entry, folder: Path, arrays: dict, opts: QuantizeOptions, hel
             raise StagedxError(
                 f"{entry.role} {kind} refused: greedy agreement with fp32 {agr.agreement:.1%} on "
                 f"{agr.n_tokens} held-out tokens is below --min-agreement {opts.min_agreement:.1%} "
-                f"(max logit error {err:.2e}); nothing written")
+                f"(max logit error {err:.2e}); nothing written"
+            )
         fp32_bytes = entry.weight_bytes
         replace_files(dst, data, src)
     finally:
         shutil.rmtree(qdir, ignore_errors=True)
     new = dataclasses.replace(
-        entry, sha256=sha256_file(src), weight_bytes=weight_bytes,
-        external_data=None if data is None else FileRef(src.name + ".data", sha256_file(src.with_name(src.name + ".data"))),
+        entry,
+        sha256=sha256_file(src),
+        weight_bytes=weight_bytes,
+        external_data=None
+        if data is None
+        else FileRef(src.name + ".data", sha256_file(src.with_name(src.name + ".data"))),
         quantization=quant_entry(bits, opts, fp32_bytes, agr, heldout.description),
     )
     return new, {**arrays, "logits": tree["logits"]}

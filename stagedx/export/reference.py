@@ -49,8 +49,10 @@ class _Streamer:
             key = self.tied_to
         tensor = self.weights[key]
         if tuple(tensor.shape) != tuple(like.shape):
-            raise StagedxError(f"corrupt weights in {self.weights.folder}: {key} has shape "
-                               f"{tuple(tensor.shape)}, the config needs {tuple(like.shape)}")
+            raise StagedxError(
+                f"corrupt weights in {self.weights.folder}: {key} has shape "
+                f"{tuple(tensor.shape)}, the config needs {tuple(like.shape)}"
+            )
         return tensor.float()
 
     def load(self, module, _args):
@@ -76,7 +78,7 @@ def streamed_model(path, hf_class: str):
     transformers.utils.logging.set_verbosity_error()
     try:
         config = transformers.AutoConfig.from_pretrained(path)
-    except Exception as exc:  # noqa: BLE001 - transformers raises many types
+    except Exception as exc:  # transformers raises many types
         raise StagedxError(f"cannot read config.json in {path}: {' '.join(str(exc).split())[:300]}") from exc
     config.dtype = torch.float32
     with _parameters_on_meta():

@@ -39,8 +39,9 @@ class TreeCase:
         return path[::-1]
 
     def position_ids(self) -> np.ndarray:
-        return np.array([self.n_past + len(self.ancestors(i)) - 1 for i in range(len(self.tokens))],
-                        dtype=np.int64)  # [T]
+        return np.array(
+            [self.n_past + len(self.ancestors(i)) - 1 for i in range(len(self.tokens))], dtype=np.int64
+        )  # [T]
 
     def tree_mask(self) -> np.ndarray:
         t, p = len(self.tokens), self.n_past
@@ -97,14 +98,15 @@ def reference_outputs(hf_model, case: TreeCase, n_layers: int) -> dict:
     for i in range(n_layers if case.n_past else 0):
         k, v = _cache_layer(cache, i)  # [T, H, L, D]
         out[f"past_key.{i}"] = np.ascontiguousarray(k[0, :, : case.n_past].transpose(0, 1).float().numpy())  # [P, H, D]
-        out[f"past_value.{i}"] = np.ascontiguousarray(v[0, :, : case.n_past].transpose(0, 1).float().numpy())  # [P, H, D]
+        out[f"past_value.{i}"] = np.ascontiguousarray(
+            v[0, :, : case.n_past].transpose(0, 1).float().numpy()
+        )  # [P, H, D]
     return out
 
 
 def reference_inputs(case: TreeCase, ref: dict, dims: ArchDims) -> dict:
     """Graph feeds in fp32 (as saved in reference.npz); an empty past when P = 0."""
-    feeds = {"input_ids": case.tokens, "position_ids": case.position_ids(),
-             "tree_mask": case.tree_mask()}
+    feeds = {"input_ids": case.tokens, "position_ids": case.position_ids(), "tree_mask": case.tree_mask()}
     for i in range(dims.n_layers):
         for kind in ("key", "value"):
             name = f"past_{kind}.{i}"
@@ -137,8 +139,10 @@ def check_outputs(outputs: dict, ref_logits: np.ndarray, topk: int) -> None:
     logits, values, indices = outputs["logits"], outputs["topk_values"], outputs["topk_indices"]
     t = ref_logits.shape[0]
     if logits.shape != ref_logits.shape or values.shape != (t, topk) or indices.shape != (t, topk):
-        raise StagedxError(f"exported graph returned wrong shapes: logits {logits.shape}, "
-                           f"topk {values.shape}/{indices.shape}, expected {ref_logits.shape}/K={topk}")
+        raise StagedxError(
+            f"exported graph returned wrong shapes: logits {logits.shape}, "
+            f"topk {values.shape}/{indices.shape}, expected {ref_logits.shape}/K={topk}"
+        )
     gathered = np.take_along_axis(logits, indices, axis=1)  # [T, K]
     if not np.array_equal(gathered, values):
         raise StagedxError("exported graph's topk_values disagree with its logits")
@@ -156,8 +160,13 @@ def verify_graph(ref: dict, entry: ModelEntry, onnx_file, case: TreeCase) -> tup
     check_outputs(outputs, ref["logits"], entry.topk)
     err = rel_error(outputs["logits"], ref["logits"])
     tol = TOLERANCE[entry.dtype]
-    record = {"max_rel_error": err, "tolerance": tol, "max_abs_logit": float(np.abs(ref["logits"]).max()),
-              "n_past": case.n_past, "n_nodes": int(len(case.tokens))}
+    record = {
+        "max_rel_error": err,
+        "tolerance": tol,
+        "max_abs_logit": float(np.abs(ref["logits"]).max()),
+        "n_past": case.n_past,
+        "n_nodes": int(len(case.tokens)),
+    }
     if not err <= tol:  # also catches NaN
         raise StagedxError(
             f"{entry.role} failed verification: max logit error {err:.3g} relative to max|logit| "
@@ -165,4 +174,3 @@ def verify_graph(ref: dict, entry: ModelEntry, onnx_file, case: TreeCase) -> tup
         )
     arrays = {**feeds, "logits": ref["logits"]}
     return record, arrays
-

@@ -19,14 +19,22 @@ from torch import nn
 from ..errors import StagedxError
 
 PREFIXES = ("model.", "transformer.")
-_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-           "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
+_DTYPES = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F64": torch.float64,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def short_name(name: str) -> str:
     for prefix in PREFIXES:
         if name.startswith(prefix):
-            return name[len(prefix):]
+            return name[len(prefix) :]
     return name
 
 
@@ -76,7 +84,7 @@ class Weights:
         for f in files:
             try:
                 sd = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - torch.load raises many types
+            except Exception as exc:  # torch.load raises many types
                 raise StagedxError(f"corrupt or unreadable weights in {f}: {exc}") from exc
             out.update({short_name(k): v for k, v in sd.items()})
         return out
@@ -111,6 +119,7 @@ def put(module: nn.Module, name: str, tensor: torch.Tensor, dtype: torch.dtype) 
     ``dtype``; checks the shape."""
     old = getattr(module, name)
     if tuple(old.shape) != tuple(tensor.shape):
-        raise StagedxError(f"mis-shaped weight for {name}: checkpoint {tuple(tensor.shape)}, "
-                           f"config says {tuple(old.shape)}")
+        raise StagedxError(
+            f"mis-shaped weight for {name}: checkpoint {tuple(tensor.shape)}, config says {tuple(old.shape)}"
+        )
     setattr(module, name, nn.Parameter(tensor.to(dtype).contiguous(), requires_grad=False))

@@ -81,18 +81,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import StagedxError
 from ..files import sha256_file, write_atomic
 from .check import check_manifest, check_object
 from .graph import DEFAULT_IO, TOLERANCE, GraphIO
-from .graph import DTYPES as DTYPES, KV_KEYS as KV_KEYS, NUMPY_DTYPE as NUMPY_DTYPE, ORT_TYPE as ORT_TYPE
+from .graph import DTYPES as DTYPES
+from .graph import KV_KEYS as KV_KEYS
+from .graph import NUMPY_DTYPE as NUMPY_DTYPE
+from .graph import ORT_TYPE as ORT_TYPE
 from .jsonobj import plain, split_known
-from .tuning import TUNED_MODES as TUNED_MODES, TuningKey as TuningKey, find_tuning as find_tuning
+from .tuning import TUNED_MODES as TUNED_MODES
 from .tuning import TuningEntry, parse_tuning_key
+from .tuning import TuningKey as TuningKey
+from .tuning import find_tuning as find_tuning
 from .tuning import tuning_key as tuning_key
 
 SCHEMA_VERSION = 1
@@ -145,13 +151,21 @@ class QuantEntry:
         return f"int{self.bits}"
 
     @staticmethod
-    def from_dict(d: dict) -> "QuantEntry":
+    def from_dict(d: dict) -> QuantEntry:
         q = QuantEntry(**{**d, "ops": tuple(d.get("ops", ()))})
         b = q.block_size
-        if (q.bits not in QUANT_BITS or not isinstance(b, int) or b < 16 or b & (b - 1)
-                or not 0.0 <= q.agreement <= 1.0 or not 0.0 <= q.min_agreement <= 1.0):
-            raise StagedxError(f"manifest.json has an invalid quantization record: bits {q.bits}, "
-                               f"block size {b}, agreement {q.agreement}")
+        if (
+            q.bits not in QUANT_BITS
+            or not isinstance(b, int)
+            or b < 16
+            or b & (b - 1)
+            or not 0.0 <= q.agreement <= 1.0
+            or not 0.0 <= q.min_agreement <= 1.0
+        ):
+            raise StagedxError(
+                f"manifest.json has an invalid quantization record: bits {q.bits}, "
+                f"block size {b}, agreement {q.agreement}"
+            )
         return q
 
 
@@ -177,7 +191,7 @@ class ModelEntry:
         return name.format(i=layer) if layer is not None else name
 
     @property
-    def graph_io(self) -> "GraphIO":
+    def graph_io(self) -> GraphIO:
         return GraphIO.from_io(self.io, self.arch.n_layers)
 
 
@@ -224,7 +238,7 @@ class ReferenceEntry:
         return TOLERANCE[precision]
 
     @staticmethod
-    def from_dict(d: dict) -> "ReferenceEntry":
+    def from_dict(d: dict) -> ReferenceEntry:
         check_object("reference", d, "an object or null")
         known, other = split_known(ReferenceEntry, d)
         return ReferenceEntry(**{"file": None, "sha256": None, **known}, other=other)
@@ -251,7 +265,7 @@ class EngineEntry:
     other: dict = field(default_factory=dict)
 
     @staticmethod
-    def from_dict(d: dict, where: str = "engines[]") -> "EngineEntry":
+    def from_dict(d: dict, where: str = "engines[]") -> EngineEntry:
         check_object(where, d)
         known, other = split_known(EngineEntry, d)
         if "profiles" in known:
@@ -324,14 +338,16 @@ class Manifest:
         return d
 
     @staticmethod
-    def from_dict(d: dict) -> "Manifest":
+    def from_dict(d: dict) -> Manifest:
         if not isinstance(d, dict):
             raise StagedxError(f"manifest.json must hold a JSON object, not a {type(d).__name__}")
         version = d.get("schema_version")
         if type(version) is not int:
             raise StagedxError("manifest.json has no integer schema_version: not a stagedx bundle")
         if version < 1:
-            raise StagedxError(f"bundle manifest has schema version {version}; this stagedx reads 1 to {SCHEMA_VERSION}")
+            raise StagedxError(
+                f"bundle manifest has schema version {version}; this stagedx reads 1 to {SCHEMA_VERSION}"
+            )
         if version > SCHEMA_VERSION:
             raise StagedxError(
                 f"bundle manifest has schema version {version}, newer than this stagedx "
@@ -437,5 +453,3 @@ def update_manifest(bundle: str | os.PathLike, **changes: Any) -> Manifest:
     new = dataclasses.replace(manifest, **changes)
     write_manifest(bundle, new)
     return new
-
-

@@ -89,11 +89,14 @@ def _check_model(role: str, e, dtypes) -> None:
     _int(f"{where}.topk", e.topk, 1, a.vocab_size)
     _int(f"{where}.weight_bytes", e.weight_bytes, 0)
 
-    if not isinstance(e.io, dict) or set(DEFAULT_IO) - set(e.io) or not all(isinstance(v, str) and v for v in e.io.values()):
+    if (
+        not isinstance(e.io, dict)
+        or set(DEFAULT_IO) - set(e.io)
+        or not all(isinstance(v, str) and v for v in e.io.values())
+    ):
         _fail(f"{where}.io", f"an object naming the graph's {', '.join(DEFAULT_IO)}", e.io)
     for key in KV_KEYS:
         if "{i}" not in e.io.get(key, "{i}"):
             _fail(f"{where}.io.{key}", "a name pattern with {i}", e.io.get(key))
     if not isinstance(e.source, dict):
         _fail(f"{where}.source", "an object", e.source)
-

@@ -36,6 +36,7 @@ DEFAULT_IO = {
     "new_value": "new_value.{i}",
 }
 
+
 @dataclass(frozen=True)
 class GraphIO:
     """Every graph input and output name of a model, resolved; ``inputs`` / ``outputs`` are in
@@ -53,7 +54,7 @@ class GraphIO:
     new_value: tuple[str, ...]
 
     @staticmethod
-    def from_io(io: dict, n_layers: int) -> "GraphIO":
+    def from_io(io: dict, n_layers: int) -> GraphIO:
         """From a ``ModelEntry.io`` map (``DEFAULT_IO`` for a fresh export)."""
         scalars = {k: io[k] for k in DEFAULT_IO if k not in KV_KEYS}
         per_layer = {k: tuple(io[k].format(i=i) for i in range(n_layers)) for k in KV_KEYS}

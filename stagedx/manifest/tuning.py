@@ -66,7 +66,7 @@ class TuningEntry:
         return tree.get("three_stage") if isinstance(tree, dict) else None
 
     @staticmethod
-    def from_dict(d: dict, key: str = "") -> "TuningEntry":
+    def from_dict(d: dict, key: str = "") -> TuningEntry:
         check_object(f"tuning[{key!r}]", d)
         known, other = split_known(TuningEntry, d)
         return TuningEntry(**known, other=other)

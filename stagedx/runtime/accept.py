@@ -28,8 +28,8 @@ the per-node rule, else x is emitted and the round stops.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -66,9 +66,7 @@ def greedy_draw(argmax: np.ndarray) -> Callable[[int], int]:
     return lambda node: int(argmax[node])
 
 
-def sampled_draw(
-    probs_at: Callable[[int], np.ndarray], rng: np.random.Generator
-) -> Callable[[int], int]:
+def sampled_draw(probs_at: Callable[[int], np.ndarray], rng: np.random.Generator) -> Callable[[int], int]:
     """Oracle's choice at each node when sampling: one independent draw from p(. | node)."""
     return lambda node: sample(probs_at(node), rng)
 

@@ -39,7 +39,7 @@ def make_runner(
     kind, index = parse_device(device)
     if _use_engines(manifest, kind):
         return _trt_runner(bundle_dir, manifest, role, max_context, index)
-    from .ort_runner import OrtRunner  # noqa: PLC0415 - keeps `import stagedx.runtime` light
+    from .ort_runner import OrtRunner  # keeps `import stagedx.runtime` light
 
     check_kv_memory(manifest.models[role], max_context, manifest.reserved_slots("onnxruntime"))
     return OrtRunner(
@@ -63,7 +63,7 @@ def _use_engines(manifest: Manifest, kind: str) -> bool:
     if kind == "tensorrt":
         return True
     try:
-        from .trt_runner import tensorrt_unusable  # noqa: PLC0415 - TensorRT is optional
+        from .trt_runner import tensorrt_unusable  # TensorRT is optional
     except ImportError:
         return False
     return tensorrt_unusable(manifest) is None
@@ -71,10 +71,11 @@ def _use_engines(manifest: Manifest, kind: str) -> bool:
 
 def _trt_runner(bundle_dir, manifest: Manifest, role: str, max_context: int | None, index: int):
     try:
-        from .trt_runner import TrtRunner  # noqa: PLC0415 - TensorRT is optional
+        from .trt_runner import TrtRunner  # TensorRT is optional
     except ImportError as exc:
-        raise StagedxError(f"the TensorRT runner is unavailable in this install ({exc}); "
-                           "use --device cuda or --device cpu") from exc
+        raise StagedxError(
+            f"the TensorRT runner is unavailable in this install ({exc}); use --device cuda or --device cpu"
+        ) from exc
     return TrtRunner(bundle_dir, role, max_context=max_context, device_index=index, manifest=manifest)
 
 
@@ -109,9 +110,9 @@ def cross_check(bundle_dir, manifest: Manifest, tokenizer, draft2, runners) -> N
 def check_kv_memory(entry, max_context: int | None, reserved: int) -> None:
     """Refuse a KV cache larger than this machine's memory (a wrong max_positions would
     otherwise end in a MemoryError of terabytes)."""
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
-    from .kv import NP_DTYPES  # noqa: PLC0415
+    from .kv import NP_DTYPES
 
     a = entry.arch
     rows = a.max_positions if max_context is None else max(1, min(int(max_context), a.max_positions))
@@ -124,32 +125,37 @@ def check_kv_memory(entry, max_context: int | None, reserved: int) -> None:
     if need > have:
         raise StagedxError(
             f"the {entry.role} KV cache for {rows} positions needs {need / 2**30:.1f} GiB, more than this machine's "
-            f"{have / 2**30:.1f} GiB: check max_positions ({a.max_positions}) in the manifest, or pass a smaller max_context"
+            f"{have / 2**30:.1f} GiB: check max_positions ({a.max_positions}) in the manifest, "
+            "or pass a smaller max_context"
         )
 
 
 def probe_last_position(runner) -> None:
     """One call at the last position the runner will use: a manifest whose max_positions
     exceeds the graph's position table fails here, at load, not in the middle of a reply."""
-    import numpy as np  # noqa: PLC0415
-    import onnxruntime as ort  # noqa: PLC0415
+    import numpy as np
+    import onnxruntime as ort
 
-    from .kv import NP_DTYPES  # noqa: PLC0415
+    from .kv import NP_DTYPES
 
     e, last = runner.entry, runner.max_context - 1
     a, io = e.arch, e.graph_io
     past = np.zeros((0, a.n_kv_heads, a.head_dim), NP_DTYPES[e.dtype])  # [0, H, D]
-    feeds = {io.input_ids: np.zeros(1, np.int64), io.position_ids: np.asarray([last], np.int64),  # [1]
-             io.tree_mask: np.ones((1, 1), bool)}  # [1, 1]  # fmt: skip
-    feeds.update({name: past for name in io.past})
+    feeds = {
+        io.input_ids: np.zeros(1, np.int64),
+        io.position_ids: np.asarray([last], np.int64),  # [1]
+        io.tree_mask: np.ones((1, 1), bool),
+    }  # [1, 1]
+    feeds.update(dict.fromkeys(io.past, past))
     quiet = ort.RunOptions()
     quiet.log_severity_level = 4  # the error is reported below, in one line
     try:
         runner.session.run([io.topk_indices], feeds, quiet)
-    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own exception types
+    except Exception as exc:  # ONNX Runtime raises its own exception types
         first = " ".join(str(exc).split())[:200]
-        raise StagedxError(f"{e.file} cannot run at position {last} (max_positions {a.max_positions} in the "
-                           f"manifest): {first}") from exc
+        raise StagedxError(
+            f"{e.file} cannot run at position {last} (max_positions {a.max_positions} in the manifest): {first}"
+        ) from exc
 
 
 def _check_ngram(ngram, file: str, vocab: int) -> None:
@@ -183,7 +189,9 @@ def check_graph(session, entry) -> None:
         if node is None:
             continue  # the runner's contract check names missing inputs / outputs
         shape = list(node.shape)
-        bad = len(shape) != len(dims) or any(isinstance(s, int) and w is not None and s != w for s, w in zip(shape, dims))
+        bad = len(shape) != len(dims) or any(
+            isinstance(s, int) and w is not None and s != w for s, w in zip(shape, dims)
+        )
         if bad:
             raise StagedxError(f"{entry.file}: {name} has shape {shape}, the manifest's dims say {list(dims)}")
         if name in past and node.type != ORT_TYPE.get(entry.dtype, node.type):

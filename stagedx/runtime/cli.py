@@ -49,20 +49,56 @@ def _stats_line(res) -> str:
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--seed", type=int, default=None, help="seed for sampling (same seed + settings = same output)")
 @click.option("--stop", multiple=True, help="stop string (repeatable)")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads, 1 to the CPU cores available [default: all of them]")
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="ONNX Runtime intra-op threads, 1 to the CPU cores available [default: all of them]",
+)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | tensorrt")
-@click.option("--tree-budget", type=int, default=None, help="oracle tree nodes per call (default: tuned, else built-in)")
+@click.option(
+    "--tree-budget", type=int, default=None, help="oracle tree nodes per call (default: tuned, else built-in)"
+)
 @click.option("--max-depth", type=int, default=None, help="deepest tree level")
 @click.option("--fanouts", default=None, help="draft2 fan-outs per level, e.g. 12,7,4,1,1,1 (the paper's)")
-@click.option("--draft-calls", type=int, default=None, help="sequential draft calls per round (0: draft2 feeds the oracle directly)")
+@click.option(
+    "--draft-calls",
+    type=int,
+    default=None,
+    help="sequential draft calls per round (0: draft2 feeds the oracle directly)",
+)
 @click.option("--ignore-eos", is_flag=True, help="keep generating past EOS")
 @click.option("--truncate", is_flag=True, help="keep the end of a prompt longer than the context")
 @click.option("--stats", is_flag=True, help="print decoding statistics to stderr")
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object (text, tokens, stats) instead of streaming")
-@click.option("--compare", is_flag=True,
-              help="run baseline, speculative, staged and staged3 (always three stages) on the prompt and compare")
-def generate(bundle, prompt, strategy, sampling, temperature, max_new_tokens, seed, stop, threads, device,
-             tree_budget, max_depth, fanouts, draft_calls, ignore_eos, truncate, stats, as_json, compare):  # fmt: skip
+@click.option(
+    "--json", "as_json", is_flag=True, help="print one JSON object (text, tokens, stats) instead of streaming"
+)
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="run baseline, speculative, staged and staged3 (always three stages) on the prompt and compare",
+)
+def generate(
+    bundle,
+    prompt,
+    strategy,
+    sampling,
+    temperature,
+    max_new_tokens,
+    seed,
+    stop,
+    threads,
+    device,
+    tree_budget,
+    max_depth,
+    fanouts,
+    draft_calls,
+    ignore_eos,
+    truncate,
+    stats,
+    as_json,
+    compare,
+):
     """Generate a continuation of PROMPT with the bundle's models (PROMPT "-" reads stdin)."""
     if prompt == "-":
         try:
@@ -91,8 +127,17 @@ def generate(bundle, prompt, strategy, sampling, temperature, max_new_tokens, se
             _compare(gen, prompt, max_new_tokens, opts)
         elif as_json:
             res = gen.generate(prompt, max_new_tokens=max_new_tokens, **opts)
-            click.echo(json.dumps({"text": res.text, "tokens": res.tokens, "finish_reason": res.finish_reason,
-                                   "stats": res.stats.as_dict(), "device": gen.device}))  # fmt: skip
+            click.echo(
+                json.dumps(
+                    {
+                        "text": res.text,
+                        "tokens": res.tokens,
+                        "finish_reason": res.finish_reason,
+                        "stats": res.stats.as_dict(),
+                        "device": gen.device,
+                    }
+                )
+            )
         else:
             _stream(gen, prompt, max_new_tokens, opts, stats)
 
@@ -107,7 +152,9 @@ def _stream(gen, prompt, max_new_tokens, opts, stats) -> None:
     if res.finish_reason == "context":
         click.echo(f"stopped: reached the context limit of {gen.context_limit} tokens", err=True)
     if stats:
-        click.echo(f"device: {gen.device} ({gen.backend}); tree: {opts['tree'] or gen.tree_for(opts['sampling'])}", err=True)
+        click.echo(
+            f"device: {gen.device} ({gen.backend}); tree: {opts['tree'] or gen.tree_for(opts['sampling'])}", err=True
+        )
         click.echo(_stats_line(res), err=True)
 
 
@@ -120,7 +167,9 @@ def _compare(gen, prompt, max_new_tokens, opts) -> None:
         "staged": {"strategy": "staged"},  # the tuned (else default) tree for this device
         "staged3": {"strategy": "staged", "tree": gen.three_stage_tree(opts["sampling"])},
     }
-    results = {name: gen.generate(prompt, max_new_tokens=max_new_tokens, **{**opts, **v}) for name, v in variants.items()}
+    results = {
+        name: gen.generate(prompt, max_new_tokens=max_new_tokens, **{**opts, **v}) for name, v in variants.items()
+    }
     base = results["baseline"]
     tree = opts["tree"] or gen.tree_for(opts["sampling"])
     click.echo(f"device: {gen.device} ({gen.backend}), sampling {opts['sampling'].label}, tree {tree}")

@@ -52,9 +52,7 @@ def parse_device(device: str) -> tuple[str, int]:
     text = (device or "auto").strip().lower()
     kind, _, idx = text.partition(":")
     if kind not in DEVICES or (idx and (not idx.isdigit() or kind in ("auto", "cpu"))):
-        raise StagedxError(
-            f"unknown device {device!r}; valid: {', '.join(DEVICES)} (cuda:N / tensorrt:N for a GPU)"
-        )
+        raise StagedxError(f"unknown device {device!r}; valid: {', '.join(DEVICES)} (cuda:N / tensorrt:N for a GPU)")
     return kind, int(idx or 0)
 
 
@@ -62,7 +60,7 @@ def resolve_device(device: str, available: list[str] | tuple[str, ...] | None = 
     """``auto`` is CUDA when the CUDA EP is installed, else CPU; ``cuda`` / ``tensorrt`` need
     their EP installed (checked again after the session is created, see ``check_providers``)."""
     if available is None:
-        import onnxruntime  # noqa: PLC0415 - keep this module importable for parsing alone
+        import onnxruntime  # keep this module importable for parsing alone
 
         available = onnxruntime.get_available_providers()
     kind, index = parse_device(device)

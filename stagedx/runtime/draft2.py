@@ -18,14 +18,15 @@ NumPy and the standard library only: this module runs in the latency-critical de
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from ..errors import StagedxError
 from ..manifest import DRAFT2_KINDS, NGRAM_FORMAT_VERSION
+
 DEFAULT_FANOUTS = (12, 7, 4, 1, 1, 1)
 _EMPTY_IDS = np.zeros(0, np.int64)
 _EMPTY_P = np.zeros(0, np.float32)
@@ -68,7 +69,7 @@ class NgramModel:
         self._bi_row_list = self._bi_row.tolist()
 
     @classmethod
-    def load(cls, path: str | Path) -> "NgramModel":
+    def load(cls, path: str | Path) -> NgramModel:
         path = Path(path)
         if not path.is_file():
             raise StagedxError(f"n-gram file not found: {path}")
@@ -182,8 +183,9 @@ class PromptLookup:
             gram = tuple(tail[len(tail) - n :])
             ends = self._index.get(gram, [])[-self.MAX_MATCHES :]
             # ends at j >= n_hist - 1 involve the path (or its first token as follower)
-            extra = [j for j in range(max(n_hist - 1, n - 1), total - 1)
-                     if tuple(tail[j - n + 1 - t0 : j + 1 - t0]) == gram]
+            extra = [
+                j for j in range(max(n_hist - 1, n - 1), total - 1) if tuple(tail[j - n + 1 - t0 : j + 1 - t0]) == gram
+            ]
             if not ends and not extra:
                 continue
             follow = [self._tok[j + 1] for j in ends] + [tail[j + 1 - t0] for j in extra]
@@ -216,7 +218,7 @@ class Draft2:
         self.lookup = (lookup or PromptLookup()) if kind in ("prompt-lookup", "both") else None
 
     @classmethod
-    def from_manifest(cls, bundle_dir: str | Path, manifest) -> "Draft2":
+    def from_manifest(cls, bundle_dir: str | Path, manifest) -> Draft2:
         """``manifest``: a ``stagedx.manifest.Manifest`` (its ``draft2`` entry is used)."""
         entry = manifest.draft2
         ngram = None

@@ -22,20 +22,22 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Generator as Coroutine
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generator as Coroutine, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import StagedxError
 from ..manifest import find_tuning, tuning_key
-from . import STRATEGIES, accept
+from . import accept
 from .bundle import cross_check, make_runner, open_bundle
 from .draft2 import Draft2
 from .request import DecodeOptions, Request, check_strategy, fit_prompt, prompt_ids
 from .results import GenerationResult, Stats, Stream
 from .runner import FETCH_LOGITS, FETCH_TOPK, chain_mask
+from .sampled import SampledTree, grow_sampled_tree
 from .sampling import SamplingConfig, rank_logprobs, sample, warp
 from .staged import (
     SOURCE_DRAFT,
@@ -47,7 +49,6 @@ from .staged import (
     oracle_tree,
     root_only,
 )
-from .sampled import SampledTree, grow_sampled_tree
 from .tokenizer import StreamDecoder, Tokenizer
 from .tree import ancestor_mask
 from .trees import TreeChoice, TreeConfig, sampling_mode, tuned_trees
@@ -134,7 +135,7 @@ class Generator:
         return self.trees.budget
 
     # -- life cycle ----------------------------------------------------------------------
-    def __enter__(self) -> "Generator":
+    def __enter__(self) -> Generator:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -158,8 +159,10 @@ class Generator:
 
     def _refuse_reentry(self) -> None:
         if self._owner == threading.get_ident():
-            raise StagedxError("this Generator is already decoding in this thread (an unfinished stream()?): "
-                               "exhaust or close() it first")  # fmt: skip
+            raise StagedxError(
+                "this Generator is already decoding in this thread (an unfinished stream()?): "
+                "exhaust or close() it first"
+            )
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -183,10 +186,19 @@ class Generator:
         """A tree that always runs draft2 -> draft -> oracle (bench's ``staged3``)."""
         return self.trees.three_stage(sampling_mode(sampling))
 
-    def generate(self, prompt: str | Sequence[int], *, max_new_tokens: int = 128,
-                 sampling: str | SamplingConfig = "greedy", seed: int | None = None, stop: str | Sequence[str] = (),
-                 strategy: str | None = None, ignore_eos: bool = False, truncate: bool = False,
-                 tree: TreeConfig | None = None) -> GenerationResult:  # fmt: skip
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_new_tokens: int = 128,
+        sampling: str | SamplingConfig = "greedy",
+        seed: int | None = None,
+        stop: str | Sequence[str] = (),
+        strategy: str | None = None,
+        ignore_eos: bool = False,
+        truncate: bool = False,
+        tree: TreeConfig | None = None,
+    ) -> GenerationResult:
         """Decode a continuation of ``prompt`` (a str or token ids). ``sampling``: "greedy",
         "topk:50", ... or a SamplingConfig; ``truncate``: drop the prompt's start when it does
         not fit; ``tree``: the tree shape for this call only (see ``DecodeOptions``)."""
@@ -198,10 +210,19 @@ class Generator:
                 pass
             return self._result(req, st)
 
-    def stream(self, prompt: str | Sequence[int], *, max_new_tokens: int = 128,
-               sampling: str | SamplingConfig = "greedy", seed: int | None = None, stop: str | Sequence[str] = (),
-               strategy: str | None = None, ignore_eos: bool = False, truncate: bool = False,
-               tree: TreeConfig | None = None) -> Stream:  # fmt: skip
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_new_tokens: int = 128,
+        sampling: str | SamplingConfig = "greedy",
+        seed: int | None = None,
+        stop: str | Sequence[str] = (),
+        strategy: str | None = None,
+        ignore_eos: bool = False,
+        truncate: bool = False,
+        tree: TreeConfig | None = None,
+    ) -> Stream:
         """Like ``generate``, as a ``Stream``: iterate it for the text as it is accepted (never
         splitting a UTF-8 character); its ``result`` is set once it is exhausted. The options
         are checked here; the Generator's lock is held from the first item until the stream
@@ -234,8 +255,16 @@ class Generator:
         ids = fit_prompt(prompt_ids(prompt, self.tokenizer), opts, self.vocab, self.context_limit)
         cfg = opts.sampling_config()
         strategy = check_strategy(opts.strategy or self.strategy)
-        return Request(ids, int(opts.max_new_tokens), cfg, opts.seed, opts.stop_strings(), strategy,
-                       bool(opts.ignore_eos), opts.tree or self.tree_for(cfg))  # fmt: skip
+        return Request(
+            ids,
+            int(opts.max_new_tokens),
+            cfg,
+            opts.seed,
+            opts.stop_strings(),
+            strategy,
+            bool(opts.ignore_eos),
+            opts.tree or self.tree_for(cfg),
+        )
 
     def _start(self, req: Request) -> DecodeState:
         """Reset both caches and prefill the oracle with every prompt token but the last."""
@@ -342,8 +371,14 @@ class Generator:
             return accept.walk_tree(tree.parents, tree.tokens, accept.greedy_draw(out.topk_indices[:, 0]))
         if st.sampled is not None:
             sp = st.sampled
-            return accept.verify_sampled(tree.parents, tree.tokens, sp.drawn[: len(tree.tokens)], sp.q.__getitem__,
-                                         lambda v: warp(out.logits[v], req.sampling), st.rng)  # fmt: skip
+            return accept.verify_sampled(
+                tree.parents,
+                tree.tokens,
+                sp.drawn[: len(tree.tokens)],
+                sp.q.__getitem__,
+                lambda v: warp(out.logits[v], req.sampling),
+                st.rng,
+            )
         if req.strategy == "speculative" and len(tree.tokens) > 1:
             p = warp(out.logits, req.sampling)  # [k+1, V]
             emitted = accept.verify_chain(tree.tokens[1:], np.stack(st.draft_q), p, st.rng)
@@ -352,7 +387,9 @@ class Generator:
             tree.parents, tree.tokens, accept.sampled_draw(lambda v: warp(out.logits[v], req.sampling), st.rng)
         )
 
-    def _commit(self, req: Request, st: DecodeState, tree: OracleTree, verdict: accept.Verdict, draft_path: list) -> list:
+    def _commit(
+        self, req: Request, st: DecodeState, tree: OracleTree, verdict: accept.Verdict, draft_path: list
+    ) -> list:
         """Keep what the finish rules allow, then commit KV rows and tokens consistently."""
         s = st.stats
         emitted = verdict.tokens

@@ -11,8 +11,8 @@ for all layers at once (rows in path order). ``truncate`` only moves ``length``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -92,8 +92,7 @@ class KVCache:
             raise ContractError(f"commit rows {idx.tolist()} outside the last run's {t} rows")
         if at + n > self.shape.max_context:
             raise StagedxError(
-                f"context limit reached: {at + n} rows do not fit the KV cache of "
-                f"{self.shape.max_context}"
+                f"context limit reached: {at + n} rows do not fit the KV cache of {self.shape.max_context}"
             )
         start = self.shape.reserved + at
         if n:

@@ -126,8 +126,7 @@ class DeviceKV:
             raise ContractError(f"commit rows {rows.tolist()} outside the last run's {t} rows")
         if self._length + n > self.shape.max_context:
             raise StagedxError(
-                f"context limit reached: {self._length + n} rows do not fit the KV cache of "
-                f"{self.shape.max_context}"
+                f"context limit reached: {self._length + n} rows do not fit the KV cache of {self.shape.max_context}"
             )
         if n == 0:
             return

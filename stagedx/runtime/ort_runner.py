@@ -19,9 +19,8 @@ Buffers grow (doubling) when a call needs more rows than any call before it.
 from __future__ import annotations
 
 import os
-
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -341,6 +340,6 @@ def _f32(a: np.ndarray | None) -> np.ndarray | None:
 
 
 def _device_kv(shape: KVShape, binder: Binder):
-    from .ort_device import DeviceKV  # noqa: PLC0415 - only GPU sessions need it
+    from .ort_device import DeviceKV  # only GPU sessions need it
 
     return DeviceKV(shape, binder)

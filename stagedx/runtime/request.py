@@ -3,8 +3,8 @@ the ``Request`` the decode loop runs (prompt ids that fit, parsed sampling, the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -43,7 +43,9 @@ class DecodeOptions:
         if self.tree is not None and not isinstance(self.tree, TreeConfig):
             raise StagedxError(f"tree must be a TreeConfig, got {type(self.tree).__name__}")
         stop = self.stop
-        if not isinstance(stop, str) and not (isinstance(stop, (list, tuple)) and all(isinstance(x, str) for x in stop)):
+        if not isinstance(stop, str) and not (
+            isinstance(stop, (list, tuple)) and all(isinstance(x, str) for x in stop)
+        ):
             raise StagedxError(f"stop must be a str or a sequence of str, got {stop!r}")
 
     def stop_strings(self) -> tuple:

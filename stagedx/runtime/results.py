@@ -3,8 +3,8 @@ for ``Generator.stream``, the ``Stream`` whose iteration yields the text as it i
 
 from __future__ import annotations
 
+from collections.abc import Generator as Coroutine  # a Python generator, not stagedx.runtime.Generator
 from dataclasses import dataclass, field
-from typing import Generator as Coroutine  # a Python generator, not stagedx.runtime.Generator
 
 from ..errors import StagedxError
 
@@ -75,7 +75,7 @@ class Stream:
         self._pieces = pieces  # yields the text, returns the result
         self._result: GenerationResult | None = None
 
-    def __iter__(self) -> "Stream":
+    def __iter__(self) -> Stream:
         return self
 
     def __next__(self) -> str:
@@ -88,15 +88,17 @@ class Stream:
     @property
     def result(self) -> GenerationResult:
         if self._result is None:
-            raise StagedxError("the stream has not finished: its result exists once it is iterated to the end "
-                               "(a stream closed early has none)")  # fmt: skip
+            raise StagedxError(
+                "the stream has not finished: its result exists once it is iterated to the end "
+                "(a stream closed early has none)"
+            )
         return self._result
 
     def close(self) -> None:
         """End the decode now (idempotent): releases the Generator's lock; ``result`` stays unset."""
         self._pieces.close()
 
-    def __enter__(self) -> "Stream":
+    def __enter__(self) -> Stream:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -110,8 +110,12 @@ def grow_sampled_tree(
     if shape.extra > 0:
         _add_extras(n, q[0], draft2, history, shape.extra)
     t2 = time.perf_counter()
-    tree = OracleTree(np.asarray(n.tokens, np.int64), np.asarray(n.parents, np.int32),
-                      np.asarray(n.depth, np.int64), np.asarray(n.source, np.int64))  # fmt: skip
+    tree = OracleTree(
+        np.asarray(n.tokens, np.int64),
+        np.asarray(n.parents, np.int32),
+        np.asarray(n.depth, np.int64),
+        np.asarray(n.source, np.int64),
+    )
     is_drawn = np.arange(len(n.tokens)) < drawn
     is_drawn[0] = False
     return SampledTree(tree, is_drawn, q, path, len(sizes), t1 - t0, t2 - t1, sizes)

@@ -14,7 +14,6 @@ import numpy as np
 
 from ..errors import StagedxError
 
-
 MODES = ("greedy", "sample")
 
 
@@ -41,7 +40,7 @@ class SamplingConfig:
         return self.mode == "greedy"
 
     @staticmethod
-    def parse(spec: str = "greedy", temperature: float = 1.0) -> "SamplingConfig":
+    def parse(spec: str = "greedy", temperature: float = 1.0) -> SamplingConfig:
         """``greedy`` | ``sample`` | ``topk:50`` | ``topp:0.9`` (with ``temperature``)."""
         spec = (spec or "greedy").strip().lower()
         if not _is_real(temperature) or not math.isfinite(temperature) or temperature <= 0:

@@ -18,8 +18,8 @@ ranking probability and keeps the ``budget`` best, ancestors first.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

@@ -47,8 +47,12 @@ class TreeConfig:
             value = getattr(self, name)
             if not _is_int(value) or not low <= value <= MAX_TREE_FIELD:
                 raise StagedxError(f"tree {name} must be an integer in [{low}, {MAX_TREE_FIELD}], got {value!r}")
-        if not isinstance(self.fanouts, tuple) or not all(_is_int(f) and 1 <= f <= MAX_TREE_FIELD for f in self.fanouts):
-            raise StagedxError(f"tree fanouts must be a tuple of integers in [1, {MAX_TREE_FIELD}], got {self.fanouts!r}")
+        if not isinstance(self.fanouts, tuple) or not all(
+            _is_int(f) and 1 <= f <= MAX_TREE_FIELD for f in self.fanouts
+        ):
+            raise StagedxError(
+                f"tree fanouts must be a tuple of integers in [1, {MAX_TREE_FIELD}], got {self.fanouts!r}"
+            )
         if not isinstance(self.tau, (int, float)) or isinstance(self.tau, bool) or not 0 < self.tau < float("inf"):
             raise StagedxError(f"tree tau (greedy ranking temperature) must be a finite number > 0, got {self.tau!r}")
         if not _is_int(self.extra) or not 0 <= self.extra <= MAX_TREE_FIELD:
@@ -60,7 +64,7 @@ class TreeConfig:
             raise StagedxError(f"tree stop_p (dynamic depth threshold) must be a number in [0, 1], got {stop_p!r}")
 
     @staticmethod
-    def from_dict(d: dict) -> "TreeConfig":
+    def from_dict(d: dict) -> TreeConfig:
         """A shape stored in a manifest (``stagedx tune`` writes every field); a missing field
         takes its value from ``FROM_DICT_BASE``, so entries written by older versions decode
         as they always did."""

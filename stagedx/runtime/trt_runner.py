@@ -18,9 +18,10 @@ logits when asked) come back to the host.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -30,30 +31,33 @@ from .kv import NP_DTYPES
 from .runner import FETCH_LOGITS, FETCH_TOPK, RunOutput
 
 BACKEND = "tensorrt"
-INSTALL_HINT = ("on a machine with an NVIDIA GPU and CUDA: pip install 'stagedx[trt]' "
-                "--extra-index-url https://pypi.nvidia.com")
+INSTALL_HINT = (
+    "on a machine with an NVIDIA GPU and CUDA: pip install 'stagedx[trt]' --extra-index-url https://pypi.nvidia.com"
+)
 
 
 # -- lazy imports and device facts ------------------------------------------------------------
 def import_tensorrt(what: str):
     try:
-        import tensorrt  # noqa: PLC0415 - lazy by design
+        import tensorrt  # lazy by design
     except (ImportError, OSError) as exc:
-        raise StagedxError(f"{what} needs TensorRT, which is not installed here ({exc}); "
-                           f"install it {INSTALL_HINT}") from exc
+        raise StagedxError(
+            f"{what} needs TensorRT, which is not installed here ({exc}); install it {INSTALL_HINT}"
+        ) from exc
     return tensorrt
 
 
 def import_cudart(what: str):
     """cuda-python's runtime module: ``cuda.bindings.runtime`` (12.6+ / 13) or ``cuda.cudart``."""
     try:
-        from cuda.bindings import runtime as cudart  # noqa: PLC0415
+        from cuda.bindings import runtime as cudart
     except ImportError:
         try:
-            from cuda import cudart  # noqa: PLC0415
+            from cuda import cudart
         except (ImportError, OSError) as exc:
-            raise StagedxError(f"{what} needs cuda-python, which is not installed here ({exc}); "
-                               f"install it {INSTALL_HINT}") from exc
+            raise StagedxError(
+                f"{what} needs cuda-python, which is not installed here ({exc}); install it {INSTALL_HINT}"
+            ) from exc
     return cudart
 
 
@@ -74,8 +78,9 @@ class GpuInfo:
 def gpu_info(cudart, device: int = 0) -> GpuInfo:
     err, count = cudart.cudaGetDeviceCount()
     if err != cudart.cudaError_t.cudaSuccess or count < 1:
-        raise StagedxError(f"no CUDA GPU is visible ({err}); TensorRT engines need one: run "
-                           f"on a CUDA machine ({INSTALL_HINT})")
+        raise StagedxError(
+            f"no CUDA GPU is visible ({err}); TensorRT engines need one: run on a CUDA machine ({INSTALL_HINT})"
+        )
     if device >= count:
         raise StagedxError(f"CUDA device {device} requested but only {count} visible")
     prop = cuda_check(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
@@ -90,11 +95,15 @@ def engine_mismatch(record: EngineEntry, gpu: GpuInfo, trt_version: str) -> str 
     """Why ``record`` cannot run here (one line), or ``None`` when it can."""
     built = f"{record.gpu_name} (sm {record.compute_capability})"
     if record.tensorrt_version != trt_version:
-        return (f"{record.role} engine {record.file} was built with TensorRT "
-                f"{record.tensorrt_version}, this machine has TensorRT {trt_version}")
+        return (
+            f"{record.role} engine {record.file} was built with TensorRT "
+            f"{record.tensorrt_version}, this machine has TensorRT {trt_version}"
+        )
     if record.gpu_name != gpu.name or record.compute_capability != gpu.compute_capability:
-        return (f"{record.role} engine {record.file} was built for {built}, "
-                f"this machine has {gpu.name} (sm {gpu.compute_capability})")
+        return (
+            f"{record.role} engine {record.file} was built for {built}, "
+            f"this machine has {gpu.name} (sm {gpu.compute_capability})"
+        )
     return None
 
 
@@ -102,8 +111,9 @@ def select_engine(manifest: Manifest, role: str, gpu: GpuInfo, trt_version: str)
     """The manifest's engine for ``role`` on this GPU and TensorRT, or a clear refusal."""
     records = [r for r in manifest.engines if r.role == role]
     if not records:
-        raise StagedxError(f"the bundle has no TensorRT engine for the {role}; run "
-                           "`stagedx build-engine BUNDLE` on this machine")
+        raise StagedxError(
+            f"the bundle has no TensorRT engine for the {role}; run `stagedx build-engine BUNDLE` on this machine"
+        )
     reasons = []
     for r in records:
         why = engine_mismatch(r, gpu, trt_version)
@@ -140,8 +150,8 @@ def chunk_mask(tree_mask: np.ndarray, span: tuple[int, int], length: int, reserv
     start, stop = span
     t = stop - start
     m = np.zeros((t, reserved + length + stop), dtype=bool)
-    m[:, reserved:reserved + length] = True
-    m[:, reserved + length:] = tree_mask[start:stop, :stop]
+    m[:, reserved : reserved + length] = True
+    m[:, reserved + length :] = tree_mask[start:stop, :stop]
     return m
 
 
@@ -203,8 +213,10 @@ def plan_bindings(entry: ModelEntry, layout: DeviceLayout, past_rows: int, t: in
         plan[getattr(io, key)] = (layout.outputs[key], None)
     new_off = past_rows * layout.row_bytes
     for i in range(a.n_layers):
-        for past, new, base in ((io.past_key[i], io.new_key[i], layout.k_cache[i]),
-                                (io.past_value[i], io.new_value[i], layout.v_cache[i])):
+        for past, new, base in (
+            (io.past_key[i], io.new_key[i], layout.k_cache[i]),
+            (io.past_value[i], io.new_value[i], layout.v_cache[i]),
+        ):
             plan[past] = (base, (past_rows, *kv))  # [P, H, D]
             plan[new] = (base + new_off, None)  # [T, H, D] right after the past
     return plan
@@ -221,8 +233,14 @@ class TrtRunner:
 
     backend = BACKEND
 
-    def __init__(self, bundle: str | Path, role: str, max_context: int | None = None,
-                 device_index: int = 0, manifest: Manifest | None = None):
+    def __init__(
+        self,
+        bundle: str | Path,
+        role: str,
+        max_context: int | None = None,
+        device_index: int = 0,
+        manifest: Manifest | None = None,
+    ):
         self._trt, self._rt = _import_api("the TensorRT runner")
         self.bundle = Path(bundle)
         manifest = manifest or load_manifest(self.bundle)
@@ -252,14 +270,18 @@ class TrtRunner:
         self._runtime = trt.Runtime(self._logger)
         engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:
-            raise StagedxError(f"TensorRT could not deserialize {self.record.file}; rebuild "
-                               "it with `stagedx build-engine BUNDLE` on this machine")
+            raise StagedxError(
+                f"TensorRT could not deserialize {self.record.file}; rebuild "
+                "it with `stagedx build-engine BUNDLE` on this machine"
+            )
         names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
         expected = set(plan_bindings(self.entry, _dummy_layout(self.entry), 1, 1))
         if names != expected:
-            raise StagedxError(f"engine {self.record.file} I/O does not match the graph "
-                               f"contract: missing {sorted(expected - names)}, extra "
-                               f"{sorted(names - expected)}")
+            raise StagedxError(
+                f"engine {self.record.file} I/O does not match the graph "
+                f"contract: missing {sorted(expected - names)}, extra "
+                f"{sorted(names - expected)}"
+            )
         context = engine.create_execution_context()
         if context is None:
             raise StagedxError("TensorRT could not create an execution context (out of GPU memory?)")
@@ -282,11 +304,16 @@ class TrtRunner:
             cuda_check(rt, rt.cudaMemset(ptr, 0, rows * row_bytes), "cudaMemset")
             caches.append(ptr)
         tm, k = self.max_tree, self.entry.topk
-        inputs = {"input_ids": self._malloc(tm * 8), "position_ids": self._malloc(tm * 8),
-                  "tree_mask": self._malloc(tm * (rows + tm))}
-        outputs = {"logits": self._malloc(tm * a.vocab_size * item),
-                   "topk_values": self._malloc(tm * k * item),
-                   "topk_indices": self._malloc(tm * k * 8)}
+        inputs = {
+            "input_ids": self._malloc(tm * 8),
+            "position_ids": self._malloc(tm * 8),
+            "tree_mask": self._malloc(tm * (rows + tm)),
+        }
+        outputs = {
+            "logits": self._malloc(tm * a.vocab_size * item),
+            "topk_values": self._malloc(tm * k * item),
+            "topk_indices": self._malloc(tm * k * 8),
+        }
         return DeviceLayout(tuple(caches[0::2]), tuple(caches[1::2]), row_bytes, inputs, outputs)
 
     # -- runner interface ------------------------------------------------------------------------
@@ -305,11 +332,14 @@ class TrtRunner:
         tree_mask = np.asarray(tree_mask, dtype=bool)
         t = tokens.shape[0]
         if positions.shape != (t,) or tree_mask.shape != (t, t):
-            raise ContractError(f"run shapes disagree: tokens {tokens.shape}, positions "
-                                f"{positions.shape}, tree_mask {tree_mask.shape}")
+            raise ContractError(
+                f"run shapes disagree: tokens {tokens.shape}, positions {positions.shape}, tree_mask {tree_mask.shape}"
+            )
         if self._length + t > self.max_context:
-            raise ContractError(f"run of {t} tokens on {self._length} committed rows exceeds the "
-                                f"TensorRT runner's context of {self.max_context}")
+            raise ContractError(
+                f"run of {t} tokens on {self._length} committed rows exceeds the "
+                f"TensorRT runner's context of {self.max_context}"
+            )
         want_logits = FETCH_LOGITS in fetch
         host = self._host_outputs(t, want_logits)
         keep = []  # host inputs must outlive their async copies
@@ -317,14 +347,15 @@ class TrtRunner:
             keep.append(self._run_chunk((tokens, positions, tree_mask), span, host, want_logits))
         cuda_check(self._rt, self._rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         self._last = (self._length, t)
-        return RunOutput(topk_values=host["topk_values"].astype(np.float32),
-                         topk_indices=host["topk_indices"],
-                         logits=host["logits"].astype(np.float32) if want_logits else None)
+        return RunOutput(
+            topk_values=host["topk_values"].astype(np.float32),
+            topk_indices=host["topk_indices"],
+            logits=host["logits"].astype(np.float32) if want_logits else None,
+        )
 
     def _host_outputs(self, t: int, want_logits: bool) -> dict:
         k, v = self.entry.topk, self.entry.arch.vocab_size
-        out = {"topk_values": np.empty((t, k), self._np_dtype),
-               "topk_indices": np.empty((t, k), np.int64)}
+        out = {"topk_values": np.empty((t, k), self._np_dtype), "topk_indices": np.empty((t, k), np.int64)}
         out["logits"] = np.empty((t, v), self._np_dtype) if want_logits else None
         return out
 
@@ -333,16 +364,20 @@ class TrtRunner:
         start, stop = span
         t = stop - start
         past_rows = self.reserved + self._length + start
-        feeds = {"input_ids": np.ascontiguousarray(tokens[start:stop]),
-                 "position_ids": np.ascontiguousarray(positions[start:stop]),
-                 "tree_mask": chunk_mask(tree_mask, span, self._length, self.reserved)}
+        feeds = {
+            "input_ids": np.ascontiguousarray(tokens[start:stop]),
+            "position_ids": np.ascontiguousarray(positions[start:stop]),
+            "tree_mask": chunk_mask(tree_mask, span, self._length, self.reserved),
+        }
         for key, arr in feeds.items():
             self._copy(self.layout.inputs[key], arr.ctypes.data, arr.nbytes, "HostToDevice")
         ctx = self._context
         for name, (addr, shape) in plan_bindings(self.entry, self.layout, past_rows, t).items():
             if shape is not None and not ctx.set_input_shape(name, shape):
-                raise StagedxError(f"TensorRT rejected shape {shape} for {name} (outside the "
-                                   "engine's profile; rebuild with larger --max-context)")
+                raise StagedxError(
+                    f"TensorRT rejected shape {shape} for {name} (outside the "
+                    "engine's profile; rebuild with larger --max-context)"
+                )
             if not ctx.set_tensor_address(name, addr):
                 raise StagedxError(f"TensorRT rejected the address of {name}")
         if not ctx.execute_async_v3(int(self.stream)):
@@ -391,14 +426,12 @@ class TrtRunner:
             rt.cudaStreamDestroy(self.stream)
 
     def __del__(self):  # best effort; close() is the explicit way
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:  # noqa: BLE001
-            pass
 
 
 def _dummy_layout(entry: ModelEntry) -> DeviceLayout:
     n = entry.arch.n_layers
-    zero = {k: 0 for k in ("input_ids", "position_ids", "tree_mask")}
-    outs = {k: 0 for k in ("logits", "topk_values", "topk_indices")}
+    zero = dict.fromkeys(("input_ids", "position_ids", "tree_mask"), 0)
+    outs = dict.fromkeys(("logits", "topk_values", "topk_indices"), 0)
     return DeviceLayout((0,) * n, (0,) * n, 0, zero, outs)

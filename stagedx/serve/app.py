@@ -70,7 +70,7 @@ class Server:
                 response = await handler(request)
             except ApiError as err:
                 response = error_response(err)
-            except Exception:  # noqa: BLE001 - the client gets JSON, the log gets the traceback
+            except Exception:  # the client gets JSON, the log gets the traceback
                 log.exception("request failed")
                 response = error_response(ApiError(500, "internal server error", kind="server_error"))
             self.metrics.request(name, response.status_code)
@@ -84,8 +84,12 @@ class Server:
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
-            raise ApiError(401, "invalid or missing API key: send 'Authorization: Bearer KEY'",
-                           kind="authentication_error", code="invalid_api_key")  # fmt: skip
+            raise ApiError(
+                401,
+                "invalid or missing API key: send 'Authorization: Bearer KEY'",
+                kind="authentication_error",
+                code="invalid_api_key",
+            )
 
     async def _body(self, request: Request) -> dict:
         limit = self.config.max_body_bytes
@@ -112,8 +116,12 @@ class Server:
         if not ids:
             raise ApiError(400, "the prompt encodes to no tokens", param="prompt")
         if len(ids) >= self.limits.context:
-            raise ApiError(400, f"the prompt has {len(ids)} tokens; this model's context is {self.limits.context}",
-                           param="prompt", code="context_length_exceeded")  # fmt: skip
+            raise ApiError(
+                400,
+                f"the prompt has {len(ids)} tokens; this model's context is {self.limits.context}",
+                param="prompt",
+                code="context_length_exceeded",
+            )
         return ids
 
     # -- routes ------------------------------------------------------------------------------
@@ -123,10 +131,20 @@ class Server:
 
     async def models(self, request: Request) -> Response:
         g = self.generator
-        card = {"id": self.config.model, "object": "model", "created": 0, "owned_by": "stagedx",
-                "stagedx": {"bundle": str(g.bundle_dir), "device": g.device, "backend": g.backend,
-                            "strategy": g.strategy, "context": self.limits.context,
-                            "chat_template": self.chat is not None}}  # fmt: skip
+        card = {
+            "id": self.config.model,
+            "object": "model",
+            "created": 0,
+            "owned_by": "stagedx",
+            "stagedx": {
+                "bundle": str(g.bundle_dir),
+                "device": g.device,
+                "backend": g.backend,
+                "strategy": g.strategy,
+                "context": self.limits.context,
+                "chat_template": self.chat is not None,
+            },
+        }
         return JSONResponse({"object": "list", "data": [card]})
 
     async def metrics_text(self, request: Request) -> Response:
@@ -139,8 +157,9 @@ class Server:
 
     async def chat_completions(self, request: Request) -> Response:
         if self.chat is None:
-            raise ApiError(400, "this bundle's tokenizer has no chat template: use /v1/completions",
-                           code="no_chat_template")  # fmt: skip
+            raise ApiError(
+                400, "this bundle's tokenizer has no chat template: use /v1/completions", code="no_chat_template"
+            )
         params = chat_params(await self._body(request), self.limits)
         ids = self._encode(self.chat.render(params.messages))
         return await self._decode(request, params.decode, ids, Reply.new(True, self.config.model))
@@ -270,7 +289,8 @@ def create_app(generator, config: ServeConfig) -> Starlette:
         server.route("/v1/completions", "completions", server.completions, ("POST",)),
         server.route("/v1/chat/completions", "chat_completions", server.chat_completions, ("POST",)),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={HTTPException: http_error, Exception: server_error})  # fmt: skip
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, Exception: server_error}
+    )
     app.state.server = server
     return app

@@ -16,7 +16,9 @@ class ChatTemplate:
         def raise_exception(message):
             raise ApiError(422, f"messages: the chat template refused them: {message}", param="messages")
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
         env.globals["raise_exception"] = raise_exception
         try:
             self._template = env.from_string(source)

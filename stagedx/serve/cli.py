@@ -72,21 +72,41 @@ def _server_class(uvicorn):
 
 @click.command("serve")
 @click.argument("bundle", type=click.Path())
-@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind (loopback unless you say otherwise)")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="address to bind (loopback unless you say otherwise)"
+)
 @click.option("--port", type=int, default=8000, show_default=True, help="TCP port (0: any free port, printed at start)")
-@click.option("--api-key", default=None, envvar="STAGEDX_API_KEY",
-              help="require 'Authorization: Bearer KEY' on every endpoint but /health (or set STAGEDX_API_KEY)")
+@click.option(
+    "--api-key",
+    default=None,
+    envvar="STAGEDX_API_KEY",
+    help="require 'Authorization: Bearer KEY' on every endpoint but /health (or set STAGEDX_API_KEY)",
+)
 @click.option("--max-queue", type=int, default=16, show_default=True, help="requests that may wait for the decode slot")
-@click.option("--timeout", "timeout_s", type=float, default=300.0, show_default=True,
-              help="seconds a request may take, queue wait included")
-@click.option("--grace", "grace_s", type=float, default=10.0, show_default=True,
-              help="on SIGTERM/SIGINT: seconds in-flight requests may run on before they are cancelled")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="seconds a request may take, queue wait included",
+)
+@click.option(
+    "--grace",
+    "grace_s",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="on SIGTERM/SIGINT: seconds in-flight requests may run on before they are cancelled",
+)
 @click.option("--model-name", default=None, help="the model id clients pass (default: the bundle folder's name)")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="staged", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | tensorrt")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
 @click.option("--access-log", is_flag=True, help="log every request to stderr")
-def serve(bundle, host, port, api_key, max_queue, timeout_s, grace_s, model_name, strategy, device, threads, access_log):  # fmt: skip
+def serve(
+    bundle, host, port, api_key, max_queue, timeout_s, grace_s, model_name, strategy, device, threads, access_log
+):
     """Serve BUNDLE over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions,
     /v1/models, /health, /metrics), one decode at a time."""
     if not 0 <= port <= 65535:
@@ -107,7 +127,9 @@ def serve(bundle, host, port, api_key, max_queue, timeout_s, grace_s, model_name
     process_owner_thread_pool(threads)
     gen = Generator(bundle, device=device, strategy=strategy, threads=threads)
     try:
-        gen.generate([gen.eos if gen.eos is not None else 0], max_new_tokens=2)  # warm-up: the first request pays no set-up
+        gen.generate(
+            [gen.eos if gen.eos is not None else 0], max_new_tokens=2
+        )  # warm-up: the first request pays no set-up
         name = model_name or Path(bundle).resolve().name
         config = ServeConfig(model=name, api_key=api_key, max_queue=max_queue, timeout_s=timeout_s, grace_s=grace_s)
         app = create_app(gen, config)
@@ -115,11 +137,18 @@ def serve(bundle, host, port, api_key, max_queue, timeout_s, grace_s, model_name
         bound = sock.getsockname()[1]
         # uvicorn's own grace is a backstop: the worker ends in-flight decodes at grace_s itself, so
         # that their responses close properly (a stream gets an error event and [DONE]).
-        uv = uvicorn.Config(app, log_level="warning", access_log=access_log, lifespan="on",
-                            timeout_graceful_shutdown=grace_s + SHUTDOWN_MARGIN_S)  # fmt: skip
+        uv = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=access_log,
+            lifespan="on",
+            timeout_graceful_shutdown=grace_s + SHUTDOWN_MARGIN_S,
+        )
         shown = f"[{host}]" if ":" in host else host
-        click.echo(f"stagedx serve: model {name!r} on {gen.device} ({gen.backend}); listening on http://{shown}:{bound}",
-                   err=False)  # fmt: skip
+        click.echo(
+            f"stagedx serve: model {name!r} on {gen.device} ({gen.backend}); listening on http://{shown}:{bound}",
+            err=False,
+        )
         click.get_text_stream("stdout").flush()
         if api_key is None and not _is_loopback(sock.getsockname()[0]):
             click.echo(f"warning: {host} is reachable from other machines and no --api-key is set", err=True)

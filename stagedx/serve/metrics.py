@@ -57,16 +57,39 @@ class Metrics:
             _family(lines, "stagedx_decodes_total", "counter", "decodes by outcome")
             for kind in ("completed", "cancelled", "timeout", "failed"):
                 lines.append(f'stagedx_decodes_total{{outcome="{kind}"}} {self.outcomes[kind]}')
-            _one(lines, "stagedx_prompt_tokens_total", "counter", "prompt tokens of completed decodes", self.prompt_tokens)
-            _one(lines, "stagedx_completion_tokens_total", "counter", "generated tokens of completed decodes",
-                 self.completion_tokens)  # fmt: skip
+            _one(
+                lines,
+                "stagedx_prompt_tokens_total",
+                "counter",
+                "prompt tokens of completed decodes",
+                self.prompt_tokens,
+            )
+            _one(
+                lines,
+                "stagedx_completion_tokens_total",
+                "counter",
+                "generated tokens of completed decodes",
+                self.completion_tokens,
+            )
             _one(lines, "stagedx_oracle_calls_total", "counter", "oracle forward calls", self.oracle_calls)
             _one(lines, "stagedx_decode_seconds_total", "counter", "time spent decoding", self.decode_seconds)
-            _one(lines, "stagedx_tokens_per_second", "gauge", "generated tokens per decode second, since start",
-                 self.completion_tokens / self.decode_seconds if self.decode_seconds else 0.0)  # fmt: skip
-            _one(lines, "stagedx_tokens_per_oracle_call", "gauge", "generated tokens per oracle call, since start",
-                 self.completion_tokens / self.oracle_calls if self.oracle_calls else 0.0)  # fmt: skip
-            _family(lines, "stagedx_accepted_tokens_total", "counter", "generated tokens by the stage that proposed them")
+            _one(
+                lines,
+                "stagedx_tokens_per_second",
+                "gauge",
+                "generated tokens per decode second, since start",
+                self.completion_tokens / self.decode_seconds if self.decode_seconds else 0.0,
+            )
+            _one(
+                lines,
+                "stagedx_tokens_per_oracle_call",
+                "gauge",
+                "generated tokens per oracle call, since start",
+                self.completion_tokens / self.oracle_calls if self.oracle_calls else 0.0,
+            )
+            _family(
+                lines, "stagedx_accepted_tokens_total", "counter", "generated tokens by the stage that proposed them"
+            )
             for stage in STAGES:
                 lines.append(f'stagedx_accepted_tokens_total{{stage="{stage}"}} {self.accepted[stage]}')
             _family(lines, "stagedx_time_to_first_token_seconds", "summary", "time from request to first text")

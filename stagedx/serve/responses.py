@@ -23,7 +23,7 @@ class Reply:
     created: int
 
     @staticmethod
-    def new(chat: bool, model: str) -> "Reply":
+    def new(chat: bool, model: str) -> Reply:
         prefix = "chatcmpl" if chat else "cmpl"
         return Reply(chat, model, f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time()))
 
@@ -34,8 +34,12 @@ class Reply:
         """The non-streaming response for a finished ``GenerationResult``."""
         reason = FINISH[result.finish_reason]
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "finish_reason": reason,
-                      "logprobs": None}  # fmt: skip
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.text},
+                "finish_reason": reason,
+                "logprobs": None,
+            }
             body = self._head("chat.completion")
         else:
             choice = {"index": 0, "text": result.text, "finish_reason": reason, "logprobs": None}
@@ -48,11 +52,15 @@ class Reply:
         reason = FINISH[result.finish_reason] if result is not None else None
         if self.chat:
             delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
-            body = {**self._head("chat.completion.chunk"),
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}]}  # fmt: skip
+            body = {
+                **self._head("chat.completion.chunk"),
+                "choices": [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}],
+            }
         else:
-            body = {**self._head("text_completion"),
-                    "choices": [{"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}]}  # fmt: skip
+            body = {
+                **self._head("text_completion"),
+                "choices": [{"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}],
+            }
         if result is not None:
             body["usage"] = usage(result)
             body["stagedx"] = stagedx_stats(result)

@@ -22,17 +22,33 @@ COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 # Options that change the response in ways batch-size-1 decoding does not offer: refused
 # unless they hold their neutral value.
 UNSUPPORTED = {
-    "n": 1, "best_of": 1, "echo": False, "logprobs": None, "top_logprobs": None,
-    "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": None, "suffix": None,
-    "tools": None, "functions": None, "response_format": None,
-}  # fmt: skip
+    "n": 1,
+    "best_of": 1,
+    "echo": False,
+    "logprobs": None,
+    "top_logprobs": None,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "logit_bias": None,
+    "suffix": None,
+    "tools": None,
+    "functions": None,
+    "response_format": None,
+}
 
 
 class ApiError(Exception):
     """An HTTP error the client sees as OpenAI-style JSON."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None, headers: dict | None = None):  # fmt: skip
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
         self.headers = dict(headers or {})
@@ -108,8 +124,12 @@ def _check_model(body: dict, limits: Limits) -> None:
     if not isinstance(model, str):
         raise invalid("model", "must be a string")
     if model != limits.model:
-        raise ApiError(404, f"the model {model!r} does not exist; this server serves {limits.model!r}",
-                       param="model", code="model_not_found")  # fmt: skip
+        raise ApiError(
+            404,
+            f"the model {model!r} does not exist; this server serves {limits.model!r}",
+            param="model",
+            code="model_not_found",
+        )
 
 
 def _decode_params(body: dict, limits: Limits, prompt, default_max: int | None) -> DecodeParams:

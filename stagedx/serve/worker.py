@@ -52,8 +52,9 @@ def shutdown_error() -> ApiError:
 
 
 def timeout_error(seconds: float) -> ApiError:
-    return ApiError(504, f"the request did not finish within the server's timeout of {seconds:g} s",
-                    kind="timeout", code="timeout")  # fmt: skip
+    return ApiError(
+        504, f"the request did not finish within the server's timeout of {seconds:g} s", kind="timeout", code="timeout"
+    )
 
 
 class DecodeWorker:
@@ -93,9 +94,13 @@ class DecodeWorker:
                 raise shutdown_error()
             if (self._running is not None or self._waiting) and len(self._waiting) >= self.max_queue:
                 wait = max(1, math.ceil(self._mean_s * (len(self._waiting) + 1)))
-                raise ApiError(429, f"the decode queue is full ({len(self._waiting)} waiting): retry later",
-                               kind="rate_limit_error", code="queue_full",
-                               headers={"Retry-After": str(wait)})  # fmt: skip
+                raise ApiError(
+                    429,
+                    f"the decode queue is full ({len(self._waiting)} waiting): retry later",
+                    kind="rate_limit_error",
+                    code="queue_full",
+                    headers={"Retry-After": str(wait)},
+                )
             self._waiting.append(job)
             self._cond.notify()
 
@@ -165,7 +170,7 @@ class DecodeWorker:
             self.metrics.outcome("failed")
             job.emit("error", ApiError(400, str(exc)))
             return
-        except Exception as exc:  # noqa: BLE001 - a failed decode must not end the slot's thread
+        except Exception as exc:  # a failed decode must not end the slot's thread
             log.exception("decode failed")
             self.metrics.outcome("failed")
             job.emit("error", ApiError(500, f"the decode failed: {type(exc).__name__}", kind="server_error"))

@@ -67,8 +67,26 @@ def check_summary(data):
 
 def test_bench_end_to_end(tiny_bundle, tmp_path):
     out = tmp_path / "out"
-    res = invoke(["bench", str(tiny_bundle), "--limit", "2", "--max-new-tokens", str(NEW), "--repeats", "2",
-                  "--warmup", "1", "--threads", "1", "--out", str(out), "--seed", "3"])  # fmt: skip
+    res = invoke(
+        [
+            "bench",
+            str(tiny_bundle),
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            str(NEW),
+            "--repeats",
+            "2",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            "--seed",
+            "3",
+        ]
+    )
     assert "relative oracle memory traffic" in res.output and "roofline:" in res.output
     data = json.loads((out / "bench.json").read_text())
     env = data["environment"]
@@ -76,7 +94,9 @@ def test_bench_end_to_end(tiny_bundle, tmp_path):
     assert set(env["versions"]) >= {"python", "numpy", "onnxruntime", "stagedx"}
     assert data["config"]["prompt_ids"] == ["HumanEval/0", "HumanEval/1"]
     recs = data["records"]
-    assert len(recs) == 4 * 2 * 2 * 2  # methods (baseline, speculative, staged, staged3) x samplings x prompts x repeats
+    assert (
+        len(recs) == 4 * 2 * 2 * 2
+    )  # methods (baseline, speculative, staged, staged3) x samplings x prompts x repeats
     assert all(r["new_tokens"] == NEW and r["finish_reason"] == "length" for r in recs)
     # the same seed for every method on one (prompt, repeat); greedy runs agree on nothing random
     seeds = {(r["prompt_index"], r["repeat"]): set() for r in recs}
@@ -86,7 +106,9 @@ def test_bench_end_to_end(tiny_bundle, tmp_path):
     check_summary(data)
     roof = data["roofline"]
     assert roof["limit_tokens_per_s"] == pytest.approx(roof["bandwidth_gb_s"] * 1e9 / data["weights_bytes"]["oracle"])
-    assert roof["fraction"] == pytest.approx(data["summary"]["greedy"]["baseline"]["tokens_per_s"] / roof["limit_tokens_per_s"])
+    assert roof["fraction"] == pytest.approx(
+        data["summary"]["greedy"]["baseline"]["tokens_per_s"] / roof["limit_tokens_per_s"]
+    )
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "bench.txt").read_text().strip()
     # decode-only speed beside end-to-end; Figure 1 from the measured cost curve
@@ -98,9 +120,28 @@ def test_bench_end_to_end(tiny_bundle, tmp_path):
         assert cells["baseline"]["tree_tokens_per_oracle_call"] == 1.0
     assert set(data["cost_curve"]["latency_s"]) >= {"1", "8", "64"} and data["cost_curve"]["peak_flops"] > 0
     assert (out / "figure1.png").read_bytes()[:4] == b"\x89PNG"
-    again = invoke(["bench", str(tiny_bundle), "--limit", "1", "--max-new-tokens", "4", "--warmup", "0",
-                    "--methods", "baseline", "--sampling", "greedy", "--threads", "1", "--out", str(tmp_path / "two"),
-                    "--figure-with", str(out / "bench.json")])  # fmt: skip
+    again = invoke(
+        [
+            "bench",
+            str(tiny_bundle),
+            "--limit",
+            "1",
+            "--max-new-tokens",
+            "4",
+            "--warmup",
+            "0",
+            "--methods",
+            "baseline",
+            "--sampling",
+            "greedy",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path / "two"),
+            "--figure-with",
+            str(out / "bench.json"),
+        ]
+    )
     assert "figure1.png" in again.output and (tmp_path / "two" / "figure1.png").is_file()
 
 
@@ -108,8 +149,28 @@ def test_bench_self_draft_accepts_everything(self_draft_bundle, tmp_path):
     """With the oracle as its own draft, greedy speculative accepts every draft token: the
     counts (not the times) must show more than one token per oracle call."""
     out = tmp_path / "out"
-    invoke(["bench", str(self_draft_bundle), "--limit", "2", "--max-new-tokens", "9", "--repeats", "2", "--warmup", "0",
-            "--methods", "baseline,speculative,staged3", "--sampling", "greedy", "--threads", "1", "--out", str(out)])  # fmt: skip
+    invoke(
+        [
+            "bench",
+            str(self_draft_bundle),
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "9",
+            "--repeats",
+            "2",
+            "--warmup",
+            "0",
+            "--methods",
+            "baseline,speculative,staged3",
+            "--sampling",
+            "greedy",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     data = json.loads((out / "bench.json").read_text())
     check_summary(data)
     g = data["summary"]["greedy"]
@@ -134,7 +195,7 @@ def test_tune_end_to_end(tiny_bundle, tmp_path):
     res = invoke(["tune", str(bundle), "--limit", "2", "--max-new-tokens", "4", "--threads", "1"])
     assert "stored tuning" in res.output
     tuning = load_manifest(bundle).tuning
-    (key, entry), = tuning.items()
+    ((key, entry),) = tuning.items()
     assert key.endswith("|onnxruntime|1") and not key.startswith("cuda")
     assert entry.oracle_latency_s and entry.draft_latency_s
     assert entry.calibration["prompts"] == "humaneval:82-163"
@@ -156,8 +217,22 @@ def test_tune_with_acceptance_from_a_twin(tiny_bundle, tmp_path):
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    res = invoke(["tune", str(bundle), "--acceptance-from", str(tiny_bundle), "--limit", "1", "--max-new-tokens", "4",
-                  "--threads", "1", "--sampling", "topk:50"])  # fmt: skip
+    res = invoke(
+        [
+            "tune",
+            str(bundle),
+            "--acceptance-from",
+            str(tiny_bundle),
+            "--limit",
+            "1",
+            "--max-new-tokens",
+            "4",
+            "--threads",
+            "1",
+            "--sampling",
+            "topk:50",
+        ]
+    )
     assert "calibration generations run on" in res.output
     (entry,) = load_manifest(bundle).tuning.values()
     assert entry.calibration["acceptance_from"] == str(tiny_bundle)
@@ -187,8 +262,27 @@ def test_bench_without_peers_never_imports_torch(tiny_bundle, tmp_path):
 def test_bench_peers(tiny_pair, tiny_bundle, tmp_path):
     """transformers peers on the checkpoints the bundle records; ratios recomputed."""
     out = tmp_path / "out"
-    res = invoke(["bench", str(tiny_bundle), "--limit", "2", "--max-new-tokens", str(NEW), "--repeats", "2",
-                  "--warmup", "0", "--sampling", "greedy", "--threads", "1", "--peers", "--out", str(out)])  # fmt: skip
+    res = invoke(
+        [
+            "bench",
+            str(tiny_bundle),
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            str(NEW),
+            "--repeats",
+            "2",
+            "--warmup",
+            "0",
+            "--sampling",
+            "greedy",
+            "--threads",
+            "1",
+            "--peers",
+            "--out",
+            str(out),
+        ]
+    )
     assert "hf-assisted" in res.output
     data = json.loads((out / "bench.json").read_text())
     check_summary(data)

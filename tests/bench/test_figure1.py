@@ -19,9 +19,14 @@ def result(name: str, latency: dict) -> dict:
         "config": {"bundle": f"bundles/{name}/"},
         "roofline": {"bandwidth_gb_s": 20.0},
         "summary": {"greedy": cells},
-        "cost_curve": {"past_len": 200, "oracle_params": PARAMS, "oracle_weight_bytes": BYTES,
-                       "latency_s": {str(t): s for t, s in latency.items()}, "peak_flops": 1e11},
-    }  # fmt: skip
+        "cost_curve": {
+            "past_len": 200,
+            "oracle_params": PARAMS,
+            "oracle_weight_bytes": BYTES,
+            "latency_s": {str(t): s for t, s in latency.items()},
+            "peak_flops": 1e11,
+        },
+    }
 
 
 def test_curve_and_operating_points_are_flops_per_byte_and_flops_per_second():

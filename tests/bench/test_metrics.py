@@ -17,18 +17,50 @@ from stagedx.errors import StagedxError
 
 def rec(method, sampling, prompt, wall, new=10, oracle=None, draft=0, repeat=0, depth=(0,), stage=None):
     oracle = new if oracle is None else oracle
-    return {"prompt": f"p{prompt}", "prompt_index": prompt, "method": method, "sampling": sampling,
-            "repeat": repeat, "new_tokens": new, "oracle_calls": oracle, "draft_calls": draft, "wall_s": wall,
-            "accepted_by_depth": list(depth), "accepted_by_stage": stage or {"draft2": 0, "draft": 0, "oracle": oracle}}
+    return {
+        "prompt": f"p{prompt}",
+        "prompt_index": prompt,
+        "method": method,
+        "sampling": sampling,
+        "repeat": repeat,
+        "new_tokens": new,
+        "oracle_calls": oracle,
+        "draft_calls": draft,
+        "wall_s": wall,
+        "accepted_by_depth": list(depth),
+        "accepted_by_stage": stage or {"draft2": 0, "draft": 0, "oracle": oracle},
+    }
 
 
 RECORDS = [
-    rec("baseline", "greedy", 0, 1.0), rec("baseline", "greedy", 1, 2.0),
-    rec("baseline", "greedy", 0, 1.0, repeat=1), rec("baseline", "greedy", 1, 2.0, repeat=1),
+    rec("baseline", "greedy", 0, 1.0),
+    rec("baseline", "greedy", 1, 2.0),
+    rec("baseline", "greedy", 0, 1.0, repeat=1),
+    rec("baseline", "greedy", 1, 2.0, repeat=1),
     rec("staged", "greedy", 0, 0.25, oracle=4, draft=8, depth=(4, 2), stage={"draft2": 3, "draft": 3, "oracle": 4}),
     rec("staged", "greedy", 1, 1.0, oracle=5, draft=10, depth=(4, 1), stage={"draft2": 2, "draft": 3, "oracle": 5}),
-    rec("staged", "greedy", 0, 0.75, oracle=4, draft=8, repeat=1, depth=(4, 2), stage={"draft2": 3, "draft": 3, "oracle": 4}),
-    rec("staged", "greedy", 1, 1.0, oracle=5, draft=10, repeat=1, depth=(4, 1), stage={"draft2": 2, "draft": 3, "oracle": 5}),
+    rec(
+        "staged",
+        "greedy",
+        0,
+        0.75,
+        oracle=4,
+        draft=8,
+        repeat=1,
+        depth=(4, 2),
+        stage={"draft2": 3, "draft": 3, "oracle": 4},
+    ),
+    rec(
+        "staged",
+        "greedy",
+        1,
+        1.0,
+        oracle=5,
+        draft=10,
+        repeat=1,
+        depth=(4, 1),
+        stage={"draft2": 2, "draft": 3, "oracle": 5},
+    ),
 ]
 WEIGHTS = {"oracle": 1000, "draft": 100}
 
@@ -53,18 +85,22 @@ def test_speedups_per_prompt_and_mean():
 
 
 def test_mean_speedup_is_over_prompts_not_pooled():
-    recs = [rec("baseline", "g", 0, 1.0), rec("baseline", "g", 1, 1.0),
-            rec("staged", "g", 0, 0.25), rec("staged", "g", 1, 1.0)]
+    recs = [
+        rec("baseline", "g", 0, 1.0),
+        rec("baseline", "g", 1, 1.0),
+        rec("staged", "g", 0, 0.25),
+        rec("staged", "g", 1, 1.0),
+    ]
     s = metrics.summarize(recs, WEIGHTS)["g"]["staged"]
     assert s["speedup_mean"] == pytest.approx((4.0 + 1.0) / 2)
     assert s["speedup_pooled"] == pytest.approx(2.0 / 1.25)
 
 
 def test_decode_tokens_per_second_excludes_prefill_and_tree_size():
-    recs = [dict(rec("staged", "g", 0, 1.0, new=30, oracle=10), oracle_tokens=80,
-                 time_s={"prefill": 0.25, "oracle": 0.5}),
-            dict(rec("staged", "g", 1, 2.0, new=30, oracle=10), oracle_tokens=40,
-                 time_s={"prefill": 0.75, "oracle": 1.5})]
+    recs = [
+        dict(rec("staged", "g", 0, 1.0, new=30, oracle=10), oracle_tokens=80, time_s={"prefill": 0.25, "oracle": 0.5}),
+        dict(rec("staged", "g", 1, 2.0, new=30, oracle=10), oracle_tokens=40, time_s={"prefill": 0.75, "oracle": 1.5}),
+    ]
     assert metrics.tokens_per_second(recs) == pytest.approx(60 / 3.0)
     assert metrics.decode_tokens_per_second(recs) == pytest.approx(60 / 2.0)
     assert metrics.tree_tokens_per_oracle_call(recs) == pytest.approx(6.0)
@@ -162,7 +198,9 @@ def test_coordinate_search_finds_the_optimum_of_a_separable_score():
     target = {"budget": 7, "max_depth": 4, "draft_calls": 2, "draft_batch": 16}
 
     def score(cfg):
-        return Ev(-sum(abs(getattr(cfg, k) - v) for k, v in target.items()) - (cfg.fanouts != SEARCH_SPACE["fanouts"][1]))
+        return Ev(
+            -sum(abs(getattr(cfg, k) - v) for k, v in target.items()) - (cfg.fanouts != SEARCH_SPACE["fanouts"][1])
+        )
 
     best_ev, best, evals = coordinate_search(THREE_STAGE_TREES["greedy"], score)
     assert best.budget == 7 and best.max_depth == 4 and best.draft_calls == 2 and best.draft_batch == 16

@@ -14,8 +14,16 @@ from stagedx.engines import cli as engines_cli
 from stagedx.engines.profiles import ProfileSpec
 from stagedx.errors import StagedxError
 from stagedx.files import sha256_file
-from stagedx.manifest import (ArchDims, Draft2Entry, EngineEntry, Manifest, ModelEntry, TokenizerEntry,
-                              load_manifest, write_manifest)
+from stagedx.manifest import (
+    ArchDims,
+    Draft2Entry,
+    EngineEntry,
+    Manifest,
+    ModelEntry,
+    TokenizerEntry,
+    load_manifest,
+    write_manifest,
+)
 from stagedx.runtime.trt_runner import GpuInfo, engine_mismatch, select_engine
 
 GPU = GpuInfo("NVIDIA L40S", "8.9")
@@ -23,8 +31,17 @@ GPU = GpuInfo("NVIDIA L40S", "8.9")
 
 def _entry(role: str, dtype="fp16", positions=512) -> ModelEntry:
     arch = ArchDims("gpt2", 2, 4, 4, 8, 32, 100, positions)
-    return ModelEntry(role=role, file=f"{role}.onnx", sha256="0", dtype=dtype, topk=8, arch=arch,
-                      n_params=1, weight_bytes=2, source={})
+    return ModelEntry(
+        role=role,
+        file=f"{role}.onnx",
+        sha256="0",
+        dtype=dtype,
+        topk=8,
+        arch=arch,
+        n_params=1,
+        weight_bytes=2,
+        source={},
+    )
 
 
 @pytest.fixture
@@ -43,9 +60,11 @@ def bundle(tmp_path) -> Path:
 
 def _cli(monkeypatch, capsys, args):
     """``stagedx.cli.main`` with this stage's commands registered."""
+
     def register():
         for c in engines_cli.COMMANDS:
             top.cli.add_command(c)
+
     monkeypatch.setattr(top, "_register", register)
     with pytest.raises(SystemExit) as info:
         top.main(args)
@@ -73,12 +92,15 @@ def test_build_engine_without_cuda_python_names_it(bundle, monkeypatch, capsys):
     assert "cuda-python" in err[0] and "pip install 'stagedx[trt]'" in err[0]
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--max-tree", "0"], "--max-tree must be at least 1"),
-    (["--max-tree", "64", "--max-context", "32"], "cannot exceed"),
-    (["--max-context", "4096"], "exceeds the model's 512 positions"),
-    (["--workspace", "0"], "--workspace must be positive"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--max-tree", "0"], "--max-tree must be at least 1"),
+        (["--max-tree", "64", "--max-context", "32"], "cannot exceed"),
+        (["--max-context", "4096"], "exceeds the model's 512 positions"),
+        (["--workspace", "0"], "--workspace must be positive"),
+    ],
+)
 def test_bad_arguments_are_reported_before_looking_for_tensorrt(bundle, monkeypatch, capsys, args, words):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     code, err = _cli(monkeypatch, capsys, ["build-engine", str(bundle), *args])
@@ -117,6 +139,7 @@ def test_engine_record_carries_what_the_runtime_checks_and_round_trips(bundle):
     assert EngineEntry.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec  # manifest-serialisable
 
     from stagedx.manifest import update_manifest
+
     update_manifest(bundle, engines=tuple(b.merge_records((), [rec])))
     manifest = load_manifest(bundle)  # sha256 of the engine file is verified too
     assert select_engine(manifest, "oracle", GPU, "10.9.0") == rec
@@ -129,12 +152,25 @@ def test_engine_record_carries_what_the_runtime_checks_and_round_trips(bundle):
 
 def test_merge_records_replaces_only_the_same_role_gpu_and_version():
     def rec(role, gpu, ver, tag):
-        return EngineEntry.from_dict({"file": "e.plan", "sha256": "0" * 64, "role": role, "gpu_name": gpu,
-                                      "compute_capability": "8.9", "tensorrt_version": ver, "tag": tag})
+        return EngineEntry.from_dict(
+            {
+                "file": "e.plan",
+                "sha256": "0" * 64,
+                "role": role,
+                "gpu_name": gpu,
+                "compute_capability": "8.9",
+                "tensorrt_version": ver,
+                "tag": tag,
+            }
+        )
+
     old = [rec("oracle", "L4", "10.9", 1), rec("draft", "L4", "10.9", 1), rec("oracle", "A10", "10.9", 1)]
     merged = b.merge_records(old, [rec("oracle", "L4", "10.9", 2)])
     assert sorted((r.role, r.gpu_name, r.other["tag"]) for r in merged) == [
-        ("draft", "L4", 1), ("oracle", "A10", 1), ("oracle", "L4", 2)]
+        ("draft", "L4", 1),
+        ("oracle", "A10", 1),
+        ("oracle", "L4", 2),
+    ]
 
 
 def test_write_atomic_leaves_no_temporary_files(tmp_path):
@@ -151,9 +187,20 @@ def test_quantized_models_are_refused_before_looking_for_tensorrt(bundle, monkey
     from stagedx.manifest import QuantEntry, update_manifest
 
     m = load_manifest(bundle)
-    q = QuantEntry(method="matmul-nbits", bits=4, block_size=32, symmetric=False, accuracy_level=4,
-                   ops=("MatMul",), tool="onnxruntime", fp32_weight_bytes=8, agreement=1.0,
-                   max_rel_error=0.0, min_agreement=0.85, n_tokens=128)
+    q = QuantEntry(
+        method="matmul-nbits",
+        bits=4,
+        block_size=32,
+        symmetric=False,
+        accuracy_level=4,
+        ops=("MatMul",),
+        tool="onnxruntime",
+        fp32_weight_bytes=8,
+        agreement=1.0,
+        max_rel_error=0.0,
+        min_agreement=0.85,
+        n_tokens=128,
+    )
     update_manifest(bundle, models={**m.models, "oracle": dataclasses.replace(m.oracle, quantization=q)})
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     code, err = _cli(monkeypatch, capsys, ["build-engine", str(bundle)])

@@ -11,15 +11,25 @@ from stagedx.manifest import ArchDims, ModelEntry
 
 def _entry(n_layers=2, heads=3, head_dim=4) -> ModelEntry:
     arch = ArchDims("gpt2", n_layers, heads, heads, head_dim, heads * head_dim, 50, 256)
-    return ModelEntry(role="oracle", file="oracle.onnx", sha256="0", dtype="fp32", topk=8,
-                      arch=arch, n_params=1, weight_bytes=4, source={})
+    return ModelEntry(
+        role="oracle",
+        file="oracle.onnx",
+        sha256="0",
+        dtype="fp32",
+        topk=8,
+        arch=arch,
+        n_params=1,
+        weight_bytes=4,
+        source={},
+    )
 
 
 def test_every_input_has_a_range_with_past_never_empty():
     entry = _entry()
     shapes = profile_shapes(entry, ProfileSpec(max_tree=16, max_context=128, reserved=1))
     expected = {"input_ids", "position_ids", "tree_mask"} | {
-        f"past_{kv}.{i}" for kv in ("key", "value") for i in range(2)}
+        f"past_{kv}.{i}" for kv in ("key", "value") for i in range(2)
+    }
     assert set(shapes) == expected
     assert shapes["input_ids"].min == (1,) and shapes["input_ids"].max == (16,)
     assert shapes["past_key.0"].min == (1, 3, 4)  # the reserved dummy row
@@ -51,20 +61,28 @@ def test_ranges_are_ordered_and_cover_every_runtime_call(max_tree, extra, reserv
     # and a full tree on top of the longest past that still fits
     for length, t in ((0, 1), (spec.max_context - 1, 1), (spec.max_context - max_tree, max_tree)):
         past = reserved + length
-        feed = {"input_ids": (t,), "position_ids": (t,), "tree_mask": (t, past + t),
-                "past_key.0": (past, 3, 4), "past_value.0": (past, 3, 4)}
+        feed = {
+            "input_ids": (t,),
+            "position_ids": (t,),
+            "tree_mask": (t, past + t),
+            "past_key.0": (past, 3, 4),
+            "past_value.0": (past, 3, 4),
+        }
         assert fits_profile(d, feed) is None, (length, t)
     over = {"input_ids": (max_tree + 1,)}
     assert "outside the profile range" in fits_profile(d, over)
 
 
-@pytest.mark.parametrize("spec, positions, words", [
-    (ProfileSpec(0, 64), 1024, "--max-tree"),
-    (ProfileSpec(8, 1), 1024, "--max-context"),
-    (ProfileSpec(65, 64), 1024, "cannot exceed"),
-    (ProfileSpec(8, 2048), 1024, "exceeds the model"),
-    (ProfileSpec(8, 64, reserved=0), 1024, "reserved KV slot"),
-])
+@pytest.mark.parametrize(
+    "spec, positions, words",
+    [
+        (ProfileSpec(0, 64), 1024, "--max-tree"),
+        (ProfileSpec(8, 1), 1024, "--max-context"),
+        (ProfileSpec(65, 64), 1024, "cannot exceed"),
+        (ProfileSpec(8, 2048), 1024, "exceeds the model"),
+        (ProfileSpec(8, 64, reserved=0), 1024, "reserved KV slot"),
+    ],
+)
 def test_bad_ranges_are_refused_with_one_line(spec, positions, words):
     with pytest.raises(StagedxError, match=words) as info:
         check_spec(spec, positions)

@@ -21,6 +21,7 @@ def _cli(monkeypatch, capsys, args):
     def register():
         for c in engines_cli.COMMANDS:
             top.cli.add_command(c)
+
     monkeypatch.setattr(top, "_register", register)
     code = 0
     try:
@@ -67,6 +68,7 @@ def _rewrite_reference(bundle, change):
 def test_a_corrupted_reference_fails_with_exit_2(bundle_copy, monkeypatch, capsys):
     def corrupt(a):
         a["draft.logits"] = a["draft.logits"] * 1.01
+
     _rewrite_reference(bundle_copy, corrupt)
     code, out, err = _cli(monkeypatch, capsys, ["validate", str(bundle_copy)])
     assert code == 2
@@ -82,8 +84,12 @@ def _ignore_mask(model):
     from onnx import TensorProto, helper
 
     shape = helper.make_node("Shape", ["tree_mask"], ["_mask_shape"])
-    ones = helper.make_node("ConstantOfShape", ["_mask_shape"], ["_mask_all"],
-                            value=helper.make_tensor("one", TensorProto.BOOL, [1], [True]))
+    ones = helper.make_node(
+        "ConstantOfShape",
+        ["_mask_shape"],
+        ["_mask_all"],
+        value=helper.make_tensor("one", TensorProto.BOOL, [1], [True]),
+    )
     used = 0
     for node in model.graph.node:
         for k, name in enumerate(node.input):

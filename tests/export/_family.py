@@ -12,8 +12,9 @@ def export_pair(oracle, draft, out, **options):
     """A verified fp32 bundle of ``oracle`` + ``draft`` (export raises above the tolerance)."""
     from stagedx.export.bundle import ExportConfig, export_bundle
 
-    return export_bundle(ExportConfig(oracle=str(oracle), draft=str(draft), output=out,
-                                      draft2="prompt-lookup", **options))
+    return export_bundle(
+        ExportConfig(oracle=str(oracle), draft=str(draft), output=out, draft2="prompt-lookup", **options)
+    )
 
 
 def reference_model(path):

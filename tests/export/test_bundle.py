@@ -37,13 +37,17 @@ def test_manifest_is_complete(tiny_bundle, tiny_pair):
     block = 2 * 2 * e + (e * 3 * e + 3 * e) + (e * e + e) + (e * 4 * e + 4 * e) + (4 * e * e + e)
     assert o.n_params == v * e + n * e + 2 * block + 2 * e
     assert o.weight_bytes == 4 * o.n_params
-    assert o.source == {"checkpoint": str(tiny_pair.oracle), "model_type": "gpt2",
-                        "architectures": ["GPT2LMHeadModel"]}
+    assert o.source == {"checkpoint": str(tiny_pair.oracle), "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}
     assert o.io == DEFAULT_IO and o.opset == 18 and o.topk == 32 and o.dtype == "fp32"
     assert o.external_data is None
     assert m.draft.source["checkpoint"] == str(tiny_pair.draft)
     assert sorted(p.name for p in tiny_bundle.iterdir()) == [
-        "draft.onnx", "manifest.json", "oracle.onnx", "reference.npz", "tokenizer.json"]
+        "draft.onnx",
+        "manifest.json",
+        "oracle.onnx",
+        "reference.npz",
+        "tokenizer.json",
+    ]
 
 
 def test_self_draft_and_small_vocab_bundles(self_draft_bundle, small_vocab_bundle):
@@ -82,8 +86,7 @@ def test_failed_force_export_keeps_the_old_bundle(tiny_bundle, tiny_pair, tmp_pa
     before = sha256_file(out / "manifest.json")
     monkeypatch.setattr(bundle, "verify_graph", lambda *a, **k: (_ for _ in ()).throw(StagedxError("x")))
     with pytest.raises(StagedxError):
-        export_bundle(ExportConfig(oracle=str(tiny_pair.oracle), draft=str(tiny_pair.draft), output=out,
-                                   force=True))
+        export_bundle(ExportConfig(oracle=str(tiny_pair.oracle), draft=str(tiny_pair.draft), output=out, force=True))
     assert sha256_file(out / "manifest.json") == before
     assert _leftovers(tmp_path) == ["b"]
 
@@ -92,10 +95,9 @@ def test_verification_failure_is_reported(tiny_pair, tmp_path, monkeypatch):
     """A graph that is wrong (here: a broken mask fill) fails export and leaves nothing."""
     from stagedx.export import gpt2
 
-    monkeypatch.setattr(gpt2, "MASK_FILL", {k: 0.0 for k in gpt2.MASK_FILL})  # mask ignored
+    monkeypatch.setattr(gpt2, "MASK_FILL", dict.fromkeys(gpt2.MASK_FILL, 0.0))  # mask ignored
     with pytest.raises(StagedxError, match=r"oracle failed verification: max logit error .* exceeds"):
-        export_bundle(ExportConfig(oracle=str(tiny_pair.oracle), draft=str(tiny_pair.draft),
-                                   output=tmp_path / "b"))
+        export_bundle(ExportConfig(oracle=str(tiny_pair.oracle), draft=str(tiny_pair.draft), output=tmp_path / "b"))
     assert _leftovers(tmp_path) == []
 
 
@@ -106,8 +108,9 @@ def test_external_data_when_weights_pass_the_limit(tiny_pair, tmp_path, monkeypa
     monkeypatch.setattr(onnx_export, "EXTERNAL_FROM", 1 << 16)  # pretend 64 KB is big
     old_umask = os.umask(0o022)
     try:
-        out = export_bundle(ExportConfig(oracle=str(tiny_pair.oracle), draft=str(tiny_pair.draft),
-                                         output=tmp_path / "b", topk=4))
+        out = export_bundle(
+            ExportConfig(oracle=str(tiny_pair.oracle), draft=str(tiny_pair.draft), output=tmp_path / "b", topk=4)
+        )
     finally:
         os.umask(old_umask)
     m = load_manifest(out)
@@ -130,9 +133,17 @@ def test_ngram_draft2(tiny_pair, tmp_path):
     for i in range(3):
         (corpus / f"m{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n" * 20)
     (tmp_path / "skip.json").write_text(json.dumps(["m2.py"]))
-    out = export_bundle(ExportConfig(oracle=str(tiny_pair.oracle), draft=str(tiny_pair.draft),
-                                     output=tmp_path / "b", corpus=(corpus,), verify=False,
-                                     exclude_from=tmp_path / "skip.json", draft2="both"))
+    out = export_bundle(
+        ExportConfig(
+            oracle=str(tiny_pair.oracle),
+            draft=str(tiny_pair.draft),
+            output=tmp_path / "b",
+            corpus=(corpus,),
+            verify=False,
+            exclude_from=tmp_path / "skip.json",
+            draft2="both",
+        )
+    )
     m = load_manifest(out)
     assert m.draft2.kind == "both" and m.draft2.ngram is not None
     assert m.draft2.ngram.file == "draft2_ngram.npz" and m.draft2.ngram.order == 3
@@ -143,13 +154,21 @@ def test_ngram_draft2(tiny_pair, tmp_path):
 
 
 def test_corpus_defaults_draft2_to_ngram_and_bad_exclude_is_refused(tiny_pair, tmp_path):
-    cfg = ExportConfig(oracle=str(tiny_pair.oracle), draft=str(tiny_pair.draft), output=tmp_path / "b",
-                       corpus=(tmp_path,))
+    cfg = ExportConfig(
+        oracle=str(tiny_pair.oracle), draft=str(tiny_pair.draft), output=tmp_path / "b", corpus=(tmp_path,)
+    )
     assert cfg.draft2_kind() == "ngram"
     (tmp_path / "bad.json").write_text('{"not": "a list"}')
     with pytest.raises(StagedxError, match="JSON list"):
-        export_bundle(ExportConfig(oracle=str(tiny_pair.oracle), draft=str(tiny_pair.draft),
-                                   output=tmp_path / "b", corpus=(tmp_path,), exclude_from=tmp_path / "bad.json"))
+        export_bundle(
+            ExportConfig(
+                oracle=str(tiny_pair.oracle),
+                draft=str(tiny_pair.draft),
+                output=tmp_path / "b",
+                corpus=(tmp_path,),
+                exclude_from=tmp_path / "bad.json",
+            )
+        )
 
 
 def test_registry_knows_gpt2_and_a_new_entry_plugs_in(tiny_pair, tmp_path, monkeypatch):

@@ -10,12 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from _models import make_gpt2_checkpoint
 
 import stagedx.cli as top
 from stagedx.export import cli as export_cli
 from stagedx.manifest import load_manifest
-
-from _models import make_gpt2_checkpoint
 
 
 def _register_export_only() -> None:
@@ -52,21 +51,24 @@ def test_export_command_is_registered_in_the_top_level_cli():
 
 
 def test_missing_oracle_path(tiny_pair, tmp_path, monkeypatch, capsys):
-    code, _, err = run_main(monkeypatch, capsys, ["export", tmp_path / "nope", "--draft", tiny_pair.draft,
-                                                  "-o", tmp_path / "b"])
+    code, _, err = run_main(
+        monkeypatch, capsys, ["export", tmp_path / "nope", "--draft", tiny_pair.draft, "-o", tmp_path / "b"]
+    )
     assert_one_line_error(code, err, "not found", "nope")
 
 
 def test_hub_id_not_in_local_cache_names_what_was_looked_for(tiny_pair, tmp_path, monkeypatch, capsys):
-    code, _, err = run_main(monkeypatch, capsys, ["export", "someorg/no-such-model-xyz", "--draft",
-                                                  tiny_pair.draft, "-o", tmp_path / "b"])
+    code, _, err = run_main(
+        monkeypatch, capsys, ["export", "someorg/no-such-model-xyz", "--draft", tiny_pair.draft, "-o", tmp_path / "b"]
+    )
     assert_one_line_error(code, err, "someorg/no-such-model-xyz", "local Hugging Face cache")
 
 
 def test_not_a_checkpoint(tiny_pair, tmp_path, monkeypatch, capsys):
     (tmp_path / "empty").mkdir()
-    code, _, err = run_main(monkeypatch, capsys, ["export", tiny_pair.oracle, "--draft", tmp_path / "empty",
-                                                  "-o", tmp_path / "b"])
+    code, _, err = run_main(
+        monkeypatch, capsys, ["export", tiny_pair.oracle, "--draft", tmp_path / "empty", "-o", tmp_path / "b"]
+    )
     assert_one_line_error(code, err, "not a checkpoint", "config.json")
 
 
@@ -113,34 +115,64 @@ def test_same_vocab_size_different_tokenizer_is_refused(tiny_pair, tmp_path, mon
 def test_unwritable_output(tiny_pair, tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    code, _, err = run_main(monkeypatch, capsys, ["export", tiny_pair.oracle, "--draft", tiny_pair.draft,
-                                                  "-o", blocker / "bundle"])
+    code, _, err = run_main(
+        monkeypatch, capsys, ["export", tiny_pair.oracle, "--draft", tiny_pair.draft, "-o", blocker / "bundle"]
+    )
     assert_one_line_error(code, err, str(blocker))
 
 
 def test_output_parents_are_created(tiny_pair, tmp_path, monkeypatch, capsys):
-    code, _, err = run_main(monkeypatch, capsys, ["export", tiny_pair.oracle, "--draft", tiny_pair.draft,
-                                                  "-o", tmp_path / "no" / "such" / "bundle", "--no-verify"])
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        [
+            "export",
+            tiny_pair.oracle,
+            "--draft",
+            tiny_pair.draft,
+            "-o",
+            tmp_path / "no" / "such" / "bundle",
+            "--no-verify",
+        ],
+    )
     assert code == 0, err
     assert (tmp_path / "no" / "such" / "bundle" / "manifest.json").is_file()
 
 
 def test_output_parent_is_a_file(tiny_pair, tmp_path, monkeypatch, capsys):
     (tmp_path / "file").write_text("x")
-    code, _, err = run_main(monkeypatch, capsys, ["export", tiny_pair.oracle, "--draft", tiny_pair.draft,
-                                                  "-o", tmp_path / "file" / "bundle"])
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        ["export", tiny_pair.oracle, "--draft", tiny_pair.draft, "-o", tmp_path / "file" / "bundle"],
+    )
     assert_one_line_error(code, err, "cannot create the output's parent folder")
 
 
 def test_ngram_without_corpus_is_an_error(tiny_pair, tmp_path, monkeypatch, capsys):
-    code, _, err = run_main(monkeypatch, capsys, ["export", tiny_pair.oracle, "--draft", tiny_pair.draft,
-                                                  "--draft2", "ngram", "-o", tmp_path / "b"])
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        ["export", tiny_pair.oracle, "--draft", tiny_pair.draft, "--draft2", "ngram", "-o", tmp_path / "b"],
+    )
     assert_one_line_error(code, err, "--corpus")
 
 
 def test_missing_corpus_path(tiny_pair, tmp_path, monkeypatch, capsys):
-    code, _, err = run_main(monkeypatch, capsys, ["export", tiny_pair.oracle, "--draft", tiny_pair.draft,
-                                                  "--corpus", tmp_path / "nocorpus", "-o", tmp_path / "b"])
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        [
+            "export",
+            tiny_pair.oracle,
+            "--draft",
+            tiny_pair.draft,
+            "--corpus",
+            tmp_path / "nocorpus",
+            "-o",
+            tmp_path / "b",
+        ],
+    )
     assert_one_line_error(code, err, "corpus path not found")
 
 
@@ -168,8 +200,9 @@ def test_fp16_export_verifies_and_bakes_the_dtype(tiny_pair, tmp_path, monkeypat
     import onnxruntime as ort
 
     out = tmp_path / "b16"
-    code, _, err = run_main(monkeypatch, capsys, ["export", tiny_pair.oracle, "--draft", tiny_pair.draft,
-                                                  "--dtype", "fp16", "-o", out])
+    code, _, err = run_main(
+        monkeypatch, capsys, ["export", tiny_pair.oracle, "--draft", tiny_pair.draft, "--dtype", "fp16", "-o", out]
+    )
     assert code == 0, err
     m = load_manifest(out)
     for e in m.models.values():
@@ -206,13 +239,24 @@ def test_inspect_not_a_bundle(tmp_path, monkeypatch, capsys):
 
 def test_debug_shows_the_traceback(tmp_path):
     """--debug in a real subprocess of the CLI (whatever stages are registered there)."""
-    code = ("import sys, stagedx.cli as c\n"
-            "from stagedx.export import cli as e\n"
-            "try:\n    c._register()\nexcept ImportError:\n"
-            "    c._register = lambda: [c.cli.add_command(x) for x in e.COMMANDS]\n"
-            "c.main(sys.argv[1:])\n")
-    args = [sys.executable, "-c", code, "export", str(tmp_path / "x"), "--draft", str(tmp_path / "y"),
-            "-o", str(tmp_path / "b")]
+    code = (
+        "import sys, stagedx.cli as c\n"
+        "from stagedx.export import cli as e\n"
+        "try:\n    c._register()\nexcept ImportError:\n"
+        "    c._register = lambda: [c.cli.add_command(x) for x in e.COMMANDS]\n"
+        "c.main(sys.argv[1:])\n"
+    )
+    args = [
+        sys.executable,
+        "-c",
+        code,
+        "export",
+        str(tmp_path / "x"),
+        "--draft",
+        str(tmp_path / "y"),
+        "-o",
+        str(tmp_path / "b"),
+    ]
     plain = subprocess.run(args, capture_output=True, text=True, timeout=60)
     debug = subprocess.run(args + ["--debug"], capture_output=True, text=True, timeout=60)
     assert plain.returncode == debug.returncode == 2

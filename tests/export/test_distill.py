@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _models import make_gpt2_checkpoint
 
 import stagedx.cli as top
 from stagedx.errors import StagedxError
 from stagedx.export.distill import DistillConfig, distill, parse_shape
 from stagedx.export.distill_data import CorpusSpec
-
-from _models import make_gpt2_checkpoint
 
 VOCAB = 32
 WORDS = ["def", "return", "self", "for", "in", "if", "else", "import", "print", "value", "item"]
@@ -47,9 +46,20 @@ def corpus(tmp_path_factory) -> Path:
 
 def _config(pair, corpus, out: Path, **kw) -> DistillConfig:
     oracle, draft = pair
-    base = dict(oracle=str(oracle), output=out, init=str(draft), corpus=CorpusSpec((str(corpus),)),
-                steps=12, seq_len=24, batch=4, lr=1e-2, eval_contexts=6, eval_len=16, threads=1,
-                command="stagedx distill (test)")
+    base = dict(
+        oracle=str(oracle),
+        output=out,
+        init=str(draft),
+        corpus=CorpusSpec((str(corpus),)),
+        steps=12,
+        seq_len=24,
+        batch=4,
+        lr=1e-2,
+        eval_contexts=6,
+        eval_len=16,
+        threads=1,
+        command="stagedx distill (test)",
+    )
     return DistillConfig(**{**base, **kw})
 
 
@@ -84,8 +94,9 @@ def test_output_loads_in_transformers_and_exports(distilled, char_pair, tmp_path
     assert f"{record['after']['kl']:.4f}" in card
     assert json.loads((out / "distill.json").read_text())["run"]["steps"] == 12
     assert not out.with_name(out.name + ".resume").exists()
-    bundle = export_bundle(ExportConfig(oracle=str(char_pair[0]), draft=str(out), output=tmp_path / "b",
-                                        draft2="prompt-lookup", topk=8))
+    bundle = export_bundle(
+        ExportConfig(oracle=str(char_pair[0]), draft=str(out), output=tmp_path / "b", draft2="prompt-lookup", topk=8)
+    )
     assert load_manifest(bundle).models["draft"].arch.hidden == 16
 
 
@@ -175,10 +186,13 @@ def test_forward_kl_at_temperature_and_top_k_matches_the_definition():
     assert forward_kl(t, s, 0.7, 3).item() == pytest.approx(want.item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("args, needle", [
-    ([], "exactly one of --minutes M and --steps N"),
-    (["--steps", "1", "--draft-shape", "2x10x3"], "WIDTH a multiple of HEADS"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        ([], "exactly one of --minutes M and --steps N"),
+        (["--steps", "1", "--draft-shape", "2x10x3"], "WIDTH a multiple of HEADS"),
+    ],
+)
 def test_cli_errors_are_one_line(char_pair, corpus, tmp_path, capsys, args, needle):
     oracle, draft = char_pair
     base = ["distill", str(oracle), "--corpus", str(corpus), "-o", str(tmp_path / "o")]

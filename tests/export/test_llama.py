@@ -24,8 +24,15 @@ from tests.export._chain import whole_and_split
 
 # The draft exercises the other options: untied head, head_dim from config (16 != 32 / 4),
 # one KV head, attention and MLP biases, a different rope_theta.
-DRAFT_OPTIONS = {"n_layer": 1, "n_kv_heads": 1, "head_dim": 16, "tie_word_embeddings": False,
-                 "rope_theta": 500000.0, "attention_bias": True, "mlp_bias": True}
+DRAFT_OPTIONS = {
+    "n_layer": 1,
+    "n_kv_heads": 1,
+    "head_dim": 16,
+    "tie_word_embeddings": False,
+    "rope_theta": 500000.0,
+    "attention_bias": True,
+    "mlp_bias": True,
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +53,7 @@ def llama_bundle(llama_pair, tmp_path_factory):
     oracle, draft = llama_pair
     out = tmp_path_factory.mktemp("llama_bundle") / "bundle"
     # verification inside the export raises above the fp32 tolerance (1e-4 relative)
-    return export_bundle(ExportConfig(oracle=str(oracle), draft=str(draft), output=out,
-                                      draft2="prompt-lookup"))
+    return export_bundle(ExportConfig(oracle=str(oracle), draft=str(draft), output=out, draft2="prompt-lookup"))
 
 
 @pytest.fixture(scope="module")
@@ -165,16 +171,22 @@ def test_greedy_staged_identical_to_baseline(llama_bundle):
 
 # rope_scaling as Llama 3.1 / 3.2 write it (old layout), with a short original context so that
 # the llama3 ramp covers several of the 8 frequencies; linear as Llama-2 long-context fine-tunes.
-LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
 LINEAR_ROPE = {"type": "linear", "factor": 4.0}
 
 
 @pytest.fixture(scope="module")
 def scaled_pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("scaled_pair")
-    oracle = make_llama_checkpoint(root / "llama3", seed=13, hidden=64, n_heads=4, head_dim=16,
-                                   rope_theta=500000.0, rope_scaling=LLAMA3_ROPE)
+    oracle = make_llama_checkpoint(
+        root / "llama3", seed=13, hidden=64, n_heads=4, head_dim=16, rope_theta=500000.0, rope_scaling=LLAMA3_ROPE
+    )
     draft = make_llama_checkpoint(root / "linear", seed=14, n_layer=1, rope_scaling=LINEAR_ROPE)
     for folder, rope in ((oracle, LLAMA3_ROPE), (draft, LINEAR_ROPE)):  # the layout of the hub
         cfg = json.loads((folder / "config.json").read_text())

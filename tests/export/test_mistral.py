@@ -24,8 +24,9 @@ def mistral_pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("mistral_pair")
     oracle = make_decoder_checkpoint(root / "oracle", "mistral", seed=31, sliding_window=WINDOW)
     # draft: no window (Mistral v0.2+), untied head
-    draft = make_decoder_checkpoint(root / "draft", "mistral", seed=32, n_layer=1,
-                                    sliding_window=None, tie_word_embeddings=False)
+    draft = make_decoder_checkpoint(
+        root / "draft", "mistral", seed=32, n_layer=1, sliding_window=None, tie_word_embeddings=False
+    )
     return oracle, draft
 
 
@@ -71,7 +72,9 @@ def test_window_changes_the_logits(mistral_bundle, oracle_ref):
         finally:
             model.config.sliding_window = WINDOW
     assert rel_error(full[WINDOW:], windowed[WINDOW:]) > 100 * FP32_TOLERANCE
-    ours = run_onnx(mistral_bundle / "oracle.onnx", chain_feeds(ids, 0, {}, dims.n_layers, (dims.n_kv_heads, dims.head_dim)))
+    ours = run_onnx(
+        mistral_bundle / "oracle.onnx", chain_feeds(ids, 0, {}, dims.n_layers, (dims.n_kv_heads, dims.head_dim))
+    )
     assert rel_error(ours["logits"], windowed) < FP32_TOLERANCE
 
 
@@ -85,8 +88,10 @@ def test_chain_split_and_reserved_row(mistral_bundle, oracle_ref):
     whole = run_onnx(onnx_file, chain_feeds(ids, 0, {}, dims.n_layers, kv))
     first = run_onnx(onnx_file, chain_feeds(ids[:9], 0, {}, dims.n_layers, kv))
     junk = np.full((1, *kv), 7.0, np.float32)  # [1, H_kv, D]
-    past = {i: (np.concatenate([junk, first[f"new_key.{i}"]]), np.concatenate([junk, first[f"new_value.{i}"]]))
-            for i in range(dims.n_layers)}
+    past = {
+        i: (np.concatenate([junk, first[f"new_key.{i}"]]), np.concatenate([junk, first[f"new_value.{i}"]]))
+        for i in range(dims.n_layers)
+    }
     feeds = chain_feeds(ids[9:], 9, past, dims.n_layers, kv)
     feeds["tree_mask"] = np.concatenate([np.zeros((4, 1), bool), feeds["tree_mask"]], 1)  # [T, 1+P+T]
     second = run_onnx(onnx_file, feeds)

@@ -86,9 +86,11 @@ def test_graph_io_follows_the_contract(tiny_bundle):
     outs = {o.name: (o.type, o.shape) for o in sess.get_outputs()}
     n = entry.arch.n_layers
     assert list(ins) == ["input_ids", "position_ids", "tree_mask"] + [
-        f"past_{kv}.{i}" for i in range(n) for kv in ("key", "value")]
+        f"past_{kv}.{i}" for i in range(n) for kv in ("key", "value")
+    ]
     assert list(outs) == ["logits", "topk_values", "topk_indices"] + [
-        f"new_{kv}.{i}" for i in range(n) for kv in ("key", "value")]
+        f"new_{kv}.{i}" for i in range(n) for kv in ("key", "value")
+    ]
     assert ins["input_ids"][0] == ins["position_ids"][0] == "tensor(int64)"
     assert ins["tree_mask"][0] == "tensor(bool)"
     assert ins["past_key.0"][0] == "tensor(float)"
@@ -118,8 +120,9 @@ def test_reference_npz_holds_the_transformers_reference(tiny_bundle):
         assert ref[f"{role}.tree_mask"].shape == (t, p + t)
         assert ref[f"{role}.logits"].shape == (t, a.vocab_size)
         assert ref[f"{role}.past_value.{a.n_layers - 1}"].shape == (p, a.n_kv_heads, a.head_dim)
-        feeds = {k.split(".", 1)[1]: ref[k] for k in ref.files
-                 if k.startswith(role + ".") and not k.endswith(".logits")}
+        feeds = {
+            k.split(".", 1)[1]: ref[k] for k in ref.files if k.startswith(role + ".") and not k.endswith(".logits")
+        }
         out = run_onnx(tiny_bundle / m.models[role].file, feeds)
         assert rel_error(out["logits"], ref[f"{role}.logits"]) < 1e-4
         assert m.models[role].verify["max_rel_error"] < 1e-4

@@ -22,8 +22,7 @@ def phi3_pair(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("phi3_pair")
     oracle = make_decoder_checkpoint(root / "oracle", "phi3", seed=41, sliding_window=5)
-    draft = make_decoder_checkpoint(root / "draft", "phi3", seed=42, n_layer=1, n_kv_heads=1,
-                                    tie_word_embeddings=False)
+    draft = make_decoder_checkpoint(root / "draft", "phi3", seed=42, n_layer=1, n_kv_heads=1, tie_word_embeddings=False)
     return oracle, draft
 
 

@@ -11,8 +11,7 @@ from stagedx.errors import StagedxError
 from stagedx.export.bundle import ExportConfig, export_bundle
 from stagedx.export.quantize import QuantizeOptions, initializer_bytes, parse_quantize
 from stagedx.manifest import load_manifest
-
-from tests.export.test_cli import assert_one_line_error, run_main  # noqa: I001
+from tests.export.test_cli import assert_one_line_error, run_main
 from tests.runtime.test_generator import PROMPTS, assert_same_greedy
 
 HELDOUT = "def f(x):\n    return x + 1\n\n\nclass A:\n    def g(self, y):\n        return [y] * 2\n" * 12
@@ -87,7 +86,7 @@ def test_quantized_logits_stay_near_fp32(quant_bundle, tiny_bundle):
 
     kind, bundle = quant_bundle
     ref = np.load(tiny_bundle / "reference.npz")
-    feeds = {k[len("oracle."):]: ref[k] for k in ref.files if k.startswith("oracle.") and k != "oracle.logits"}
+    feeds = {k[len("oracle.") :]: ref[k] for k in ref.files if k.startswith("oracle.") and k != "oracle.logits"}
     err = rel_error(run_onnx(bundle / "oracle.onnx", feeds)["logits"], ref["oracle.logits"])
     assert 0 < err < (0.05 if kind == "int8" else 0.5)
 
@@ -95,16 +94,41 @@ def test_quantized_logits_stay_near_fp32(quant_bundle, tiny_bundle):
 def test_impossible_threshold_refuses_and_leaves_nothing(tiny_pair, heldout_file, tmp_path):
     out = tmp_path / "b"
     with pytest.raises(StagedxError, match=r"oracle int4 refused: greedy agreement .* below --min-agreement 100"):
-        export_bundle(ExportConfig(oracle=str(tiny_pair.oracle), draft=str(tiny_pair.draft), output=out,
-                                   draft2="prompt-lookup", quantize=_quant("int4", heldout_file, min_agreement=1.0)))
+        export_bundle(
+            ExportConfig(
+                oracle=str(tiny_pair.oracle),
+                draft=str(tiny_pair.draft),
+                output=out,
+                draft2="prompt-lookup",
+                quantize=_quant("int4", heldout_file, min_agreement=1.0),
+            )
+        )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_refusal_is_one_line(tiny_pair, heldout_file, tmp_path, monkeypatch, capsys):
-    code, _, err = run_main(monkeypatch, capsys, [
-        "export", tiny_pair.oracle, "--draft", tiny_pair.draft, "--draft2", "none", "--quantize",
-        "oracle=int4,draft=none", "--min-agreement", "1", "--heldout", heldout_file,
-        "--heldout-tokens", "128", "-o", tmp_path / "b"])
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        [
+            "export",
+            tiny_pair.oracle,
+            "--draft",
+            tiny_pair.draft,
+            "--draft2",
+            "none",
+            "--quantize",
+            "oracle=int4,draft=none",
+            "--min-agreement",
+            "1",
+            "--heldout",
+            heldout_file,
+            "--heldout-tokens",
+            "128",
+            "-o",
+            tmp_path / "b",
+        ],
+    )
     assert code == 2, err
     lines = err.strip().splitlines()  # progress lines, then one error line, no traceback
     assert lines[-1].startswith("error: oracle int4 refused") and "nothing written" in lines[-1]
@@ -112,17 +136,21 @@ def test_cli_refusal_is_one_line(tiny_pair, heldout_file, tmp_path, monkeypatch,
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--quantize", "int3"], "unknown kind 'int3'"),
-    (["--quantize", "target=int4"], "unknown model 'target'"),
-    (["--quantize", "int4", "--quant-block-size", "24"], "power of two"),
-    (["--quantize", "int4", "--min-agreement", "1.5"], "--min-agreement must be in [0, 1]"),
-    (["--quantize", "int8", "--dtype", "fp16"], "--quantize needs --dtype fp32"),
-    (["--quantize", "int8", "--heldout", "/no/such/file.py"], "not found"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--quantize", "int3"], "unknown kind 'int3'"),
+        (["--quantize", "target=int4"], "unknown model 'target'"),
+        (["--quantize", "int4", "--quant-block-size", "24"], "power of two"),
+        (["--quantize", "int4", "--min-agreement", "1.5"], "--min-agreement must be in [0, 1]"),
+        (["--quantize", "int8", "--dtype", "fp16"], "--quantize needs --dtype fp32"),
+        (["--quantize", "int8", "--heldout", "/no/such/file.py"], "not found"),
+    ],
+)
 def test_bad_quantize_options(tiny_pair, tmp_path, monkeypatch, capsys, args, needle):
-    code, _, err = run_main(monkeypatch, capsys, ["export", tiny_pair.oracle, "--draft", tiny_pair.draft,
-                                                  *args, "-o", tmp_path / "b"])
+    code, _, err = run_main(
+        monkeypatch, capsys, ["export", tiny_pair.oracle, "--draft", tiny_pair.draft, *args, "-o", tmp_path / "b"]
+    )
     assert_one_line_error(code, err, needle)
     assert not (tmp_path / "b").exists()
 
@@ -141,8 +169,24 @@ def test_bench_reports_the_quantization_and_its_roofline(quant_bundle, tmp_path)
 
     kind, bundle = quant_bundle
     out = tmp_path / "out"
-    res = invoke(["bench", str(bundle), "--limit", "2", "--max-new-tokens", "6", "--methods", "baseline,staged",
-                  "--sampling", "greedy", "--threads", "1", "--out", str(out)])
+    res = invoke(
+        [
+            "bench",
+            str(bundle),
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--methods",
+            "baseline,staged",
+            "--sampling",
+            "greedy",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     m = load_manifest(bundle)
     data = json.loads((out / "bench.json").read_text())
     assert data["weights_bytes"]["oracle"] == m.oracle.weight_bytes  # the quantized graph's own bytes
@@ -158,14 +202,31 @@ def test_quantized_graph_with_external_data(tiny_pair, heldout_file, tmp_path, m
     from stagedx.runtime import Generator
 
     monkeypatch.setattr(onnx_export, "EXTERNAL_FROM", 1)
-    out = export_bundle(ExportConfig(oracle=str(tiny_pair.oracle), draft=str(tiny_pair.draft), output=tmp_path / "b",
-                                     draft2="prompt-lookup", quantize=_quant("oracle=int8", heldout_file, min_agreement=0.0)))
+    out = export_bundle(
+        ExportConfig(
+            oracle=str(tiny_pair.oracle),
+            draft=str(tiny_pair.draft),
+            output=tmp_path / "b",
+            draft2="prompt-lookup",
+            quantize=_quant("oracle=int8", heldout_file, min_agreement=0.0),
+        )
+    )
     m = load_manifest(out)
     assert m.oracle.external_data.file == "oracle.onnx.data" and m.oracle.quantization.bits == 8
     assert m.draft.quantization is None and m.draft.external_data.file == "draft.onnx.data"
-    assert sorted(p.name for p in out.iterdir()) == ["draft.onnx", "draft.onnx.data", "manifest.json", "oracle.onnx",
-                                                     "oracle.onnx.data", "reference.npz", "tokenizer.json"]
-    assert len(Generator(out, device="cpu", threads=1).generate("def f(x):", max_new_tokens=8, ignore_eos=True).tokens) == 8
+    assert sorted(p.name for p in out.iterdir()) == [
+        "draft.onnx",
+        "draft.onnx.data",
+        "manifest.json",
+        "oracle.onnx",
+        "oracle.onnx.data",
+        "reference.npz",
+        "tokenizer.json",
+    ]
+    assert (
+        len(Generator(out, device="cpu", threads=1).generate("def f(x):", max_new_tokens=8, ignore_eos=True).tokens)
+        == 8
+    )
 
 
 def test_validate_compares_onnxruntime_with_the_quantized_reference(quant_bundle):

@@ -22,8 +22,9 @@ def qwen2_pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("qwen2_pair")
     # oracle: tied head (Qwen2.5-0.5B..3B); draft: untied head (7B and up), one KV head
     oracle = make_decoder_checkpoint(root / "oracle", "qwen2", seed=21, rope_theta=1000000.0)
-    draft = make_decoder_checkpoint(root / "draft", "qwen2", seed=22, n_layer=1, n_kv_heads=1,
-                                    tie_word_embeddings=False)
+    draft = make_decoder_checkpoint(
+        root / "draft", "qwen2", seed=22, n_layer=1, n_kv_heads=1, tie_word_embeddings=False
+    )
     return oracle, draft
 
 
@@ -36,9 +37,19 @@ def test_checkpoint_has_qkv_bias_only():
     """The test checkpoints are what Qwen2 is: a bias on q/k/v, none on o_proj or the MLP."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    names = {n for n, _ in Qwen2ForCausalLM(Qwen2Config(
-        num_hidden_layers=1, hidden_size=8, num_attention_heads=2, num_key_value_heads=1,
-        intermediate_size=16, vocab_size=16)).named_parameters()}
+    names = {
+        n
+        for n, _ in Qwen2ForCausalLM(
+            Qwen2Config(
+                num_hidden_layers=1,
+                hidden_size=8,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                intermediate_size=16,
+                vocab_size=16,
+            )
+        ).named_parameters()
+    }
     assert "model.layers.0.self_attn.q_proj.bias" in names
     assert "model.layers.0.self_attn.o_proj.bias" not in names
     assert not any("mlp" in n and n.endswith("bias") for n in names)
@@ -81,8 +92,7 @@ def test_sliding_window_is_refused(qwen2_pair, tmp_path):
 
 def test_oracle_and_draft_of_different_families(qwen2_pair, tmp_path):
     """Families mix when the vocabulary is shared: a Qwen2 oracle with a Mistral draft."""
-    draft = make_decoder_checkpoint(tmp_path / "mistral", "mistral", seed=23, n_layer=1,
-                                    sliding_window=6)
+    draft = make_decoder_checkpoint(tmp_path / "mistral", "mistral", seed=23, n_layer=1, sliding_window=6)
     bundle = export_pair(qwen2_pair[0], draft, tmp_path / "bundle")
     m = load_manifest(bundle)
     assert (m.models["oracle"].arch.family, m.models["draft"].arch.family) == ("qwen2", "mistral")

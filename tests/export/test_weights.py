@@ -21,8 +21,7 @@ def test_reads_each_tensor_with_prefix_stripped(tmp_path):
 
     from stagedx.export.weights import Weights
 
-    t = {"model.a": torch.randn(3, 4), "model.b": torch.randn(5).half(),
-         "lm_head.weight": torch.randn(2, 2).bfloat16()}
+    t = {"model.a": torch.randn(3, 4), "model.b": torch.randn(5).half(), "lm_head.weight": torch.randn(2, 2).bfloat16()}
     _save(tmp_path / "c", t)
     w = Weights(tmp_path / "c")
     assert "a" in w and "lm_head.weight" in w and "model.a" not in w
@@ -39,8 +38,16 @@ def test_sharded_checkpoint(tmp_path):
     folder = tmp_path / "c"
     _save(folder, {"model.x": torch.ones(2)}, "model-00001-of-00002.safetensors")
     _save(folder, {"model.y": torch.zeros(3)}, "model-00002-of-00002.safetensors")
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
-        "model.x": "model-00001-of-00002.safetensors", "model.y": "model-00002-of-00002.safetensors"}}))
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps(
+            {
+                "weight_map": {
+                    "model.x": "model-00001-of-00002.safetensors",
+                    "model.y": "model-00002-of-00002.safetensors",
+                }
+            }
+        )
+    )
     w = Weights(folder)
     assert w["x"].tolist() == [1.0, 1.0] and w["y"].shape == (3,)
 

@@ -8,7 +8,6 @@ import shutil
 import pytest
 
 from stagedx.files import sha256_file
-
 from tests.reliability._util import edit_manifest
 
 CORPUS = [
@@ -30,7 +29,9 @@ def ngram_bundle(tiny_bundle, tmp_path_factory):
     for i, text in enumerate(CORPUS):
         files.append(root / f"m{i}.py")
         files[-1].write_text(text)
-    entry = fit_ngram(files, bundle / "tokenizer.json", bundle / "draft2_ngram.npz", NgramFitConfig(show_progress=False))
+    entry = fit_ngram(
+        files, bundle / "tokenizer.json", bundle / "draft2_ngram.npz", NgramFitConfig(show_progress=False)
+    )
     ng = {**dataclasses.asdict(entry), "corpus": list(entry.corpus)}
     edit_manifest(bundle, lambda d: d.__setitem__("draft2", {"kind": "ngram", "ngram": ng}))
     assert ng["sha256"] == sha256_file(bundle / "draft2_ngram.npz")

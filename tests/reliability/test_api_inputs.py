@@ -14,8 +14,23 @@ def gen(tiny_bundle):
     return Generator(tiny_bundle, device="cpu", threads=1)
 
 
-@pytest.mark.parametrize("prompt", [b"def f(x):", bytearray(b"abc"), memoryview(b"abc"), [1.5, 2.0], [True, False],
-                                    [[1, 2], [3, 4]], 42, None, {"a": 1}, (x for x in [1, 2]), ["1", "2"], [2**70]])  # fmt: skip
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        b"def f(x):",
+        bytearray(b"abc"),
+        memoryview(b"abc"),
+        [1.5, 2.0],
+        [True, False],
+        [[1, 2], [3, 4]],
+        42,
+        None,
+        {"a": 1},
+        (x for x in [1, 2]),
+        ["1", "2"],
+        [2**70],
+    ],
+)
 def test_prompts_that_are_not_text_or_token_ids_are_refused(gen, prompt):
     with pytest.raises(StagedxError, match="prompt"):
         gen.generate(prompt, max_new_tokens=2)
@@ -29,12 +44,21 @@ def test_text_and_int_sequences_work(gen, prompt):
     assert len(res.tokens) == 3
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    (dict(max_new_tokens=2.5), "max_new_tokens"), (dict(max_new_tokens=True), "max_new_tokens"),
-    (dict(seed=1.5), "seed"), (dict(seed=-3), "seed"), (dict(sampling=5), "sampling"),
-    (dict(stop=5), "stop"), (dict(stop=[b"x"]), "stop"), (dict(tree={"budget": 3}), "tree"),
-    (dict(strategy="beam"), "strategy"), (dict(tree=TreeConfig(budget=2), sampling="topk:0"), "sampling"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(max_new_tokens=2.5), "max_new_tokens"),
+        (dict(max_new_tokens=True), "max_new_tokens"),
+        (dict(seed=1.5), "seed"),
+        (dict(seed=-3), "seed"),
+        (dict(sampling=5), "sampling"),
+        (dict(stop=5), "stop"),
+        (dict(stop=[b"x"]), "stop"),
+        (dict(tree={"budget": 3}), "tree"),
+        (dict(strategy="beam"), "strategy"),
+        (dict(tree=TreeConfig(budget=2), sampling="topk:0"), "sampling"),
+    ],
+)
 def test_other_options_are_checked(gen, kwargs, needle):
     kwargs = {"max_new_tokens": 2, **kwargs}
     with pytest.raises(StagedxError, match=needle):

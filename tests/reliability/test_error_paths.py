@@ -8,7 +8,6 @@ import pytest
 
 from stagedx.errors import StagedxError
 from stagedx.runtime import Generator
-
 from tests.reliability._util import (
     assert_one_line_error,
     copy_bundle,
@@ -20,8 +19,10 @@ from tests.reliability._util import (
 )
 
 
-@pytest.mark.parametrize("content, needle", [(b"", "EOFError"), (b"PK\x03\x04truncated", "BadZipFile"),
-                                              (b"not a zip at all", "draft2_ngram.npz")])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, needle",
+    [(b"", "EOFError"), (b"PK\x03\x04truncated", "BadZipFile"), (b"not a zip at all", "draft2_ngram.npz")],
+)
 def test_empty_or_truncated_npz_is_one_line(ngram_bundle, tmp_path, capsys, content, needle):
     bundle = copy_bundle(ngram_bundle, tmp_path / "b")
     if content.startswith(b"PK"):
@@ -32,8 +33,10 @@ def test_empty_or_truncated_npz_is_one_line(ngram_bundle, tmp_path, capsys, cont
     assert out == ""
 
 
-@pytest.mark.parametrize("data, needle", [([1, 2, 3], "JSON object"), ({"schema_version": 0}, "schema version 0"),
-                                          ("just a string", "JSON object")])  # fmt: skip
+@pytest.mark.parametrize(
+    "data, needle",
+    [([1, 2, 3], "JSON object"), ({"schema_version": 0}, "schema version 0"), ("just a string", "JSON object")],
+)
 def test_manifest_that_is_not_an_object_or_too_old(tiny_bundle, tmp_path, capsys, data, needle):
     bundle = copy_bundle(tiny_bundle, tmp_path / "b")
     write_manifest_dict(bundle, data)
@@ -50,15 +53,18 @@ def test_manifest_that_is_not_utf8(tiny_bundle, tmp_path, capsys):
 
 
 def test_negative_seed(tiny_bundle, capsys):
-    code, _, err = run_cli(capsys, ["generate", tiny_bundle, "x", "--seed", "-1", "--sampling", "topk:5", "--threads", "1"])
+    code, _, err = run_cli(
+        capsys, ["generate", tiny_bundle, "x", "--seed", "-1", "--sampling", "topk:5", "--threads", "1"]
+    )
     assert_one_line_error(code, err, "--seed")
     with pytest.raises(StagedxError, match="seed must be an integer >= 0"):
         Generator(tiny_bundle, device="cpu", threads=1).generate("x", max_new_tokens=2, seed=-1)
 
 
 def test_prompt_on_stdin_that_is_not_utf8(tiny_bundle, capsys, monkeypatch):
-    code, out, err = run_cli(capsys, ["generate", tiny_bundle, "-", "--threads", "1"], stdin=b"def \xff\xfe(x):",
-                             monkeypatch=monkeypatch)  # fmt: skip
+    code, out, err = run_cli(
+        capsys, ["generate", tiny_bundle, "-", "--threads", "1"], stdin=b"def \xff\xfe(x):", monkeypatch=monkeypatch
+    )
     assert_one_line_error(code, err, "not UTF-8")
     assert out == ""
 
@@ -85,6 +91,7 @@ def test_tune_checks_the_bundle_is_writable_before_measuring(tiny_bundle, tmp_pa
 
     bundle = copy_bundle(tiny_bundle, tmp_path / "b")
     real_access = os.access
+
     def access(p, mode, **kw):  # what os.access says of a read-only bundle (even to root)
         return False if str(p).startswith(str(bundle)) and mode & os.W_OK else real_access(p, mode, **kw)
 
@@ -139,10 +146,17 @@ def test_export_without_the_export_extra_says_how_to_install_it(tiny_pair, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args, needle", [(["--ngram-max-contexts", "-1", "--draft2", "ngram", "--corpus", "stdlib"],
-                                           "--ngram-max-contexts"), (["--topk", "0"], "--topk")])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--ngram-max-contexts", "-1", "--draft2", "ngram", "--corpus", "stdlib"], "--ngram-max-contexts"),
+        (["--topk", "0"], "--topk"),
+    ],
+)
 def test_export_options_out_of_range(tiny_pair, tmp_path, capsys, args, needle):
-    code, _, err = run_cli(capsys, ["export", tiny_pair.oracle, "--draft", tiny_pair.draft, "-o", tmp_path / "b", *args])
+    code, _, err = run_cli(
+        capsys, ["export", tiny_pair.oracle, "--draft", tiny_pair.draft, "-o", tmp_path / "b", *args]
+    )
     assert_one_line_error(code, err, needle)
     assert list(tmp_path.iterdir()) == []
 

@@ -16,7 +16,6 @@ import pytest
 from stagedx.errors import StagedxError
 from stagedx.files import AtomicFolder, remove_stale_temporaries
 from stagedx.manifest import load_manifest
-
 from tests.reliability._util import assert_one_line_error, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,10 +86,10 @@ def test_pidless_temporaries_of_older_versions_are_removed_once_old(tmp_path):
 def test_atomic_folder_turns_a_full_disk_into_one_error_and_leaves_nothing(tmp_path):
     import errno
 
-    with pytest.raises(StagedxError, match="No space left on device.*nothing was written"):
-        with AtomicFolder(tmp_path / "b") as tmp:
-            (tmp / "half").write_text("x")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp / "half"))
+    full = pytest.raises(StagedxError, match="No space left on device.*nothing was written")
+    with full, AtomicFolder(tmp_path / "b") as tmp:
+        (tmp / "half").write_text("x")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp / "half"))
     assert list(tmp_path.iterdir()) == []
 
 

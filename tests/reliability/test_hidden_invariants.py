@@ -14,12 +14,11 @@ from stagedx.export.ngram import GT_MAX, _Discount
 from stagedx.files import sha256_file
 from stagedx.manifest import load_manifest
 from stagedx.runtime import DecodeOptions, Generator, SamplingConfig, TreeConfig
-from stagedx.runtime.trees import FAN10
 from stagedx.runtime.accept import greedy_draw, verify_chain, walk_tree
 from stagedx.runtime.ort_runner import OrtRunner
 from stagedx.runtime.runner import chain_mask
 from stagedx.runtime.sampling import softmax, warp
-
+from stagedx.runtime.trees import FAN10
 from tests.reliability._util import copy_bundle, edit_manifest
 
 PROMPT = "def add(a, b):\n    return a + b\n\n\ndef"
@@ -49,8 +48,9 @@ def test_walk_tree_emits_the_oracle_token_below_a_fully_accepted_chain():
 def test_speculative_with_a_perfect_draft_gets_k_plus_one_tokens_per_oracle_call(self_draft_bundle, k):
     gen = Generator(self_draft_bundle, device="cpu", threads=1)
     rounds = 5
-    res = gen.generate(PROMPT, max_new_tokens=rounds * (k + 1), ignore_eos=True, strategy="speculative",
-                       tree=TreeConfig(spec_k=k))  # fmt: skip
+    res = gen.generate(
+        PROMPT, max_new_tokens=rounds * (k + 1), ignore_eos=True, strategy="speculative", tree=TreeConfig(spec_k=k)
+    )
     assert res.stats.oracle_calls == rounds  # tokens per oracle call == k + 1, exactly
     assert res.stats.tokens_per_oracle_call == k + 1
     assert res.stats.accepted_by_depth[:k] == [rounds] * k
@@ -74,12 +74,15 @@ def _fresh_prefill(bundle, manifest, tokens):
     return runner._kv.cache
 
 
-@pytest.mark.parametrize("strategy, tree, sampling", [
-    ("staged", TreeConfig(budget=10, max_depth=5, fanouts=FAN10, draft_calls=2, draft_batch=8), "greedy"),
-    ("staged", TreeConfig(budget=6, max_depth=3, fanouts=(4, 2, 1), draft_calls=1, draft_batch=16), "topk:20"),
-    ("speculative", TreeConfig(spec_k=3), "greedy"),
-    ("speculative", TreeConfig(spec_k=3), "topk:20"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "strategy, tree, sampling",
+    [
+        ("staged", TreeConfig(budget=10, max_depth=5, fanouts=FAN10, draft_calls=2, draft_batch=8), "greedy"),
+        ("staged", TreeConfig(budget=6, max_depth=3, fanouts=(4, 2, 1), draft_calls=1, draft_batch=16), "topk:20"),
+        ("speculative", TreeConfig(spec_k=3), "greedy"),
+        ("speculative", TreeConfig(spec_k=3), "topk:20"),
+    ],
+)
 def test_draft_cache_equals_a_fresh_prefill_after_every_round(tiny_bundle, strategy, tree, sampling):
     """After each round the draft's committed rows are exactly the rows of the committed
     tokens (no stale speculative row), and no more rows were dropped than necessary."""
@@ -115,8 +118,14 @@ def test_external_data_file_is_hashed(tiny_bundle, tmp_path):
     onnx = pytest.importorskip("onnx")
     bundle = copy_bundle(tiny_bundle, tmp_path / "b")
     model = onnx.load(str(bundle / "oracle.onnx"))
-    onnx.save_model(model, str(bundle / "oracle.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="oracle.onnx.data", size_threshold=0)  # fmt: skip
+    onnx.save_model(
+        model,
+        str(bundle / "oracle.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="oracle.onnx.data",
+        size_threshold=0,
+    )
 
     def point(d):
         e = d["models"]["oracle"]

@@ -9,7 +9,6 @@ import pytest
 
 from stagedx.errors import StagedxError
 from stagedx.runtime import Generator
-
 from tests.reliability._util import assert_one_line_error, copy_bundle, edit_manifest, replace_file, run_cli
 
 
@@ -19,7 +18,10 @@ def _arch(role, **kv):
 
 CASES = {
     "draft vocab": (_arch("draft", vocab_size=4096), "vocab_size"),
-    "both vocabs below the tokenizer": (lambda d: (_arch("oracle", vocab_size=4096)(d), _arch("draft", vocab_size=4096)(d)), "4096"),
+    "both vocabs below the tokenizer": (
+        lambda d: (_arch("oracle", vocab_size=4096)(d), _arch("draft", vocab_size=4096)(d)),
+        "4096",
+    ),
     "tokenizer vocab": (lambda d: d["tokenizer"].__setitem__("vocab_size", 100), "tokenizer.json has"),
     "eos outside vocab": (lambda d: d["tokenizer"].__setitem__("eos_token_id", 9000), "eos_token_id"),
     "kv heads": (_arch("oracle", n_kv_heads=1), "past_key.0"),
@@ -28,12 +30,16 @@ CASES = {
     "more layers": (_arch("draft", n_layers=3), "missing inputs"),
     "topk": (lambda d: d["models"]["oracle"].__setitem__("topk", 8), "topk_values"),
     "dtype": (lambda d: d["models"]["draft"].__setitem__("dtype", "fp16"), "dtype fp16"),
-    "positions beyond the graph's table": (lambda d: [_arch(r, max_positions=2 * d["models"][r]["arch"]["max_positions"])(d)
-                                                      for r in ("oracle", "draft")], "cannot run at position"),
-    "KV cache larger than memory": (lambda d: [_arch(r, max_positions=10**12)(d) for r in ("oracle", "draft")],
-                                    "more than this machine's"),
+    "positions beyond the graph's table": (
+        lambda d: [_arch(r, max_positions=2 * d["models"][r]["arch"]["max_positions"])(d) for r in ("oracle", "draft")],
+        "cannot run at position",
+    ),
+    "KV cache larger than memory": (
+        lambda d: [_arch(r, max_positions=10**12)(d) for r in ("oracle", "draft")],
+        "more than this machine's",
+    ),
     "logits width": (lambda d: (_arch("oracle", vocab_size=9000)(d), _arch("draft", vocab_size=9000)(d)), "logits"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -11,14 +11,21 @@ from hypothesis import strategies as st
 
 from stagedx.errors import StagedxError
 from stagedx.runtime import Generator, SamplingConfig, TreeConfig
-
 from tests.reliability._util import assert_one_line_error, copy_bundle, edit_manifest, run_cli
 
 BAD_SAMPLING = [
-    dict(mode="beam"), dict(mode="sample", temperature=float("nan")), dict(mode="sample", temperature=float("inf")),
-    dict(mode="sample", temperature=0.0), dict(mode="sample", temperature=-1.0), dict(mode="sample", top_k=-1),
-    dict(mode="sample", top_k=2.5), dict(mode="sample", top_p=0.0), dict(mode="sample", top_p=1.5),
-    dict(mode="sample", top_p=float("nan")), dict(mode="sample", temperature="1"), dict(mode="sample", top_k=True),
+    dict(mode="beam"),
+    dict(mode="sample", temperature=float("nan")),
+    dict(mode="sample", temperature=float("inf")),
+    dict(mode="sample", temperature=0.0),
+    dict(mode="sample", temperature=-1.0),
+    dict(mode="sample", top_k=-1),
+    dict(mode="sample", top_k=2.5),
+    dict(mode="sample", top_p=0.0),
+    dict(mode="sample", top_p=1.5),
+    dict(mode="sample", top_p=float("nan")),
+    dict(mode="sample", temperature="1"),
+    dict(mode="sample", top_k=True),
 ]
 
 
@@ -28,8 +35,11 @@ def test_sampling_config_validates_itself(kwargs):
         SamplingConfig(**kwargs)
 
 
-@given(t=st.floats(allow_nan=True, allow_infinity=True), p=st.floats(allow_nan=True, allow_infinity=True),
-       k=st.integers(-5, 100))  # fmt: skip
+@given(
+    t=st.floats(allow_nan=True, allow_infinity=True),
+    p=st.floats(allow_nan=True, allow_infinity=True),
+    k=st.integers(-5, 100),
+)
 @settings(max_examples=200, deadline=None)
 def test_sampling_config_is_either_refused_or_usable(t, p, k):
     try:
@@ -41,9 +51,19 @@ def test_sampling_config_is_either_refused_or_usable(t, p, k):
 
 
 BAD_TREES = [
-    dict(budget=-1), dict(max_depth=0), dict(fanouts=(2, 0)), dict(fanouts=[2, 1]), dict(draft_calls=-1),
-    dict(draft_batch=0), dict(tau=0.0), dict(tau=float("nan")), dict(tau=float("inf")), dict(spec_k=0),
-    dict(budget=10**9), dict(budget=2.0), dict(max_depth=True),
+    dict(budget=-1),
+    dict(max_depth=0),
+    dict(fanouts=(2, 0)),
+    dict(fanouts=[2, 1]),
+    dict(draft_calls=-1),
+    dict(draft_batch=0),
+    dict(tau=0.0),
+    dict(tau=float("nan")),
+    dict(tau=float("inf")),
+    dict(spec_k=0),
+    dict(budget=10**9),
+    dict(budget=2.0),
+    dict(max_depth=True),
 ]
 
 
@@ -53,17 +73,22 @@ def test_tree_config_validates_itself(kwargs):
         TreeConfig(**kwargs)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--sampling", "topk:5", "--temperature", "nan"], "--temperature"),
-    (["--sampling", "topk:5", "--temperature", "inf"], "--temperature"),
-    (["--sampling", "topp:nan"], "unknown sampling"),
-    (["--tree-budget", "-2"], "budget"),
-    (["--max-depth", "0"], "max_depth"),
-    (["--fanouts", "3,0"], "fanouts"),
-    (["--draft-calls", "-1"], "draft_calls"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--sampling", "topk:5", "--temperature", "nan"], "--temperature"),
+        (["--sampling", "topk:5", "--temperature", "inf"], "--temperature"),
+        (["--sampling", "topp:nan"], "unknown sampling"),
+        (["--tree-budget", "-2"], "budget"),
+        (["--max-depth", "0"], "max_depth"),
+        (["--fanouts", "3,0"], "fanouts"),
+        (["--draft-calls", "-1"], "draft_calls"),
+    ],
+)
 def test_cli_refuses_non_numbers_in_one_line(tiny_bundle, capsys, args, needle):
-    code, out, err = run_cli(capsys, ["generate", tiny_bundle, "def f(x):", "--threads", "1", "--max-new-tokens", "4", *args])
+    code, out, err = run_cli(
+        capsys, ["generate", tiny_bundle, "def f(x):", "--threads", "1", "--max-new-tokens", "4", *args]
+    )
     assert_one_line_error(code, err, needle)
     assert out == ""
 

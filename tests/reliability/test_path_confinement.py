@@ -11,7 +11,6 @@ import stagedx.manifest as manifest_mod
 from stagedx.errors import StagedxError
 from stagedx.manifest import bundle_file, load_manifest
 from stagedx.runtime import Generator
-
 from tests.reliability._util import assert_one_line_error, copy_bundle, edit_manifest, run_cli
 
 
@@ -29,7 +28,9 @@ def _cases(bundle, secret):
         "etc-passwd": lambda d: d["models"]["draft"].__setitem__("file", "/etc/passwd"),
         "reference": lambda d: d["reference"].__setitem__("file", "../../../../../../etc/passwd"),
         "engine": lambda d: d.__setitem__("engines", [{"role": "oracle", "file": rel, "sha256": "0" * 64}]),
-        "external-data": lambda d: d["models"]["oracle"].__setitem__("external_data", {"file": rel, "sha256": "0" * 64}),
+        "external-data": lambda d: d["models"]["oracle"].__setitem__(
+            "external_data", {"file": rel, "sha256": "0" * 64}
+        ),
     }
 
 

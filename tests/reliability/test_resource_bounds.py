@@ -7,7 +7,6 @@ import pytest
 from stagedx.errors import StagedxError
 from stagedx.runtime import Generator
 from stagedx.runtime.device import available_cores, check_threads
-
 from tests.reliability._util import assert_one_line_error, run_cli
 
 
@@ -23,7 +22,9 @@ def test_every_core_count_in_range_is_accepted():
     check_threads(None)
 
 
-@pytest.mark.parametrize("command", [["generate", "{b}", "def f(x):"], ["bench", "{b}", "--limit", "1"], ["tune", "{b}"]])
+@pytest.mark.parametrize(
+    "command", [["generate", "{b}", "def f(x):"], ["bench", "{b}", "--limit", "1"], ["tune", "{b}"]]
+)
 @pytest.mark.parametrize("threads", ["0", "-3", "999"])
 def test_cli_refuses_threads_outside_the_cores(tiny_bundle, tmp_path, capsys, monkeypatch, command, threads):
     monkeypatch.chdir(tmp_path)

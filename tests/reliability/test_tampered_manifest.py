@@ -13,16 +13,22 @@ from hypothesis import strategies as st
 from stagedx.errors import StagedxError
 from stagedx.manifest import Manifest, load_manifest
 from stagedx.runtime import Generator
-
 from tests.reliability._util import copy_bundle, read_manifest, write_manifest_dict
 
 JSON_LEAF = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.sampled_from([0, 1, -1, 2, 8, 4096, 10**12]),
-    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([0, 1, -1, 2, 8, 4096, 10**12]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
     st.sampled_from(["../x", "/etc/passwd", "oracle.onnx", "draft.onnx", "tokenizer.json", "fp16", "gpt2", "ngram"]),
-)  # fmt: skip
-JSON = st.recursive(JSON_LEAF, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=6), kids, max_size=3),
-                    max_leaves=6)  # fmt: skip
+)
+JSON = st.recursive(
+    JSON_LEAF,
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=6), kids, max_size=3),
+    max_leaves=6,
+)
 DELETE = object()
 
 
@@ -104,10 +110,15 @@ def test_a_tampered_bundle_loads_and_decodes_or_is_refused(tamper_target):
     check()
 
 
-@pytest.mark.parametrize("data, needle", [
-    ([1, 2], "JSON object"), ({"schema_version": 0}, "schema version 0"), ({"schema_version": True}, "integer"),
-    ({"schema_version": 1, "models": []}, "malformed"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ([1, 2], "JSON object"),
+        ({"schema_version": 0}, "schema version 0"),
+        ({"schema_version": True}, "integer"),
+        ({"schema_version": 1, "models": []}, "malformed"),
+    ],
+)
 def test_shapes_of_json_that_are_not_manifests(data, needle):
     with pytest.raises(StagedxError, match=needle):
         Manifest.from_dict(data)

@@ -58,7 +58,9 @@ def test_a_stream_holds_the_generator_until_it_ends(tiny_bundle):
     with pytest.raises(StagedxError, match="already decoding in this thread"):
         gen.close()  # would wait for itself
     other: list = []
-    t = threading.Thread(target=lambda: other.append(gen.generate("import os\n", max_new_tokens=6, ignore_eos=True).tokens))
+    t = threading.Thread(
+        target=lambda: other.append(gen.generate("import os\n", max_new_tokens=6, ignore_eos=True).tokens)
+    )
     t.start()
     t.join(timeout=0.5)
     assert t.is_alive()  # waits for the stream, does not interleave with it

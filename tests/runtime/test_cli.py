@@ -23,24 +23,69 @@ def run(capsys, args, stdin=None, monkeypatch=None):
 
 
 def test_generate_streams_the_same_text_as_the_api(tiny_bundle, capsys):
-    code, out, _ = run(capsys, ["generate", tiny_bundle, "def f(x):", "--max-new-tokens", "16", "--ignore-eos",
-                                "--threads", "1", "--device", "cpu"])  # fmt: skip
+    code, out, _ = run(
+        capsys,
+        [
+            "generate",
+            tiny_bundle,
+            "def f(x):",
+            "--max-new-tokens",
+            "16",
+            "--ignore-eos",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    )
     assert code == 0
-    text = Generator(tiny_bundle, device="cpu", threads=1).generate("def f(x):", max_new_tokens=16, ignore_eos=True).text
+    text = (
+        Generator(tiny_bundle, device="cpu", threads=1).generate("def f(x):", max_new_tokens=16, ignore_eos=True).text
+    )
     assert out == text + "\n"
 
 
 def test_generate_json_stats_and_stdin_prompt(tiny_bundle, capsys, monkeypatch):
-    code, out, _ = run(capsys, ["generate", tiny_bundle, "-", "--max-new-tokens", "8", "--ignore-eos", "--json",
-                                "--sampling", "topk:5", "--seed", "3", "--threads", "1"], stdin="import os\n", monkeypatch=monkeypatch)  # fmt: skip
+    code, out, _ = run(
+        capsys,
+        [
+            "generate",
+            tiny_bundle,
+            "-",
+            "--max-new-tokens",
+            "8",
+            "--ignore-eos",
+            "--json",
+            "--sampling",
+            "topk:5",
+            "--seed",
+            "3",
+            "--threads",
+            "1",
+        ],
+        stdin="import os\n",
+        monkeypatch=monkeypatch,
+    )
     assert code == 0
     res = json.loads(out)
     assert len(res["tokens"]) == 8 and res["stats"]["new_tokens"] == 8 and res["device"] == "cpu"
 
 
 def test_compare_checks_greedy_equality(self_draft_bundle, capsys):
-    code, out, _ = run(capsys, ["generate", self_draft_bundle, "class A:\n", "--compare", "--max-new-tokens", "24",
-                                "--ignore-eos", "--threads", "1"])  # fmt: skip
+    code, out, _ = run(
+        capsys,
+        [
+            "generate",
+            self_draft_bundle,
+            "class A:\n",
+            "--compare",
+            "--max-new-tokens",
+            "24",
+            "--ignore-eos",
+            "--threads",
+            "1",
+        ],
+    )
     assert code == 0
     assert "greedy outputs identical to baseline: yes" in out
     assert all(name in out for name in ("baseline", "speculative", "staged ", "staged3"))
@@ -77,8 +122,9 @@ def test_modified_bundle_and_newer_schema_are_refused(tiny_bundle, tmp_path, cap
 
 
 def test_context_limit_is_reported(tiny_bundle, capsys):
-    code, _, err = run(capsys, ["generate", tiny_bundle, "x " * 120, "--max-new-tokens", "200", "--ignore-eos",
-                                "--threads", "1"])  # fmt: skip
+    code, _, err = run(
+        capsys, ["generate", tiny_bundle, "x " * 120, "--max-new-tokens", "200", "--ignore-eos", "--threads", "1"]
+    )
     assert code == 0 and "reached the context limit" in err
 
 

@@ -58,7 +58,11 @@ def test_prompt_lookup_ranks_by_frequency_then_recency():
 
 
 def test_prompt_lookup_without_a_match_is_empty():
-    for h, lookup in (([1, 2, 3, 4], PromptLookup()), ([4, 1, 2, 4, 3, 4], PromptLookup(min_ngram=2)), ([7], PromptLookup())):
+    for h, lookup in (
+        ([1, 2, 3, 4], PromptLookup()),
+        ([4, 1, 2, 4, 3, 4], PromptLookup(min_ngram=2)),
+        ([7], PromptLookup()),
+    ):
         ids, scores = lookup.successors(np.array(h, np.int64), 5)
         assert ids.size == 0 and scores.size == 0 and ids.dtype == np.int64
 
@@ -69,7 +73,9 @@ def _reference_lookup(s: list, k: int, max_ngram: int = 3, min_ngram: int = 1, c
         ends = [j for j in range(n - 1, len(s) - 1) if s[j - n + 1 : j + 1] == s[len(s) - n :]][-cap:]
         if ends:
             follow = [s[j + 1] for j in ends]
-            best = sorted(set(follow), key=lambda t: (-follow.count(t), -max(i for i, f in enumerate(follow) if f == t)))
+            best = sorted(
+                set(follow), key=lambda t: (-follow.count(t), -max(i for i, f in enumerate(follow) if f == t))
+            )
             return best[:k], [follow.count(t) / len(follow) for t in best[:k]]
     return [], []
 
@@ -143,7 +149,8 @@ def test_from_manifest_and_bad_kinds():
 def test_runtime_module_imports_no_torch_nor_export():
     code = (
         "import sys, stagedx.runtime.draft2; "
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers') or m.startswith('stagedx.export')]; "
+        "bad = [m for m in sys.modules "
+        "if m.split('.')[0] in ('torch', 'transformers') or m.startswith('stagedx.export')]; "
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

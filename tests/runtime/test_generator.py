@@ -13,10 +13,10 @@ import pytest
 
 from stagedx.errors import StagedxError
 from stagedx.runtime import Generator, SamplingConfig, TreeConfig
-from stagedx.runtime.trees import FAN10, THREE_STAGE_TREES
 from stagedx.runtime.runner import FETCH_LOGITS, chain_mask
 from stagedx.runtime.sampling import warp
 from stagedx.runtime.tree import ancestor_mask
+from stagedx.runtime.trees import FAN10, THREE_STAGE_TREES
 from tests._stats import chi_square_pvalue
 
 PROMPTS = [
@@ -91,13 +91,15 @@ def test_greedy_identical_on_the_vendored_pair(pair_bundle):
 
 def test_budgets_and_depths_keep_greedy_exact(self_draft_bundle):
     gen = Generator(self_draft_bundle, device="cpu", threads=1)
-    for tree in (TreeConfig(budget=1, max_depth=1, fanouts=FAN10, draft_calls=1),
-                 TreeConfig(budget=40, max_depth=12, fanouts=FAN10, draft_calls=5),
-                 TreeConfig(budget=8, max_depth=10, fanouts=(), draft_calls=4),
-                 TreeConfig(budget=0, max_depth=10, fanouts=FAN10, draft_calls=1),
-                 TreeConfig(budget=6, max_depth=10, fanouts=(3, 1), draft_calls=0),
-                 TreeConfig(budget=11, max_depth=10, fanouts=(), draft_calls=6, stop_p=0.2),  # dynamic depth
-                 TreeConfig(budget=11, max_depth=10, fanouts=(2, 1), draft_calls=8, stop_p=0.5)):  # fmt: skip
+    for tree in (
+        TreeConfig(budget=1, max_depth=1, fanouts=FAN10, draft_calls=1),
+        TreeConfig(budget=40, max_depth=12, fanouts=FAN10, draft_calls=5),
+        TreeConfig(budget=8, max_depth=10, fanouts=(), draft_calls=4),
+        TreeConfig(budget=0, max_depth=10, fanouts=FAN10, draft_calls=1),
+        TreeConfig(budget=6, max_depth=10, fanouts=(3, 1), draft_calls=0),
+        TreeConfig(budget=11, max_depth=10, fanouts=(), draft_calls=6, stop_p=0.2),  # dynamic depth
+        TreeConfig(budget=11, max_depth=10, fanouts=(2, 1), draft_calls=8, stop_p=0.5),
+    ):
         assert_same_greedy(gen, PROMPTS[2], 30, tree=tree)
 
 
@@ -129,12 +131,19 @@ def exact_joint3(gen: Generator, prompt: np.ndarray, eps: float = 1e-4) -> dict:
     return law
 
 
-def joint_counts(gen: Generator, prompt: np.ndarray, strategy: str, seed0: int, accepted: Counter | None = None,
-                 tree: TreeConfig | None = None) -> Counter:  # fmt: skip
+def joint_counts(
+    gen: Generator,
+    prompt: np.ndarray,
+    strategy: str,
+    seed0: int,
+    accepted: Counter | None = None,
+    tree: TreeConfig | None = None,
+) -> Counter:
     counts = Counter()
     for i in range(N_DRAWS):
-        res = gen.generate(prompt, max_new_tokens=3, sampling=SAMPLING, seed=seed0 + i, strategy=strategy,
-                           ignore_eos=True, tree=tree)  # fmt: skip
+        res = gen.generate(
+            prompt, max_new_tokens=3, sampling=SAMPLING, seed=seed0 + i, strategy=strategy, ignore_eos=True, tree=tree
+        )
         counts[tuple(res.tokens)] += 1
         if accepted is not None:
             accepted.update(res.stats.accepted_by_stage)
@@ -153,14 +162,20 @@ def small_vocab(small_vocab_bundle):
     return gen, prompt, exact_joint3(gen, prompt)
 
 
-@pytest.mark.parametrize("strategy,tree", [
-    ("staged", TreeConfig(budget=12, max_depth=4, fanouts=FAN10, draft_calls=1)),  # draft2 -> draft -> oracle
-    ("staged", TreeConfig(budget=6, max_depth=3, fanouts=(3, 2), draft_calls=0)),  # draft2 -> oracle
-    ("staged", TreeConfig(budget=12, max_depth=4, fanouts=FAN10, draft_calls=1, widths=(3, 2, 1), extra=2)),  # drawn + leaves
-    ("staged", TreeConfig(budget=12, max_depth=4, fanouts=FAN10, draft_calls=1, widths=(1, 1, 1))),  # a drawn chain
-    ("speculative", None),
-    ("baseline", None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "strategy,tree",
+    [
+        ("staged", TreeConfig(budget=12, max_depth=4, fanouts=FAN10, draft_calls=1)),  # draft2 -> draft -> oracle
+        ("staged", TreeConfig(budget=6, max_depth=3, fanouts=(3, 2), draft_calls=0)),  # draft2 -> oracle
+        (
+            "staged",
+            TreeConfig(budget=12, max_depth=4, fanouts=FAN10, draft_calls=1, widths=(3, 2, 1), extra=2),
+        ),  # drawn + leaves
+        ("staged", TreeConfig(budget=12, max_depth=4, fanouts=FAN10, draft_calls=1, widths=(1, 1, 1))),  # a drawn chain
+        ("speculative", None),
+        ("baseline", None),
+    ],
+)
 def test_sampled_joint_law_matches_the_oracle(small_vocab, strategy, tree):
     gen, prompt, law = small_vocab
     accepted = Counter()
@@ -392,7 +407,8 @@ def test_runtime_generates_without_torch(tiny_bundle):
         "from stagedx.runtime import Generator\n"
         f"gen = Generator({str(tiny_bundle)!r}, device='cpu', threads=1)\n"
         "res = gen.generate('def f(x):', max_new_tokens=8, ignore_eos=True)\n"
-        "print(json.dumps({'n': len(res.tokens), 'mods': [m for m in ('torch', 'transformers', 'onnx') if m in sys.modules]}))\n"
+        "mods = [m for m in ('torch', 'transformers', 'onnx') if m in sys.modules]\n"
+        "print(json.dumps({'n': len(res.tokens), 'mods': mods}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
@@ -409,8 +425,9 @@ def test_tree_budget_applies_to_every_mode(tiny_bundle):
 
 def test_speculative_chain_length_is_spec_k_whatever_the_tree_depth(self_draft_bundle):
     gen = Generator(self_draft_bundle, device="cpu", threads=1)
-    res = gen.generate(PROMPTS[1], max_new_tokens=30, ignore_eos=True, strategy="speculative",
-                       tree=TreeConfig(max_depth=2, spec_k=5))  # fmt: skip
+    res = gen.generate(
+        PROMPTS[1], max_new_tokens=30, ignore_eos=True, strategy="speculative", tree=TreeConfig(max_depth=2, spec_k=5)
+    )
     assert res.stats.draft_calls == 5 * res.stats.oracle_calls
     assert res.stats.accepted_by_depth[4] > 0  # the oracle accepted 5-token chains
 
@@ -430,7 +447,9 @@ def test_without_draft2_staged_uses_the_draft_at_least_as_well_as_speculative(pa
         calls = Counter()
         for i, prompt in enumerate(PROMPTS[:3]):
             for strategy in ("speculative", "staged"):
-                res = gen.generate(prompt, max_new_tokens=48, sampling=sampling, seed=i, strategy=strategy, ignore_eos=True)
+                res = gen.generate(
+                    prompt, max_new_tokens=48, sampling=sampling, seed=i, strategy=strategy, ignore_eos=True
+                )
                 calls[strategy] += res.stats.oracle_calls
         assert calls["staged"] <= calls["speculative"] * 1.1, (sampling, calls)
     res = assert_same_greedy(gen, PROMPTS[2], 40, ("staged",))["staged"]

@@ -4,8 +4,8 @@ runner interface; backends join ``FACTORIES`` (the TensorRT runner can add itsel
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest

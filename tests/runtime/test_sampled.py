@@ -6,8 +6,8 @@ from stagedx.runtime.runner import RunOutput
 from stagedx.runtime.sampled import draw_without_replacement, grow_sampled_tree
 from stagedx.runtime.sampling import SamplingConfig
 from stagedx.runtime.staged import SOURCE_DRAFT2
-from stagedx.runtime.trees import TreeConfig
 from stagedx.runtime.tree import is_valid_tree
+from stagedx.runtime.trees import TreeConfig
 
 V = 12
 

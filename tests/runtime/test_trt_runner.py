@@ -11,7 +11,6 @@ pointers, shapes, masks or commit copies show up as wrong numbers.
 from __future__ import annotations
 
 import ctypes
-import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -29,8 +28,17 @@ GPU = tr.GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
 
 def _entry(n_layers=2, heads=2, head_dim=4, vocab=11, topk=3) -> ModelEntry:
     arch = ArchDims("gpt2", n_layers, heads, heads, head_dim, heads * head_dim, vocab, 64)
-    return ModelEntry(role="draft", file="draft.onnx", sha256="0", dtype="fp32", topk=topk,
-                      arch=arch, n_params=1, weight_bytes=4, source={})
+    return ModelEntry(
+        role="draft",
+        file="draft.onnx",
+        sha256="0",
+        dtype="fp32",
+        topk=topk,
+        arch=arch,
+        n_params=1,
+        weight_bytes=4,
+        source={},
+    )
 
 
 # -- pure planning ------------------------------------------------------------------------------
@@ -60,7 +68,7 @@ def _apply(plan, cache):
         src = set(range(run.src, run.src + run.n))
         dst = set(range(run.dst, run.dst + run.n))
         assert not src & dst, "cudaMemcpy ranges must be disjoint"
-        cache[run.dst:run.dst + run.n] = cache[run.src:run.src + run.n].copy()
+        cache[run.dst : run.dst + run.n] = cache[run.src : run.src + run.n].copy()
 
 
 @settings(max_examples=200, deadline=None)
@@ -71,7 +79,7 @@ def test_plan_commit_moves_exactly_the_accepted_rows(t, data, base):
     before = cache.copy()
     plan = tr.plan_commit(rows, base, t)
     _apply(plan, cache)
-    np.testing.assert_array_equal(cache[base:base + len(rows)], before[[base + r for r in rows]])
+    np.testing.assert_array_equal(cache[base : base + len(rows)], before[[base + r for r in rows]])
     np.testing.assert_array_equal(cache[:base], before[:base])  # committed rows untouched
     moved = sum(r.n for r in plan)
     assert moved == sum(1 for j, r in enumerate(rows) if r != j)  # rows in place are not copied
@@ -90,9 +98,13 @@ def test_plan_commit_uses_one_copy_per_run_of_rows():
 
 def test_plan_bindings_binds_the_past_as_a_prefix_and_new_rows_after_it():
     entry = _entry(n_layers=2, heads=2, head_dim=4)
-    layout = tr.DeviceLayout(k_cache=(1000, 2000), v_cache=(3000, 4000), row_bytes=32,
-                             inputs={"input_ids": 10, "position_ids": 20, "tree_mask": 30},
-                             outputs={"logits": 40, "topk_values": 50, "topk_indices": 60})
+    layout = tr.DeviceLayout(
+        k_cache=(1000, 2000),
+        v_cache=(3000, 4000),
+        row_bytes=32,
+        inputs={"input_ids": 10, "position_ids": 20, "tree_mask": 30},
+        outputs={"logits": 40, "topk_values": 50, "topk_indices": 60},
+    )
     plan = tr.plan_bindings(entry, layout, past_rows=5, t=3)
     assert plan["past_key.1"] == (2000, (5, 2, 4))
     assert plan["past_value.0"] == (3000, (5, 2, 4))
@@ -106,9 +118,17 @@ def test_plan_bindings_binds_the_past_as_a_prefix_and_new_rows_after_it():
 
 # -- engine records -----------------------------------------------------------------------------
 def _record(**kw):
-    r = {"role": "oracle", "file": "engines/o.plan", "sha256": "x", "tensorrt_version": "10.9.0",
-         "gpu_name": GPU.name, "compute_capability": "9.0", "max_tree": 8, "max_context": 64,
-         "reserved_slots": 1}
+    r = {
+        "role": "oracle",
+        "file": "engines/o.plan",
+        "sha256": "x",
+        "tensorrt_version": "10.9.0",
+        "gpu_name": GPU.name,
+        "compute_capability": "9.0",
+        "max_tree": 8,
+        "max_context": 64,
+        "reserved_slots": 1,
+    }
     r.update(kw)
     return EngineEntry.from_dict(r)
 
@@ -150,17 +170,30 @@ def _contract_graph(entry: ModelEntry, seed: int = 0) -> bytes:
     a = entry.arch
     h, d, c, v = a.n_kv_heads, a.head_dim, a.hidden, a.vocab_size
     rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(x.astype(np.float32), n) for n, x in (
-        ("wte", rng.normal(size=(v, c))), ("wpe", rng.normal(size=(a.max_positions, c))),
-        ("wout", rng.normal(size=(c, v))), ("neg", np.array(-1e9)), ("scale", np.array(d ** -0.5)))]
-    inits += [numpy_helper.from_array(np.array(s, dtype=np.int64), n) for n, s in (
-        ("shp_thd", [-1, h, d]), ("shp_tc", [-1, c]), ("k", [entry.topk]))]
-    nodes = [helper.make_node("Gather", ["wte", "input_ids"], ["te"]),
-             helper.make_node("Gather", ["wpe", "position_ids"], ["pe"]),
-             helper.make_node("Add", ["te", "pe"], ["x0"])]
-    ins = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["T"]),
-           helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["T"]),
-           helper.make_tensor_value_info("tree_mask", TensorProto.BOOL, ["T", "PT"])]
+    inits = [
+        numpy_helper.from_array(x.astype(np.float32), n)
+        for n, x in (
+            ("wte", rng.normal(size=(v, c))),
+            ("wpe", rng.normal(size=(a.max_positions, c))),
+            ("wout", rng.normal(size=(c, v))),
+            ("neg", np.array(-1e9)),
+            ("scale", np.array(d**-0.5)),
+        )
+    ]
+    inits += [
+        numpy_helper.from_array(np.array(s, dtype=np.int64), n)
+        for n, s in (("shp_thd", [-1, h, d]), ("shp_tc", [-1, c]), ("k", [entry.topk]))
+    ]
+    nodes = [
+        helper.make_node("Gather", ["wte", "input_ids"], ["te"]),
+        helper.make_node("Gather", ["wpe", "position_ids"], ["pe"]),
+        helper.make_node("Add", ["te", "pe"], ["x0"]),
+    ]
+    ins = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["T"]),
+        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["T"]),
+        helper.make_tensor_value_info("tree_mask", TensorProto.BOOL, ["T", "PT"]),
+    ]
     outs = []
     x = "x0"
     for i in range(a.n_layers):
@@ -168,30 +201,36 @@ def _contract_graph(entry: ModelEntry, seed: int = 0) -> bytes:
             inits.append(numpy_helper.from_array(rng.normal(size=(c, c)).astype(np.float32) * 0.3, f"w{w}{i}"))
             nodes.append(helper.make_node("MatMul", [x, f"w{w}{i}"], [f"{w}{i}flat"]))
             nodes.append(helper.make_node("Reshape", [f"{w}{i}flat", "shp_thd"], [f"{w}{i}"]))
-        nodes += [helper.make_node("Identity", [f"k{i}"], [f"new_key.{i}"]),
-                  helper.make_node("Identity", [f"v{i}"], [f"new_value.{i}"]),
-                  helper.make_node("Concat", [f"past_key.{i}", f"k{i}"], [f"K{i}"], axis=0),
-                  helper.make_node("Concat", [f"past_value.{i}", f"v{i}"], [f"V{i}"], axis=0),
-                  helper.make_node("Transpose", [f"q{i}"], [f"qh{i}"], perm=[1, 0, 2]),
-                  helper.make_node("Transpose", [f"K{i}"], [f"kh{i}"], perm=[1, 2, 0]),
-                  helper.make_node("Transpose", [f"V{i}"], [f"vh{i}"], perm=[1, 0, 2]),
-                  helper.make_node("MatMul", [f"qh{i}", f"kh{i}"], [f"s{i}raw"]),
-                  helper.make_node("Mul", [f"s{i}raw", "scale"], [f"s{i}"]),
-                  helper.make_node("Where", ["tree_mask", f"s{i}", "neg"], [f"sm{i}"]),
-                  helper.make_node("Softmax", [f"sm{i}"], [f"p{i}"], axis=-1),
-                  helper.make_node("MatMul", [f"p{i}", f"vh{i}"], [f"o{i}h"]),
-                  helper.make_node("Transpose", [f"o{i}h"], [f"o{i}"], perm=[1, 0, 2]),
-                  helper.make_node("Reshape", [f"o{i}", "shp_tc"], [f"o{i}flat"]),
-                  helper.make_node("Add", [x, f"o{i}flat"], [f"x{i + 1}"])]
+        nodes += [
+            helper.make_node("Identity", [f"k{i}"], [f"new_key.{i}"]),
+            helper.make_node("Identity", [f"v{i}"], [f"new_value.{i}"]),
+            helper.make_node("Concat", [f"past_key.{i}", f"k{i}"], [f"K{i}"], axis=0),
+            helper.make_node("Concat", [f"past_value.{i}", f"v{i}"], [f"V{i}"], axis=0),
+            helper.make_node("Transpose", [f"q{i}"], [f"qh{i}"], perm=[1, 0, 2]),
+            helper.make_node("Transpose", [f"K{i}"], [f"kh{i}"], perm=[1, 2, 0]),
+            helper.make_node("Transpose", [f"V{i}"], [f"vh{i}"], perm=[1, 0, 2]),
+            helper.make_node("MatMul", [f"qh{i}", f"kh{i}"], [f"s{i}raw"]),
+            helper.make_node("Mul", [f"s{i}raw", "scale"], [f"s{i}"]),
+            helper.make_node("Where", ["tree_mask", f"s{i}", "neg"], [f"sm{i}"]),
+            helper.make_node("Softmax", [f"sm{i}"], [f"p{i}"], axis=-1),
+            helper.make_node("MatMul", [f"p{i}", f"vh{i}"], [f"o{i}h"]),
+            helper.make_node("Transpose", [f"o{i}h"], [f"o{i}"], perm=[1, 0, 2]),
+            helper.make_node("Reshape", [f"o{i}", "shp_tc"], [f"o{i}flat"]),
+            helper.make_node("Add", [x, f"o{i}flat"], [f"x{i + 1}"]),
+        ]
         x = f"x{i + 1}"
         for kind in ("key", "value"):
             ins.append(helper.make_tensor_value_info(f"past_{kind}.{i}", TensorProto.FLOAT, ["P", h, d]))
             outs.append(helper.make_tensor_value_info(f"new_{kind}.{i}", TensorProto.FLOAT, ["T", h, d]))
-    nodes += [helper.make_node("MatMul", [x, "wout"], ["logits"]),
-              helper.make_node("TopK", ["logits", "k"], ["topk_values", "topk_indices"], axis=-1)]
-    outs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["T", v]),
-            helper.make_tensor_value_info("topk_values", TensorProto.FLOAT, ["T", entry.topk]),
-            helper.make_tensor_value_info("topk_indices", TensorProto.INT64, ["T", entry.topk])] + outs
+    nodes += [
+        helper.make_node("MatMul", [x, "wout"], ["logits"]),
+        helper.make_node("TopK", ["logits", "k"], ["topk_values", "topk_indices"], axis=-1),
+    ]
+    outs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["T", v]),
+        helper.make_tensor_value_info("topk_values", TensorProto.FLOAT, ["T", entry.topk]),
+        helper.make_tensor_value_info("topk_indices", TensorProto.INT64, ["T", entry.topk]),
+    ] + outs
     graph = helper.make_graph(nodes, "contract", ins, outs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
@@ -208,8 +247,9 @@ class _StandIn:
         self.copies: list[tuple[str, int]] = []  # (kind, bytes)
         self.executions: list[dict] = []
         self.cudaError_t = SimpleNamespace(cudaSuccess=0)
-        self.cudaMemcpyKind = SimpleNamespace(cudaMemcpyHostToDevice="H2D", cudaMemcpyDeviceToHost="D2H",
-                                              cudaMemcpyDeviceToDevice="D2D")
+        self.cudaMemcpyKind = SimpleNamespace(
+            cudaMemcpyHostToDevice="H2D", cudaMemcpyDeviceToHost="D2H", cudaMemcpyDeviceToDevice="D2D"
+        )
         self.TensorIOMode = SimpleNamespace(INPUT="in", OUTPUT="out")
         self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, sev=2: None})
 
@@ -338,11 +378,15 @@ def setup(tmp_path, monkeypatch):
     (tmp_path / "engines").mkdir()
     (tmp_path / "engines" / "draft.plan").write_bytes(model)  # the stand-in "deserializes" ONNX
     profile = shapes_as_dict(profile_shapes(entry, ProfileSpec(MAX_TREE, MAX_CTX, 1)))
-    record = _record(role="draft", file="engines/draft.plan", max_tree=MAX_TREE,
-                     max_context=MAX_CTX, profiles=[profile])
-    manifest = Manifest(tokenizer=TokenizerEntry("tokenizer.json", "0", 0, 0, 13),
-                        models={"oracle": entry, "draft": entry}, draft2=Draft2Entry("none"),
-                        engines=(record,))
+    record = _record(
+        role="draft", file="engines/draft.plan", max_tree=MAX_TREE, max_context=MAX_CTX, profiles=[profile]
+    )
+    manifest = Manifest(
+        tokenizer=TokenizerEntry("tokenizer.json", "0", 0, 0, 13),
+        models={"oracle": entry, "draft": entry},
+        draft2=Draft2Entry("none"),
+        engines=(record,),
+    )
     api = _StandIn(GPU, "10.9.0", profile)
     monkeypatch.setattr(tr, "_import_api", lambda what: (api, api))
     import onnxruntime as ort
@@ -358,13 +402,16 @@ def _recompute(s, tokens, positions, mask):
     full = np.zeros((n, n), dtype=bool)
     k = len(mask)
     full[:, : n - k] = np.tril(np.ones((n, n - k), dtype=bool))
-    full[n - k:, n - k:] = mask
-    feeds = {"input_ids": np.asarray(tokens, np.int64), "position_ids": np.asarray(positions, np.int64),
-             "tree_mask": full}
+    full[n - k :, n - k :] = mask
+    feeds = {
+        "input_ids": np.asarray(tokens, np.int64),
+        "position_ids": np.asarray(positions, np.int64),
+        "tree_mask": full,
+    }
     for i in range(e.arch.n_layers):
         for kind in ("past_key", "past_value"):
             feeds[f"{kind}.{i}"] = np.zeros((0, e.arch.n_kv_heads, e.arch.head_dim), np.float32)
-    return s.sess.run(["logits"], feeds)[0][n - k:]
+    return s.sess.run(["logits"], feeds)[0][n - k :]
 
 
 def test_runner_matches_recomputation_through_prefill_tree_commit_and_truncate(setup):
@@ -394,8 +441,7 @@ def test_runner_matches_recomputation_through_prefill_tree_commit_and_truncate(s
     assert ("D2H", v_bytes) not in s.api.copies  # logits stay on the device unless asked
     assert sum(n for kind, n in s.api.copies if kind == "D2H") == 4 * 3 * (4 + 8)  # top-k only
     for row, path in ((1, [0, 1]), (3, [0, 2, 3])):
-        ref = _recompute(s, prompt + list(toks[path]), list(range(10)) + list(pos[path]),
-                         chain_mask(len(path)))
+        ref = _recompute(s, prompt + list(toks[path]), list(range(10)) + list(pos[path]), chain_mask(len(path)))
         got = runner.run(toks, pos, tree, fetch=("logits",)).logits
         np.testing.assert_allclose(got[row], ref[-1], rtol=1e-5, atol=1e-4)
 
@@ -436,14 +482,19 @@ def test_closed_runners_of_both_backends_raise_the_same_contract_error(setup):
     from stagedx.runtime.ort_runner import OrtRunner
 
     (setup.bundle / "draft.onnx").write_bytes((setup.bundle / "engines" / "draft.plan").read_bytes())
-    runners = (tr.TrtRunner(setup.bundle, "draft", manifest=setup.manifest),
-               OrtRunner(setup.bundle, setup.entry, device="cpu", threads=1))
+    runners = (
+        tr.TrtRunner(setup.bundle, "draft", manifest=setup.manifest),
+        OrtRunner(setup.bundle, setup.entry, device="cpu", threads=1),
+    )
     for runner in runners:
         runner.run(np.arange(3), np.arange(3), chain_mask(3))
         runner.close()
         runner.close()  # idempotent
-        for call in (lambda: runner.run(np.arange(1), np.arange(1), chain_mask(1)),
-                     lambda: runner.commit([0]), lambda: runner.truncate(0)):
+        for call in (
+            lambda r=runner: r.run(np.arange(1), np.arange(1), chain_mask(1)),
+            lambda r=runner: r.commit([0]),
+            lambda r=runner: r.truncate(0),
+        ):
             with pytest.raises(ContractError, match="closed"):
                 call()
 
@@ -483,8 +534,16 @@ def test_cuda_buffers_round_trip_on_a_real_gpu():
     K = cudart.cudaMemcpyKind
     assert cudart.cudaMemcpyAsync(dev, host.ctypes.data, host.nbytes, K.cudaMemcpyHostToDevice, stream)[0] == ok
     for run in tr.plan_commit([0, 3, 4, 5, 9], 2, 10):
-        assert cudart.cudaMemcpyAsync(int(dev) + run.dst * row_bytes, int(dev) + run.src * row_bytes,
-                                      run.n * row_bytes, K.cudaMemcpyDeviceToDevice, stream)[0] == ok
+        assert (
+            cudart.cudaMemcpyAsync(
+                int(dev) + run.dst * row_bytes,
+                int(dev) + run.src * row_bytes,
+                run.n * row_bytes,
+                K.cudaMemcpyDeviceToDevice,
+                stream,
+            )[0]
+            == ok
+        )
     back = np.empty_like(host)
     assert cudart.cudaMemcpyAsync(back.ctypes.data, dev, back.nbytes, K.cudaMemcpyDeviceToHost, stream)[0] == ok
     assert cudart.cudaStreamSynchronize(stream)[0] == ok

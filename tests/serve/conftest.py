@@ -31,10 +31,22 @@ class ServerProcess:
 
     def __init__(self, bundle: Path, *args: str, log: Path):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        cmd = [sys.executable, "-m", "stagedx", "serve", str(bundle), "--port", "0", "--device", "cpu", "--threads", "1",
-               *args]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "stagedx",
+            "serve",
+            str(bundle),
+            "--port",
+            "0",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            *args,
+        ]
         self.log = log
-        self._err = open(log, "w")  # a file, not a pipe: a full pipe would block the server
+        self._err = open(log, "w")  # noqa: SIM115 - closed in stop(); a file, not a pipe: a full pipe would block the server
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err, text=True, env=env, cwd=ROOT)
         ready, _, _ = select.select([self.proc.stdout], [], [], 120)
         line = self.proc.stdout.readline() if ready else ""
@@ -100,8 +112,9 @@ def chat_bundle(tiny_pair, tmp_path_factory) -> Path:
     shutil.copytree(tiny_pair.oracle, oracle)
     config = json.loads((oracle / "tokenizer_config.json").read_text())
     (oracle / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": CHAT_TEMPLATE}))
-    return export_bundle(ExportConfig(oracle=str(oracle), draft=str(tiny_pair.draft), output=root / "bundle",
-                                      draft2="prompt-lookup"))  # fmt: skip
+    return export_bundle(
+        ExportConfig(oracle=str(oracle), draft=str(tiny_pair.draft), output=root / "bundle", draft2="prompt-lookup")
+    )
 
 
 @pytest.fixture(scope="module")

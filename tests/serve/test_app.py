@@ -50,8 +50,12 @@ class LongStream:
         url = urlparse(server.url)
         self.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
         body = {"model": "pair", "prompt": LONG_PROMPT, "max_tokens": 1000, "temperature": 0, "stream": True}
-        self.conn.request("POST", "/v1/completions", body=json.dumps(body),
-                          headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})  # fmt: skip
+        self.conn.request(
+            "POST",
+            "/v1/completions",
+            body=json.dumps(body),
+            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+        )
         self.resp = self.conn.getresponse()
         assert self.resp.status == 200
         assert self.resp.readline().startswith(b"data: {")  # the decode is running
@@ -88,8 +92,12 @@ def test_greedy_text_equals_generator(pair_server, pair_generator):
 
 
 def test_stream_ends_with_done_event(pair_server):
-    status, headers, text = raw(pair_server, "POST", "/v1/completions",
-                                {"model": "pair", "prompt": PROMPT, "max_tokens": 8, "stream": True, "seed": 1})  # fmt: skip
+    status, headers, text = raw(
+        pair_server,
+        "POST",
+        "/v1/completions",
+        {"model": "pair", "prompt": PROMPT, "max_tokens": 8, "stream": True, "seed": 1},
+    )
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
     events = [e for e in text.split("\n\n") if e]
     assert events[-1] == "data: [DONE]" and all(e.startswith("data: {") for e in events[:-1])
@@ -97,8 +105,9 @@ def test_stream_ends_with_done_event(pair_server):
 
 def test_sampled_with_seed_is_reproducible(pair_server, pair_generator):
     c = client(pair_server)
-    kwargs = dict(model="pair", prompt=PROMPT, max_tokens=30, temperature=0.8, top_p=0.95, seed=7,
-                  extra_body={"top_k": 40})  # fmt: skip
+    kwargs = dict(
+        model="pair", prompt=PROMPT, max_tokens=30, temperature=0.8, top_p=0.95, seed=7, extra_body={"top_k": 40}
+    )
     first = c.completions.create(**kwargs).choices[0].text
     streamed = "".join(ch.choices[0].text for ch in c.completions.create(stream=True, **kwargs))
     cfg = SamplingConfig("sample", 0.8, top_k=40, top_p=0.95)

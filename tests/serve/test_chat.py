@@ -68,8 +68,16 @@ def test_chat_completion_equals_generator_on_the_rendered_prompt(chat_server, ch
     res = c.chat.completions.create(model="tiny-chat", messages=MESSAGES, max_tokens=24, temperature=0)
     assert res.choices[0].message.role == "assistant" and res.choices[0].message.content == want.text
     assert res.usage.prompt_tokens == want.prompt_tokens
-    chunks = list(c.chat.completions.create(model="tiny-chat", messages=MESSAGES, max_tokens=24, temperature=0,
-                                            stream=True, stream_options={"include_usage": True}))  # fmt: skip
+    chunks = list(
+        c.chat.completions.create(
+            model="tiny-chat",
+            messages=MESSAGES,
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == want.text
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(want.tokens)

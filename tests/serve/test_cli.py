@@ -43,8 +43,18 @@ def test_port_in_use_is_one_line_and_exit_2(tiny_bundle, capsys):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_mid_stream_cancels_at_the_grace_and_exits_0(pair_bundle, tmp_path, sig):
     # baseline: ~1000 greedy tokens last seconds however well speculation does, longer than the grace
-    server = ServerProcess(pair_bundle, "--api-key", API_KEY, "--model-name", "pair", "--grace", "0.5",
-                           "--strategy", "baseline", log=tmp_path / "e")
+    server = ServerProcess(
+        pair_bundle,
+        "--api-key",
+        API_KEY,
+        "--model-name",
+        "pair",
+        "--grace",
+        "0.5",
+        "--strategy",
+        "baseline",
+        log=tmp_path / "e",
+    )
     long = LongStream(server)  # a decode of ~1000 tokens is running
     rest = {}
 

@@ -14,8 +14,9 @@ def test_render_is_prometheus_text_with_derived_gauges():
     m = Metrics("m")
     m.request("completions", 200)
     m.request("completions", 429)
-    stats = Stats("staged", "greedy", oracle_calls=4, new_tokens=12,
-                  accepted_by_stage={"draft2": 8, "draft": 0, "oracle": 4})  # fmt: skip
+    stats = Stats(
+        "staged", "greedy", oracle_calls=4, new_tokens=12, accepted_by_stage={"draft2": 8, "draft": 0, "oracle": 4}
+    )
     stats.time_s["total"] = 0.5
     m.decode(GenerationResult("x", list(range(12)), 5, "length", stats))
     m.first_token(0.25)

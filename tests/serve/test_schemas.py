@@ -17,9 +17,27 @@ def test_defaults_follow_openai():
 
 def test_temperature_zero_is_greedy_and_sampling_options_pass_through():
     assert completion_params({"model": "m", "prompt": "hi", "temperature": 0}, LIMITS).sampling.greedy
-    p = completion_params({"model": "m", "prompt": [1, 2], "temperature": 0.5, "top_p": 0.9, "top_k": 5,
-                           "seed": 3, "stop": "\n", "max_tokens": 7.0}, LIMITS)  # fmt: skip
-    assert (p.prompt, p.sampling.top_k, p.sampling.top_p, p.seed, p.stop, p.max_tokens) == ((1, 2), 5, 0.9, 3, ("\n",), 7)
+    p = completion_params(
+        {
+            "model": "m",
+            "prompt": [1, 2],
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "top_k": 5,
+            "seed": 3,
+            "stop": "\n",
+            "max_tokens": 7.0,
+        },
+        LIMITS,
+    )
+    assert (p.prompt, p.sampling.top_k, p.sampling.top_p, p.seed, p.stop, p.max_tokens) == (
+        (1, 2),
+        5,
+        0.9,
+        3,
+        ("\n",),
+        7,
+    )
     assert completion_params({"model": "m", "prompt": ["one"]}, LIMITS).prompt == "one"
 
 
@@ -49,8 +67,14 @@ def test_invalid_completion_bodies(body, status):
 
 
 def test_chat_messages_and_max_completion_tokens():
-    p = chat_params({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
-                     {"type": "text", "text": "b"}]}], "max_completion_tokens": 9}, LIMITS)  # fmt: skip
+    p = chat_params(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+            "max_completion_tokens": 9,
+        },
+        LIMITS,
+    )
     assert p.messages == ({"role": "user", "content": "ab"},) and p.decode.max_tokens == 9
     assert chat_params({"model": "m", "messages": [{"role": "user", "content": "x"}]}, LIMITS).decode.max_tokens is None
     for messages in ([], [{"role": "user"}], [{"role": "user", "content": [{"type": "image_url"}]}], "hi"):
