@@ -33,18 +33,21 @@ from stagedx.manifest import (
 
 def _sample() -> Manifest:
     arch = ArchDims("gpt2", 2, 4, 4, 8, 32, 100, 64)
-    model = lambda role: ModelEntry(  # noqa: E731
-        role=role,
-        file=f"{role}.onnx",
-        sha256="a" * 64,
-        dtype="fp16",
-        topk=8,
-        arch=arch,
-        n_params=1234,
-        weight_bytes=2468,
-        source={"checkpoint": "x", "model_type": "gpt2"},
-        verify={"max_rel_error": 1e-3, "tolerance": 2e-2},
-    )
+
+    def model(role: str) -> ModelEntry:
+        return ModelEntry(
+            role=role,
+            file=f"{role}.onnx",
+            sha256="a" * 64,
+            dtype="fp16",
+            topk=8,
+            arch=arch,
+            n_params=1234,
+            weight_bytes=2468,
+            source={"checkpoint": "x", "model_type": "gpt2"},
+            verify={"max_rel_error": 1e-3, "tolerance": 2e-2},
+        )
+
     return Manifest(
         tokenizer=TokenizerEntry("tokenizer.json", "b" * 64, 0, None, 100),
         models={"oracle": model("oracle"), "draft": model("draft")},
@@ -271,7 +274,10 @@ def test_tuning_key_builder_parser_and_nearest_thread_lookup():
         k: TuningEntry(other={"k": k})
         for k in ("cpu|onnxruntime|2", "cpu|onnxruntime|6", "cuda:0|onnxruntime|4", "cpu|tensorrt|4")
     }
-    pick = lambda threads: find_tuning(entries, "cpu", "onnxruntime", threads).other["k"]  # noqa: E731
+
+    def pick(threads):
+        return find_tuning(entries, "cpu", "onnxruntime", threads).other["k"]
+
     assert pick(2) == "cpu|onnxruntime|2" and pick(6) == "cpu|onnxruntime|6"
     assert pick(4) == "cpu|onnxruntime|6"  # a tie goes to the larger count
     assert pick(3) == "cpu|onnxruntime|2" and pick(None) == "cpu|onnxruntime|2" and pick(64) == "cpu|onnxruntime|6"

@@ -48,7 +48,10 @@ class PeerModels:
         self.checkpoints = {
             role: resolve_checkpoint(manifest.models[role].source["checkpoint"], bundle) for role in ("oracle", "draft")
         }
-        load = lambda role: AutoModelForCausalLM.from_pretrained(self.checkpoints[role], dtype=torch.float32).eval()  # noqa: E731
+
+        def load(role: str):
+            return AutoModelForCausalLM.from_pretrained(self.checkpoints[role], dtype=torch.float32).eval()
+
         self.oracle, self.draft = load("oracle"), load("draft")
         self.eos = manifest.tokenizer.eos_token_id
         self.threads = int(threads)

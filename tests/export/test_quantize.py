@@ -42,7 +42,10 @@ def _io(path):
     import onnx
 
     g = onnx.load(str(path)).graph
-    sig = lambda vs: [(v.name, v.type.tensor_type.elem_type) for v in vs]  # noqa: E731
+
+    def sig(vs):
+        return [(v.name, v.type.tensor_type.elem_type) for v in vs]
+
     return sig(g.input), sig(g.output), {n.op_type for n in g.node}
 
 

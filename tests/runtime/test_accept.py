@@ -179,7 +179,9 @@ def test_recursive_rejection_sampling_over_sampled_trees_matches_the_oracle():
 
 
 def test_negative_control_sampled_tree_without_residual_is_rejected():
-    biased = lambda prefix, rng: sampled_round(prefix, rng, forget_residual=True)  # noqa: E731
+    def biased(prefix, rng):
+        return sampled_round(prefix, rng, forget_residual=True)
+
     assert chi_square_pvalue(joint_first3(biased, N, 5), exact_first3()) < 1e-6
 
 
