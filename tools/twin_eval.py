@@ -13,8 +13,8 @@ generations. ``--untuned`` keeps TWIN's own default trees.
 import sys
 
 from stagedx.bench.bench import STAGEDX_METHODS
+from stagedx.bench.costs import interp
 from stagedx.bench.prompts import load_prompts
-from stagedx.bench.tune import interp
 from stagedx.manifest import load_manifest
 from stagedx.runtime import Generator, SamplingConfig
 from stagedx.runtime.trees import TreeChoice, sampling_mode

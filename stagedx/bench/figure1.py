@@ -6,7 +6,7 @@ the past is left out, it is small at these lengths). y: FLOP/s the call attains,
 2 x params x T / latency(T). Roofs: the measured copy bandwidth x intensity (memory bound) and
 the measured peak FLOP/s of an fp32 matrix product on the same threads (compute bound).
 
-Measured here, by ``stagedx bench``: the oracle's latency curve (``tune.latency_curve``: T
+Measured here, by ``stagedx bench``: the oracle's latency curve (``costs.latency_curve``: T
 new tokens after a committed past) and both roofs. Operating points: every method of a bench
 run at its mean tree tokens per oracle call and the FLOP/s its oracle calls attained inside
 the decode loop (oracle time / calls from the run's statistics). A pair whose baseline sits
@@ -48,7 +48,7 @@ def measure_peak_flops(n: int = 1536, repeats: int = 5) -> float:
 
 def measure_cost_curve(gen, past_len: int = 200, repeats: int = 5, sizes: Sequence[int] = CURVE_SIZES) -> dict:
     """The oracle's call latency against T (median seconds), with what the figure needs."""
-    from .tune import latency_curve
+    from .costs import latency_curve
 
     rng = np.random.default_rng(0)
     past = min(past_len, max(1, gen.context_limit - max(sizes) - 1))

@@ -38,13 +38,20 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-ORACLE_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
-DRAFT_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64)
+from .costs import (
+    DRAFT_SIZES,
+    ORACLE_SIZES,
+    in_loop_factors,
+    latency_curve,
+    predict_tokens_per_s,
+    stored_curves,
+)
+
 SEARCH_SPACE = {  # greedy
     "budget": (0, 2, 4, 7, 11, 15, 23, 31, 47, 63),  # 0: no speculation; budget + 1 = tree tokens
     "max_depth": (3, 4, 6, 8, 10, 12, 16),
@@ -125,70 +132,6 @@ class Evaluation:
         d["tokens_per_round"] = self.tokens_per_round
         d["measured_tokens_per_s"] = self.new_tokens / self.wall_s if self.wall_s > 0 else None
         return d
-
-
-# -- latency curves --------------------------------------------------------------------------
-def latency_curve(runner, sizes: Sequence[int], context: np.ndarray, repeats: int) -> dict:
-    """Median seconds of ``runner.run`` for T new tokens after ``len(context)`` committed ones."""
-    from ..runtime.runner import chain_mask
-
-    runner.truncate(0)
-    p = len(context)
-    runner.run(context, np.arange(p), chain_mask(p))
-    runner.commit(np.arange(p))
-    rng = np.random.default_rng(0)
-    vocab = runner.entry.arch.vocab_size
-    curve = {}
-    for t in sizes:
-        if p + t > getattr(runner, "max_context", p + t):
-            break
-        tokens = rng.integers(0, vocab, t).astype(np.int64)
-        pos, mask = p + np.arange(t), chain_mask(t)
-        runner.run(tokens, pos, mask)  # warm this shape
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            runner.run(tokens, pos, mask)
-            times.append(time.perf_counter() - t0)
-        curve[int(t)] = float(np.median(times))
-    runner.truncate(0)
-    return curve
-
-
-def interp(curve: dict, t: float) -> float:
-    xs = sorted(curve)
-    return float(np.interp(t, xs, [curve[x] for x in xs]))
-
-
-# -- cost model ------------------------------------------------------------------------------
-def draft_batch_size(tree: dict) -> float:
-    """Nodes per draft call: the chain end plus draft2's candidates, capped by the batch."""
-    depth = int(tree["max_depth"])
-    return float(min(int(tree["draft_batch"]), 1 + sum(tree["fanouts"][:depth])))
-
-
-def predict_tokens_per_s(
-    ev_counts: dict, tree: dict, oracle_curve: dict, draft_curve: dict, factors: dict | None = None
-) -> float:
-    """ev_counts: new_tokens, rounds, draft_calls, overhead_s (sums over calibration runs) and,
-    when the decode loop counted them, call_sizes ``{"oracle": {T: calls}, "draft": {B: calls}}``:
-    then every call is priced at its own size, times the in-loop ``factors``."""
-    sizes = ev_counts.get("call_sizes")
-    if sizes:
-        f = {"oracle": 1.0, "draft": 1.0, **(factors or {})}
-        total = ev_counts["overhead_s"] + sum(
-            f[m] * n * interp(curve, int(t))
-            for m, curve in (("oracle", oracle_curve), ("draft", draft_curve))
-            for t, n in sizes.get(m, {}).items()
-        )
-        return ev_counts["new_tokens"] / total if total > 0 else 0.0
-    rounds = max(1, ev_counts["rounds"])
-    round_s = (
-        ev_counts["draft_calls"] / rounds * interp(draft_curve, draft_batch_size(tree))
-        + interp(oracle_curve, int(tree["budget"]) + 1)
-        + ev_counts["overhead_s"] / rounds
-    )
-    return (ev_counts["new_tokens"] / rounds) / round_s
 
 
 def tree_dict(cfg) -> dict:
@@ -382,39 +325,6 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print, twin=None
     update_manifest(bundle, tuning=tuning)
     echo(f"stored tuning[{key!r}] for {', '.join(tuning[key].modes())}")
     return tuning[key]
-
-
-def stored_curves(entry, key: str) -> tuple:
-    """(curves, factors, past_len) a previous ``tune`` stored for this device (a TuningEntry)."""
-    from ..errors import StagedxError
-
-    if not entry.oracle_latency_s or not entry.draft_latency_s:
-        raise StagedxError(f"--reuse-curves: the bundle has no curves stored under {key!r}; run tune without it first")
-    curves = tuple({int(t): float(v) for t, v in c.items()} for c in (entry.oracle_latency_s, entry.draft_latency_s))
-    factors = entry.in_loop_factors or {"oracle": 1.0, "draft": 1.0}
-    return curves, factors, int(entry.past_len or 0)
-
-
-def in_loop_factors(gen, prompt, curves: tuple, new_tokens: int = 24) -> dict:
-    """Phase time inside the decode loop over the isolated curves' price of the same calls, for
-    the oracle and the draft, from one short greedy run of a tree that uses both models."""
-    from ..runtime.trees import TreeConfig
-
-    res = gen.generate(
-        prompt.text,
-        max_new_tokens=new_tokens,
-        strategy="staged",
-        ignore_eos=True,
-        truncate=True,
-        tree=TreeConfig(budget=11, max_depth=8, fanouts=(2, 1, 1, 1), draft_calls=3),
-    )
-    s = res.stats.as_dict()
-    out = {}
-    for model, curve in zip(("oracle", "draft"), curves):
-        priced = sum(n * interp(curve, int(t)) for t, n in s["call_sizes"][model].items())
-        ratio = s["time_s"][model] / priced if priced > 0 else 1.0
-        out[model] = float(min(3.0, max(0.5, ratio)))  # a guard against one disturbed run
-    return out
 
 
 def _starts(gen, mode: str) -> list:

@@ -23,6 +23,7 @@ from ..errors import StagedxError
 from ..files import AtomicFolder, sha256_file, utc_now
 from ..manifest import (
     DRAFT2_KINDS,
+    DRAFT2_NGRAM,
     DTYPES,
     TOLERANCE,
     Draft2Entry,
@@ -76,9 +77,9 @@ def _check_config(cfg: ExportConfig) -> str:
         raise StagedxError(f"--topk must be at least 1, got {cfg.topk}")
     if cfg.ngram_max_contexts is not None and cfg.ngram_max_contexts < 1:
         raise StagedxError(f"--ngram-max-contexts must be at least 1, got {cfg.ngram_max_contexts}")
-    if kind in ("ngram", "both") and not cfg.corpus:
+    if kind in DRAFT2_NGRAM and not cfg.corpus:
         raise StagedxError(f"--draft2 {kind} needs --corpus PATH (files or folders to fit the n-gram on)")
-    if cfg.corpus and kind not in ("ngram", "both"):
+    if cfg.corpus and kind not in DRAFT2_NGRAM:
         raise StagedxError(f"--corpus is only used by --draft2 ngram or both, not {kind}")
     cfg.quantize.check()
     if cfg.quantize.kinds and cfg.dtype != "fp32":
@@ -175,14 +176,15 @@ def _export_model(role: str, ckpt: Checkpoint, cfg: ExportConfig, work: Path, ca
 
 def _corpus_files(cfg: ExportConfig) -> list[Path]:
     """The corpus files (folders expanded, ``stdlib`` = this interpreter's standard library)."""
-    from .ngram import read_exclude_list, resolve_corpus
+    from .corpus import read_exclude_list, resolve_corpus
 
     return resolve_corpus(cfg.corpus, read_exclude_list(cfg.exclude_from))
 
 
 def _fit_ngram(cfg: ExportConfig, files: list[Path], tokenizer_file: Path, folder: Path, eos_id: int | None):
     """Fit draft2's n-gram on ``files`` (the n-gram module's default number of successors)."""
-    from .ngram import NgramFitConfig, fit_ngram, read_exclude_list
+    from .corpus import read_exclude_list
+    from .ngram import NgramFitConfig, fit_ngram
 
     kwargs = {"exclude": read_exclude_list(cfg.exclude_from), "show_progress": cfg.progress}
     if cfg.ngram_max_contexts is not None:
@@ -217,7 +219,7 @@ def export_bundle(config: ExportConfig, log: Callable[[str], None] | None = None
     """Export oracle + draft (+ draft2) into ``config.output``; returns the bundle path."""
     log = log or (lambda _msg: None)
     kind = _check_config(config)
-    corpus = _corpus_files(config) if kind in ("ngram", "both") else []  # fail before the slow part
+    corpus = _corpus_files(config) if kind in DRAFT2_NGRAM else []  # fail before the slow part
     oracle, draft = open_checkpoint(config.oracle), open_checkpoint(config.draft)
     vocab = _check_pair(oracle, draft)
     output = Path(config.output)
@@ -246,7 +248,7 @@ def export_bundle(config: ExportConfig, log: Callable[[str], None] | None = None
         np.savez(tmp / REFERENCE_FILE, **arrays)
         shutil.copyfile(oracle.tokenizer_file, tmp / TOKENIZER_FILE)
         ngram = None
-        if kind in ("ngram", "both"):
+        if kind in DRAFT2_NGRAM:
             t0 = time.perf_counter()
             eos = oracle.special_token("eos_token_id")
             ngram = _fit_ngram(config, corpus, tmp / TOKENIZER_FILE, tmp, eos)

@@ -40,7 +40,7 @@ class TokenData:
 
 def _split_files(spec: CorpusSpec) -> tuple[list[Path], list[Path], str]:
     """(training files, held-out files, description of the held-out files)."""
-    from .ngram import read_exclude_list, resolve_corpus
+    from .corpus import read_exclude_list, resolve_corpus
 
     everything = resolve_corpus(spec.paths)
     exclude = read_exclude_list(spec.exclude_from)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import StagedxError
-from .configs import DecoderDims, Rope
+from .configs import DecoderDims, Rope, decoder_dims
 from .gpt2 import MASK_FILL
 
 
@@ -246,8 +246,6 @@ def build_decoder_graph(graph_cls, dims: DecoderDims, weights, topk: int, dtype,
 
 def build_llama_graph(cfg: dict, weights, topk: int, dtype: torch.dtype) -> LlamaGraph:
     """The graph of a ``LlamaForCausalLM`` checkpoint (config.json dict + its weights)."""
-    from .configs import decoder_dims
-
     graph = build_decoder_graph(LlamaGraph, decoder_dims(cfg, "llama"), weights, topk, dtype)
     check_frequencies(graph, cfg)
     return graph

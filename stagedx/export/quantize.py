@@ -270,7 +270,7 @@ def heldout_chunks(sources: tuple[str, ...], tokenizer_file: Path, n_tokens: int
 
 
 def _heldout_files(sources: tuple[str, ...]) -> list[Path]:
-    from .ngram import read_exclude_list, resolve_corpus, stdlib_root
+    from .corpus import read_exclude_list, resolve_corpus, stdlib_root
 
     if not sources:
         files = resolve_corpus(["stdlib"])
@@ -376,7 +376,8 @@ def quantize_model(entry, folder: Path, arrays: dict, opts: QuantizeOptions, hel
 
     from ..files import sha256_file
     from ..manifest import FileRef
-    from .verify import check_outputs, rel_error, run_onnx
+    from ..numerics import rel_error
+    from .verify import check_outputs, run_onnx
 
     kind = opts.kind(entry.role)
     bits = KINDS[kind]

@@ -39,7 +39,7 @@ def check_object(where: str, value, what: str = "an object", kind: type = dict) 
 
 def check_manifest(m) -> None:
     """Raise a StagedxError naming the first field of ``m`` (a ``Manifest``) that is unusable."""
-    from . import DRAFT2_KINDS, ROLES  # the package imports this module first
+    from . import DRAFT2_KINDS, DRAFT2_NGRAM, ROLES  # the package imports this module first
 
     _int("batch_size", m.batch_size, 1, 1)
     t = m.tokenizer
@@ -55,7 +55,7 @@ def check_manifest(m) -> None:
     d2 = m.draft2
     if d2.kind not in DRAFT2_KINDS:
         _fail("draft2.kind", f"one of {', '.join(DRAFT2_KINDS)}", d2.kind)
-    if d2.kind in ("ngram", "both") and d2.ngram is None:
+    if d2.kind in DRAFT2_NGRAM and d2.ngram is None:
         _fail("draft2.ngram", f"an n-gram entry for kind {d2.kind!r}", None)
     if d2.ngram is not None:
         _file("draft2.ngram", d2.ngram.file, d2.ngram.sha256)

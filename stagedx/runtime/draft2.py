@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StagedxError
-from ..manifest import DRAFT2_KINDS, NGRAM_FORMAT_VERSION
+from ..manifest import DRAFT2_KINDS, DRAFT2_LOOKUP, DRAFT2_NGRAM, NGRAM_FORMAT_VERSION
 
 DEFAULT_FANOUTS = (12, 7, 4, 1, 1, 1)
 _EMPTY_IDS = np.zeros(0, np.int64)
@@ -211,18 +211,18 @@ class Draft2:
     def __init__(self, kind: str, ngram: NgramModel | None = None, lookup: PromptLookup | None = None):
         if kind not in DRAFT2_KINDS:
             raise StagedxError(f"unknown draft2 kind {kind!r}; expected one of {', '.join(DRAFT2_KINDS)}")
-        if kind in ("ngram", "both") and ngram is None:
+        if kind in DRAFT2_NGRAM and ngram is None:
             raise StagedxError(f"draft2 kind {kind!r} needs an n-gram model")
         self.kind = kind
-        self.ngram = ngram if kind in ("ngram", "both") else None
-        self.lookup = (lookup or PromptLookup()) if kind in ("prompt-lookup", "both") else None
+        self.ngram = ngram if kind in DRAFT2_NGRAM else None
+        self.lookup = (lookup or PromptLookup()) if kind in DRAFT2_LOOKUP else None
 
     @classmethod
     def from_manifest(cls, bundle_dir: str | Path, manifest) -> Draft2:
         """``manifest``: a ``stagedx.manifest.Manifest`` (its ``draft2`` entry is used)."""
         entry = manifest.draft2
         ngram = None
-        if entry.kind in ("ngram", "both"):
+        if entry.kind in DRAFT2_NGRAM:
             if entry.ngram is None:
                 raise StagedxError(f"manifest draft2 kind {entry.kind!r} names no n-gram file")
             ngram = NgramModel.load(Path(bundle_dir) / entry.ngram.file)

@@ -9,9 +9,10 @@ import pytest
 
 from stagedx.bench import metrics
 from stagedx.bench.bench import Cell, schedule
+from stagedx.bench.costs import draft_batch_size, interp, predict_tokens_per_s
 from stagedx.bench.prompts import load_prompts, parse_range
 from stagedx.bench.report import clean, main_table, paper_table, write_json, write_png
-from stagedx.bench.tune import coordinate_search, draft_batch_size, interp, predict_tokens_per_s
+from stagedx.bench.tune import coordinate_search
 from stagedx.errors import StagedxError
 
 

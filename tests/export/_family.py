@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from stagedx.export.verify import TOLERANCE, random_tree, reference_inputs, reference_outputs, rel_error, run_onnx
+from stagedx.export.verify import random_tree, reference_inputs, reference_outputs, run_onnx
+from stagedx.manifest import TOLERANCE
+from stagedx.numerics import rel_error
 
 
 def export_pair(oracle, draft, out, **options):

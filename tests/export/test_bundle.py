@@ -11,9 +11,10 @@ import pytest
 from stagedx.errors import StagedxError
 from stagedx.export import arch, bundle, onnx_export
 from stagedx.export.bundle import ExportConfig, export_bundle
-from stagedx.export.verify import rel_error, run_onnx
+from stagedx.export.verify import run_onnx
 from stagedx.files import sha256_file
 from stagedx.manifest import DEFAULT_IO, load_manifest
+from stagedx.numerics import rel_error
 
 
 def _leftovers(folder: Path) -> list[str]:

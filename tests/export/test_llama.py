@@ -10,15 +10,9 @@ import numpy as np
 import pytest
 
 from stagedx.errors import StagedxError
-from stagedx.export.verify import (
-    TOLERANCE,
-    random_tree,
-    reference_inputs,
-    reference_outputs,
-    rel_error,
-    run_onnx,
-)
-from stagedx.manifest import load_manifest
+from stagedx.export.verify import random_tree, reference_inputs, reference_outputs, run_onnx
+from stagedx.manifest import TOLERANCE, load_manifest
+from stagedx.numerics import rel_error
 from tests._models import make_llama_checkpoint
 from tests.export._chain import whole_and_split
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stagedx.export.verify import rel_error, run_onnx
+from stagedx.export.verify import run_onnx
 from stagedx.manifest import load_manifest
+from stagedx.numerics import rel_error
 from tests._models import make_decoder_checkpoint
 from tests.export._chain import chain_feeds
 from tests.export._family import FP32_TOLERANCE, assert_greedy_exact, export_pair, reference_model, tree_error

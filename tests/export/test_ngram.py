@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from stagedx.errors import StagedxError
-from stagedx.export.ngram import NgramFitConfig, _Discount, fit_ngram, resolve_corpus, stdlib_root
+from stagedx.export.corpus import resolve_corpus, stdlib_root
+from stagedx.export.ngram import NgramFitConfig, _Discount, fit_ngram
 from stagedx.files import sha256_file
 from stagedx.runtime.draft2 import NgramModel
 

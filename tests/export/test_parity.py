@@ -5,16 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stagedx.export.verify import (
-    TOLERANCE,
-    TreeCase,
-    random_tree,
-    reference_inputs,
-    reference_outputs,
-    rel_error,
-    run_onnx,
-)
-from stagedx.manifest import load_manifest
+from stagedx.export.verify import TreeCase, random_tree, reference_inputs, reference_outputs, run_onnx
+from stagedx.manifest import TOLERANCE, load_manifest
+from stagedx.numerics import rel_error
 from tests.export._chain import whole_and_split
 
 

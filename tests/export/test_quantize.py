@@ -85,7 +85,8 @@ def test_quantized_bundle_decodes_and_staged_greedy_equals_its_own_baseline(quan
 
 
 def test_quantized_logits_stay_near_fp32(quant_bundle, tiny_bundle):
-    from stagedx.export.verify import rel_error, run_onnx
+    from stagedx.export.verify import run_onnx
+    from stagedx.numerics import rel_error
 
     kind, bundle = quant_bundle
     ref = np.load(tiny_bundle / "reference.npz")
