@@ -134,12 +134,6 @@ class Evaluation:
         return d
 
 
-def tree_dict(cfg) -> dict:
-    d = dataclasses.asdict(cfg)
-    d["fanouts"], d["widths"] = list(d["fanouts"]), list(d["widths"])
-    return d
-
-
 # -- acceptance on calibration prompts ---------------------------------------------------------
 def evaluate(gen, cfg, prompts, tune: TuneConfig, curves: tuple, factors: dict | None = None) -> Evaluation:
     """Staged runs of every calibration prompt with tree config ``cfg``."""
@@ -174,7 +168,7 @@ def evaluate(gen, cfg, prompts, tune: TuneConfig, curves: tuple, factors: dict |
                 sums["call_sizes"][m][int(t)] = sums["call_sizes"][m].get(int(t), 0) + n
         acc = np.asarray(s["accepted_by_depth"][: cfg.max_depth], np.int64)
         depth[: len(acc)] += acc
-    tree = tree_dict(cfg)
+    tree = cfg.to_dict()
     pred = predict_tokens_per_s(sums, tree, *curves, factors)
     return Evaluation(
         tree,
@@ -396,7 +390,7 @@ def search_mode(gen, prompts, tune: TuneConfig, curves: tuple, echo: Callable, f
     kind = getattr(gen.draft2, "kind", "none")
     three = [e for e in evals if is_three_stage(e.tree, kind)]
     out = {
-        **tree_dict(best_cfg),
+        **best_cfg.to_dict(),
         "sampling": sampling,
         "overhead_s_per_round": best_ev.overhead_s / max(1, best_ev.rounds),
         "tokens_per_round": best_ev.tokens_per_round,

@@ -51,7 +51,7 @@ from .staged import (
 )
 from .tokenizer import StreamDecoder, Tokenizer
 from .tree import ancestor_mask
-from .trees import TreeChoice, TreeConfig, sampling_mode, tuned_trees
+from .trees import TreeChoice, TreeConfig, cheap_draft, sampling_mode, tuned_trees
 
 STAGE_NAMES = {SOURCE_DRAFT2: "draft2", SOURCE_DRAFT: "draft"}
 
@@ -111,7 +111,8 @@ class Generator:
         self.tuned = tuned_trees(entry, self.tuning_key)  # {mode: tree dict}, each validated
         # an explicit tree overrides the tuned / default one for every mode; tree_budget only
         # the oracle's node budget, over whichever tree (a call's own tree overrides both)
-        self.trees = TreeChoice(tree, tree_budget, self.tuned, self.draft2.kind != "none")
+        cheap = cheap_draft(self.manifest.oracle.weight_bytes, self.manifest.draft.weight_bytes)
+        self.trees = TreeChoice(tree, tree_budget, self.tuned, self.draft2.kind != "none", cheap)
         m = self.manifest
         self.context_limit = min(
             m.oracle.arch.max_positions, m.draft.arch.max_positions, self.oracle.max_context, self.draft.max_context

@@ -16,7 +16,7 @@ from stagedx.runtime import Generator, SamplingConfig, TreeConfig
 from stagedx.runtime.runner import FETCH_LOGITS, chain_mask
 from stagedx.runtime.sampling import warp
 from stagedx.runtime.tree import ancestor_mask
-from stagedx.runtime.trees import FAN10, THREE_STAGE_TREES
+from stagedx.runtime.trees import CHEAP_DRAFT_TREES, FAN10, THREE_STAGE_TREES
 from tests._stats import chi_square_pvalue
 
 PROMPTS = [
@@ -172,6 +172,7 @@ def small_vocab(small_vocab_bundle):
             TreeConfig(budget=12, max_depth=4, fanouts=FAN10, draft_calls=1, widths=(3, 2, 1), extra=2),
         ),  # drawn + leaves
         ("staged", TreeConfig(budget=12, max_depth=4, fanouts=FAN10, draft_calls=1, widths=(1, 1, 1))),  # a drawn chain
+        ("staged", CHEAP_DRAFT_TREES["sample"]),  # the untuned sampled default for a cheap draft
         ("speculative", None),
         ("baseline", None),
     ],
