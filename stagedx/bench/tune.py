@@ -90,7 +90,8 @@ SAMPLED_SPACE = {  # sampled modes: drawn children (widths) or, with widths (), 
     ),
     "extra": (0, 1, 2, 4),
     "max_depth": (3, 4, 6, 8),
-    "fanouts": SEARCH_SPACE["fanouts"][:2] + ((4, 2, 1), (3,)),
+    "lookahead": (0, 2, 3, 5),  # draft2 levels a drawn chain's draft calls score ahead
+    "fanouts": SEARCH_SPACE["fanouts"][:2] + ((4, 2, 1), (3,), (2, 1, 1, 1, 1), (1, 1, 1, 1, 1), (3, 2, 1, 1, 1)),
     "draft_calls": (0, 1, 2, 3),
 }
 
@@ -226,12 +227,16 @@ def effective(cfg):
     if cfg.widths:
         widths = cfg.widths[: cfg.max_depth]
         nodes = int(np.sum(np.cumprod(widths))) + cfg.extra
+        look = min(cfg.lookahead, len(widths) - 1, len(cfg.fanouts))  # levels whose q can be needed
         return dataclasses.replace(
             base,
             budget=min(cfg.budget, nodes),
             max_depth=len(widths),
             widths=widths,
             extra=cfg.extra,
+            lookahead=look,
+            fanouts=cfg.fanouts[:look] if look else base.fanouts,
+            draft_batch=cfg.draft_batch if look else base.draft_batch,
             tau=cfg.tau,
             spec_k=cfg.spec_k,
         )
@@ -245,9 +250,11 @@ def effective(cfg):
 
 def _relevant(name: str, cfg) -> bool:
     """Whether ``name`` changes what a tree config does (skip evaluations that cannot differ)."""
-    if cfg.widths:  # a sampled tree: draws per level, extras, budget, depth
-        return name in ("budget", "widths", "extra", "max_depth")
-    if name == "extra":
+    if cfg.widths:  # a sampled tree: draws per level, extras, budget, depth, draft2 lookahead
+        return name in ("budget", "widths", "extra", "max_depth", "lookahead") or (
+            name == "fanouts" and cfg.lookahead > 0
+        )
+    if name in ("extra", "lookahead"):
         return False
     if cfg.draft_calls == 0:
         return name not in ("stop_p", "draft_batch")
@@ -333,19 +340,21 @@ def _starts(gen, mode: str) -> list:
         starts += [
             TreeConfig(budget=4, max_depth=4, fanouts=FAN10, draft_calls=1, widths=(1, 1, 1, 1)),
             TreeConfig(budget=11, max_depth=6, fanouts=FAN10, draft_calls=1, widths=(3, 1, 1, 1)),
+            TreeConfig(budget=6, max_depth=4, fanouts=(2, 1, 1), draft_calls=1, widths=(1, 1, 1, 1), lookahead=3),
         ]
     if getattr(gen.draft2, "kind", "none") == "none":  # draft2-only trees propose nothing
-        starts = [s for s in starts if s.draft_calls > 0 or s.widths]
+        starts = [dataclasses.replace(s, lookahead=0) for s in starts if s.draft_calls > 0 or s.widths]
     return list(dict.fromkeys(starts))
 
 
 def is_three_stage(tree: dict, draft2_kind: str) -> bool:
     """Whether a tree runs draft2 -> draft -> oracle: the draft is called and draft2 feeds it
-    (best-first trees) or adds candidates beside the drawn children (sampled trees)."""
+    (best-first trees) or, in sampled trees, adds candidates beside the drawn children or
+    proposes ahead of the drawn chain for the draft to score (``lookahead``)."""
     if draft2_kind == "none":
         return False
     if tree.get("widths"):
-        return int(tree.get("extra", 0)) > 0
+        return int(tree.get("extra", 0)) > 0 or int(tree.get("lookahead", 0)) > 0
     return int(tree["draft_calls"]) > 0 and len(tree["fanouts"]) > 0
 
 
@@ -364,7 +373,8 @@ def search_mode(gen, prompts, tune: TuneConfig, curves: tuple, echo: Callable, f
     def show(ev: Evaluation) -> None:
         t = ev.tree
         shape = (
-            f"widths={tuple(t['widths'])} extra={t['extra']}"
+            f"widths={tuple(t['widths'])} extra={t['extra']} lookahead={t.get('lookahead', 0)}"
+            + (f" fanouts={tuple(t['fanouts'])}" if t.get("lookahead") else "")
             if t["widths"]
             else f"fanouts={tuple(t['fanouts'])} calls={t['draft_calls']} stop_p={t['stop_p']} batch={t['draft_batch']}"
         )

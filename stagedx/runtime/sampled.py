@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .runner import FETCH_LOGITS, Runner, chain_mask
+from .runner import FETCH_LOGITS, Runner
 from .sampling import SamplingConfig, warp
-from .staged import SOURCE_DRAFT, SOURCE_DRAFT2, OracleTree
+from .staged import SOURCE_DRAFT, SOURCE_DRAFT2, OracleTree, chain_batch
 from .tree import ancestor_mask
 
 
@@ -61,7 +61,7 @@ def grow_sampled_tree(
     draft: Runner,
     draft2,  # stagedx.runtime.draft2.Draft2 | None
     history: np.ndarray,  # [n] committed tokens; history[-1] is the root
-    shape,  # TreeConfig: widths, extra, budget
+    shape,  # TreeConfig: widths, extra, budget, lookahead, fanouts, draft_batch
     sampling: SamplingConfig,
     rng: np.random.Generator,
     depth_limit: int,
@@ -71,14 +71,12 @@ def grow_sampled_tree(
     siblings', so the kept siblings are always a prefix of the draw order, and by its
     parent's, so the kept set is a tree); pruned nodes are never scored by the draft."""
     t0 = time.perf_counter()
-    chain = history[draft.length :]  # catch-up rows + the root
-    out = draft.run(chain, draft.length + np.arange(len(chain)), chain_mask(len(chain)), (FETCH_LOGITS,))
-    draft.commit(np.arange(len(chain)))
-    n = _Nodes(int(history[-1]))
-    q = {0: warp(out.logits[-1], sampling)}
-    room = max(0, shape.budget - shape.extra)  # drawn nodes the oracle call can take
-    frontier, committed, path, sizes = [0], 0, [], [len(chain)]
     levels = list(shape.widths[: max(0, depth_limit)])
+    chain = _ChainDraft(draft, draft2 if shape.lookahead > 0 else None, history, shape, sampling)
+    n = _Nodes(int(history[-1]))
+    q = {0: chain.call(history[draft.length :], min(shape.lookahead, len(levels) - 1))}  # catch-up rows + root
+    room = max(0, shape.budget - shape.extra)  # drawn nodes the oracle call can take
+    frontier, committed = [0], 0  # committed: depth of the chain end the draft's cache holds
     for d, w in enumerate(levels):
         for node in frontier:
             key = n.key[node]
@@ -90,21 +88,17 @@ def grow_sampled_tree(
         new = [i for i in range(len(n.tokens)) if n.depth[i] == d + 1]
         if not new or d + 1 == len(levels):
             break
-        # one draft call scores the new level below the committed levels
-        batch = [i for i in range(1, len(n.tokens)) if n.depth[i] > committed]
-        local = {g: j for j, g in enumerate(batch)}
-        bpar = np.asarray([local.get(n.parents[g], -1) for g in batch], np.int32)
-        btok = np.asarray([n.tokens[g] for g in batch], np.int64)
-        bpos = draft.length + np.asarray([n.depth[g] - committed - 1 for g in batch], np.int64)
-        out = draft.run(btok, bpos, ancestor_mask(bpar), (FETCH_LOGITS,))
-        sizes.append(len(batch))
-        qs = warp(out.logits[[local[g] for g in new]], sampling)  # [len(new), V]
-        q.update(zip(new, qs))
-        if len(batch) == 1:  # the level is the only path: commit it
-            draft.commit([0])
+        if len(new) == 1 and committed == d:  # the tree is still a chain: extend it
+            token = n.tokens[new[0]]
+            ahead = min(shape.lookahead, len(levels) - 2 - d)  # levels below it whose q may be needed
+            q[new[0]] = chain.extend(token, ahead)
             committed += 1
-            path.append(n.tokens[new[0]])
+        else:  # one draft call scores the new level below the committed levels
+            chain.flush()
+            q.update(_score_level(draft, n, new, committed, sampling))
+            chain.sizes.append(sum(1 for i in range(1, len(n.tokens)) if n.depth[i] > committed))
         frontier = new
+    chain.flush()
     t1 = time.perf_counter()
     drawn = len(n.tokens)
     if shape.extra > 0:
@@ -118,7 +112,78 @@ def grow_sampled_tree(
     )
     is_drawn = np.arange(len(n.tokens)) < drawn
     is_drawn[0] = False
-    return SampledTree(tree, is_drawn, q, path, len(sizes), t1 - t0, t2 - t1, sizes)
+    t_draft2 = chain.time_draft2 + (t2 - t1)
+    return SampledTree(
+        tree, is_drawn, q, chain.path, len(chain.sizes), t1 - t0 - chain.time_draft2, t_draft2, chain.sizes
+    )
+
+
+def _score_level(draft: Runner, n: _Nodes, new: list, committed: int, sampling: SamplingConfig) -> dict:
+    """One draft call over every node below the committed chain (the new level and its
+    uncommitted ancestors, under a tree mask); nothing is committed. Returns q of the new nodes."""
+    batch = [i for i in range(1, len(n.tokens)) if n.depth[i] > committed]
+    local = {g: j for j, g in enumerate(batch)}
+    bpar = np.asarray([local.get(n.parents[g], -1) for g in batch], np.int32)  # [B]
+    btok = np.asarray([n.tokens[g] for g in batch], np.int64)  # [B]
+    bpos = draft.length + np.asarray([n.depth[g] - committed - 1 for g in batch], np.int64)  # [B]
+    out = draft.run(btok, bpos, ancestor_mask(bpar), (FETCH_LOGITS,))
+    qs = warp(out.logits[[local[g] for g in new]], sampling)  # [len(new), V]
+    return dict(zip(new, qs))
+
+
+class _ChainDraft:
+    """The draft calls along a drawn chain, with draft2 lookahead (the staged draft stage in
+    sampled modes). Each call scores the chain's new rows plus, ``ahead`` levels deep, draft2's
+    candidate tree below the chain's end (``Draft2.propose_tree`` with ``fanouts``); a token
+    later drawn from q that is one of those candidates already has its q, and costs no call.
+    Every token is still drawn from the draft's own q, so the chain's law (and the oracle's
+    acceptance) is exactly that of the speculative chain; only draft calls are saved.
+    Rows on the chain are committed to the draft's cache at the next call or at ``flush``."""
+
+    def __init__(self, draft: Runner, draft2, history: np.ndarray, shape, sampling: SamplingConfig):
+        self.draft, self.history, self.shape, self.sampling = draft, history, shape, sampling
+        self.draft2 = draft2 if draft2 is not None and getattr(draft2, "kind", "none") != "none" else None
+        self.tokens = self.parents = self.logits = None  # the last call's rows (local ids) and logits
+        self.row = -1  # local row of the chain's end in the last call
+        self.pending: list = []  # local rows on the chain, not yet committed
+        self.path: list = []  # chain tokens below the root (committed or pending)
+        self.sizes: list = []  # tokens of each draft call
+        self.time_draft2 = 0.0
+
+    def call(self, rows: np.ndarray, ahead: int) -> np.ndarray:
+        """Score ``rows`` [m] (the draft lacks them; the last is the chain's end) plus draft2's
+        candidates below the end; returns q at the end."""
+        self.flush()
+        draft, t0 = self.draft, time.perf_counter()
+        cand, cpar = np.zeros(0, np.int64), np.zeros(0, np.int32)
+        if self.draft2 is not None and ahead > 0:
+            context = np.concatenate([self.history, np.asarray(self.path, np.int64)])  # up to the chain's end
+            cand, cpar = self.draft2.propose_tree(context, self.shape.fanouts[:ahead])  # [C], [C]
+            keep = max(0, min(self.shape.draft_batch, draft.max_context - draft.length) - len(rows))
+            cand, cpar = cand[:keep], cpar[:keep]  # a prefix keeps parents before children
+        self.time_draft2 += time.perf_counter() - t0
+        self.tokens, self.parents = chain_batch(np.asarray(rows, np.int64), cand, cpar)  # [T], [T]
+        mask = ancestor_mask(self.parents)  # [T, T]
+        out = draft.run(self.tokens, draft.length + mask.sum(axis=1) - 1, mask, (FETCH_LOGITS,))
+        self.logits, self.row, self.pending = out.logits, len(rows) - 1, list(range(len(rows)))
+        self.sizes.append(len(self.tokens))
+        return warp(self.logits[self.row], self.sampling)
+
+    def extend(self, token: int, ahead: int) -> np.ndarray:
+        """The chain grows by ``token`` (drawn below its end): q below it, from the last call's
+        rows when draft2 had proposed it there, else from a new call."""
+        self.path.append(int(token))
+        hit = np.flatnonzero((self.parents == self.row) & (self.tokens == token))  # [0 | 1]
+        if hit.size == 0:
+            return self.call(np.asarray([token], np.int64), ahead)
+        self.row = int(hit[0])
+        self.pending.append(self.row)
+        return warp(self.logits[self.row], self.sampling)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.draft.commit(self.pending)
+            self.pending = []
 
 
 class _Nodes:

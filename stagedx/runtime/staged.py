@@ -75,7 +75,7 @@ class DraftBatch:
     depth: int  # depth of the chain end below the root (0: it is the root)
 
 
-def _batch(chain: np.ndarray, cand_tokens: np.ndarray, cand_parents: np.ndarray):
+def chain_batch(chain: np.ndarray, cand_tokens: np.ndarray, cand_parents: np.ndarray):
     """Local arrays for one draft call: the chain then draft2's candidates under its end."""
     m = len(chain)
     parents = np.concatenate([np.arange(-1, m - 1), np.where(cand_parents < 0, m - 1, cand_parents + m)])  # [T]
@@ -98,7 +98,7 @@ def draft_call(stage: DraftStage, tree: DraftTree, chain: np.ndarray, parent: in
     keep = max(0, min(cfg.draft_batch, draft.max_context - draft.length) - len(chain))
     cand, cpar = cand[:keep], cpar[:keep]  # a prefix keeps parents before children
     t1 = time.perf_counter()
-    tokens, parents = _batch(chain, cand, cpar)  # [T], [T]
+    tokens, parents = chain_batch(chain, cand, cpar)  # [T], [T]
     mask = ancestor_mask(parents)  # [T, T]
     positions = draft.length + mask.sum(axis=1) - 1  # [T] depth = ancestors in the batch
     out = draft.run(tokens, positions, mask)

@@ -40,6 +40,7 @@ class TreeConfig:
     stop_p: float = 0.0  # dynamic depth: no further draft call once the path's ranking prob < stop_p
     widths: tuple[int, ...] = ()  # sampled modes: children drawn from q per level (sampled.py); () = best-first
     extra: int = 0  # sampled trees: deterministic root leaves (draft2's, then the draft's top tokens)
+    lookahead: int = 0  # sampled chains: draft2 levels (fanouts[:lookahead]) each draft call scores ahead
 
     def __post_init__(self) -> None:
         """Refuse shapes the decode loop cannot run, however the config was built."""
@@ -55,8 +56,10 @@ class TreeConfig:
             )
         if not isinstance(self.tau, (int, float)) or isinstance(self.tau, bool) or not 0 < self.tau < float("inf"):
             raise StagedxError(f"tree tau (greedy ranking temperature) must be a finite number > 0, got {self.tau!r}")
-        if not _is_int(self.extra) or not 0 <= self.extra <= MAX_TREE_FIELD:
-            raise StagedxError(f"tree extra must be an integer in [0, {MAX_TREE_FIELD}], got {self.extra!r}")
+        for name in ("extra", "lookahead"):
+            value = getattr(self, name)
+            if not _is_int(value) or not 0 <= value <= MAX_TREE_FIELD:
+                raise StagedxError(f"tree {name} must be an integer in [0, {MAX_TREE_FIELD}], got {value!r}")
         if not isinstance(self.widths, tuple) or not all(_is_int(w) and 1 <= w <= MAX_TREE_FIELD for w in self.widths):
             raise StagedxError(f"tree widths must be a tuple of integers in [1, {MAX_TREE_FIELD}], got {self.widths!r}")
         stop_p = self.stop_p

@@ -172,6 +172,10 @@ def small_vocab(small_vocab_bundle):
             TreeConfig(budget=12, max_depth=4, fanouts=FAN10, draft_calls=1, widths=(3, 2, 1), extra=2),
         ),  # drawn + leaves
         ("staged", TreeConfig(budget=12, max_depth=4, fanouts=FAN10, draft_calls=1, widths=(1, 1, 1))),  # a drawn chain
+        (
+            "staged",
+            TreeConfig(budget=12, max_depth=4, fanouts=(3, 2, 1), draft_calls=1, widths=(1, 1, 1), lookahead=3),
+        ),  # a drawn chain, draft2 scored ahead by the draft (three stages)
         ("staged", CHEAP_DRAFT_TREES["sample"]),  # the untuned sampled default for a cheap draft
         ("speculative", None),
         ("baseline", None),

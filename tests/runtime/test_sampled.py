@@ -97,3 +97,62 @@ def test_draw_without_replacement_is_distinct_and_inside_the_support():
         x = draw_without_replacement(q, 3, np.random.default_rng(seed))
         assert sorted(x.tolist()) == [1, 2, 3]
     assert draw_without_replacement(q, 0, np.random.default_rng(0)).size == 0
+
+
+class SuccessorDraft2:
+    """Proposes the stand-in draft's favourite successors: t + 1, t + 2, ... (mod V) after t,
+    along a spine (the first successor heads the next level), like ``Draft2.propose_tree``."""
+
+    kind = "ngram"
+
+    def __init__(self):
+        self.contexts = []
+
+    def propose_tree(self, history, fanouts):
+        self.contexts.append(np.asarray(history).copy())
+        tokens, parents, last, parent = [], [], int(history[-1]), -1
+        for fan in fanouts:
+            start = len(tokens)
+            tokens += [(last + 1 + i) % V for i in range(fan)]
+            parents += [parent] * fan
+            parent, last = start, (last + 1) % V
+        return np.asarray(tokens, np.int64), np.asarray(parents, np.int32)
+
+
+def test_lookahead_draws_the_same_chain_with_fewer_draft_calls():
+    """Tokens are still drawn from the draft's q (same q, same random stream): the tree and the
+    committed rows are those of the plain chain; draft2's candidates only save calls."""
+    plain_calls, look_calls = 0, 0
+    for seed in range(30):
+        plain, a = grow(TreeConfig(budget=8, widths=(1,) * 6), seed)
+        look, b = grow(
+            TreeConfig(budget=8, widths=(1,) * 6, fanouts=(2, 1, 1), lookahead=3), seed, draft2=SuccessorDraft2()
+        )
+        assert b.tree.tokens.tolist() == a.tree.tokens.tolist() and b.path == a.path
+        assert look.length == plain.length == 3 + 5  # catch-up + root, then the chain but its last node
+        for d in range(5):
+            assert np.allclose(b.q[d], a.q[d])
+        plain_calls += a.calls
+        look_calls += b.calls
+        assert b.calls == len(look.calls) <= a.calls == 6
+    assert look_calls < 0.75 * plain_calls
+
+
+def test_lookahead_rows_sit_at_their_depth_and_only_the_chain_is_committed():
+    d2 = SuccessorDraft2()
+    draft, sp = grow(TreeConfig(budget=8, widths=(1,) * 4, fanouts=(2, 1, 1), lookahead=3), 0, draft2=d2)
+    toks, pos, mask = draft.calls[0]
+    assert toks[:3].tolist() == [1, 2, 3] and toks[3:].tolist() == [4, 5, 5, 6]  # root 3: 4, 5 | 4 -> 5 -> 6
+    assert pos.tolist() == [0, 1, 2, 3, 3, 4, 5] and mask[5, 3] and not mask[5, 4]
+    assert d2.contexts[0].tolist() == [1, 2, 3]
+    committed = [r for rows in draft.committed for r in rows]
+    assert draft.length == 3 + len(sp.path) and len(committed) == draft.length
+    assert sp.path == sp.tree.tokens[1:4].tolist()
+
+
+def test_lookahead_never_proposes_deeper_than_a_node_whose_q_is_needed():
+    d2 = SuccessorDraft2()
+    draft, _ = grow(TreeConfig(budget=8, widths=(1, 1), fanouts=(2, 1, 1), lookahead=3), 0, draft2=d2)
+    assert len(draft.calls[0][0]) == 3 + 2  # only level 1 below the root: its q is the last one needed
+    draft, _ = grow(TreeConfig(budget=8, widths=(1,), fanouts=(2, 1, 1), lookahead=3), 0, draft2=SuccessorDraft2())
+    assert len(draft.calls[0][0]) == 3 and len(draft.calls) == 1
