@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ..files import write_atomic
+from .costs import ORACLE_SIZES
 
-CURVE_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 METHOD_MARKERS = {"baseline": "o", "speculative": "s", "staged": "*", "staged3": "^"}
 PAIR_COLOURS = ("tab:blue", "tab:red", "tab:green", "tab:purple")
 
@@ -46,7 +46,7 @@ def measure_peak_flops(n: int = 1536, repeats: int = 5) -> float:
     return 2.0 * n**3 / best
 
 
-def measure_cost_curve(gen, past_len: int = 200, repeats: int = 5, sizes: Sequence[int] = CURVE_SIZES) -> dict:
+def measure_cost_curve(gen, past_len: int = 200, repeats: int = 5, sizes: Sequence[int] = ORACLE_SIZES) -> dict:
     """The oracle's call latency against T (median seconds), with what the figure needs."""
     from .costs import latency_curve
 
