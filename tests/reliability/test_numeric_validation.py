@@ -64,6 +64,11 @@ BAD_TREES = [
     dict(budget=10**9),
     dict(budget=2.0),
     dict(max_depth=True),
+    dict(extra=-1),
+    dict(lookahead=-1),
+    dict(lookahead=1.5),
+    dict(widths=(1, 0)),
+    dict(stop_p=1.5),
 ]
 
 

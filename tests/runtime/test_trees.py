@@ -44,6 +44,8 @@ def test_explicit_and_tuned_trees_win_over_the_defaults():
 def test_a_shape_round_trips_through_its_manifest_form():
     for tree in (*DEFAULT_TREES.values(), *THREE_STAGE_TREES.values(), *CHEAP_DRAFT_TREES.values()):
         assert TreeConfig.from_dict(tree.to_dict()) == tree
+    old = {k: v for k, v in THREE_STAGE_TREES["sample"].to_dict().items() if k != "lookahead"}
+    assert TreeConfig.from_dict(old).lookahead == 0  # written before lookahead existed: none
 
 
 def test_cheap_draft_share():
