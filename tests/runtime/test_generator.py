@@ -380,8 +380,21 @@ def test_trees_fit_the_oracle_cache_near_the_context_limit(self_draft_bundle):
         return run(tokens, positions, mask, fetch)
 
     gen.oracle.run = checked_run
-    for tree in (TreeConfig(budget=40, max_depth=12, fanouts=FAN10, draft_calls=2), THREE_STAGE_TREES["greedy"]):
-        res = gen.generate(PROMPTS[2], max_new_tokens=100, ignore_eos=True, tree=tree)
+    draft_run = gen.draft.run
+
+    def checked_draft_run(tokens, positions, mask, fetch=("topk",)):
+        assert gen.draft.length + len(tokens) <= gen.draft.max_context
+        return draft_run(tokens, positions, mask, fetch)
+
+    gen.draft.run = checked_draft_run
+    lookahead = TreeConfig(budget=12, max_depth=12, fanouts=(8, 4, 2, 1), widths=(1,) * 12, lookahead=4, extra=2)
+    for tree, sampling in (
+        (TreeConfig(budget=40, max_depth=12, fanouts=FAN10, draft_calls=2), "greedy"),
+        (THREE_STAGE_TREES["greedy"], "greedy"),
+        (THREE_STAGE_TREES["sample"], "topk:20"),
+        (lookahead, "topk:20"),
+    ):
+        res = gen.generate(PROMPTS[2], max_new_tokens=100, ignore_eos=True, tree=tree, sampling=sampling, seed=1)
         assert res.finish_reason == "context"
 
 
