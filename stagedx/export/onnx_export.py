@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..errors import StagedxError
 from ..manifest import DEFAULT_IO, ArchDims, GraphIO
+from .head import to_right_operand
 
 OPSET = 18
 EXTERNAL_FROM = 1 << 28  # 256 MiB: bigger graphs keep their weights in an external data file
@@ -157,6 +158,7 @@ def export_graph(module, dims: ArchDims, out_file: Path, work_dir: Path) -> Expo
             f"{out_file.stem}: the ONNX trace merged or dropped parameters {sorted(missing)[:3]} "
             "(equal tensors are deduplicated by the exporter); nothing written"
         )
+    to_right_operand(model.graph, params.__contains__)  # the LM head's fast form (head.py)
     external = out_file.with_name(out_file.name + ".data") if weight_bytes >= EXTERNAL_FROM else None
     _attach_weights(model, params, external)
     if external is None:

@@ -7,10 +7,10 @@ int4, the embedding ``Gather`` into ``GatherBlockQuantized``. Activations, the K
 the logits stay fp32; inputs and outputs (names, shapes, dtypes) are unchanged, so the
 runtime runs a quantized bundle exactly like an fp32 one.
 
-Our graphs compute the (tied) LM head weight-side, ``Transpose(MatMul(W[V,E], Transpose(x)))``,
-so that the exporter stores no transposed copy of W; the quantizer only handles a constant
-*right* operand, so that pattern is first rewritten to ``MatMul(x, W^T)`` with W^T as its own
-initializer (quantized; the embedding Gather keeps W).
+Our graphs compute the (tied) LM head as ``MatMul(x, Transpose(W[V,E]))`` (``head.py``), so
+that the file stores W once; the quantizer only handles a constant *right* operand, so the
+Transpose is first replaced by W^T as its own initializer (quantized; the embedding Gather
+keeps W).
 
 The quantized graph is lossy, so export measures it against the fp32 graph (itself verified
 against transformers) on held-out text: greedy next-token agreement (argmax of the quantized
@@ -96,51 +96,24 @@ def parse_quantize(spec: str | None) -> tuple[tuple[str, str], ...]:
 
 # -- graph rewriting and quantization --------------------------------------------------------
 def _untie_head(model) -> int:
-    """Rewrite ``Transpose(MatMul(W, Transpose(x)))`` (W a [V, E] initializer) into
-    ``MatMul(x, W^T)``; returns how many heads were rewritten."""
+    """Give the LM head a constant right operand the quantizer handles: the head's
+    ``Transpose(W)`` (``head.py``; graphs exported before it are first rewritten to that form)
+    becomes a W^T initializer. Returns how many heads were rewritten."""
     from onnx import numpy_helper
+
+    from .head import to_right_operand, transposed_weights
 
     g = model.graph
     inits = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-
-    def perm(n) -> list[int]:
-        return next((list(a.ints) for a in n.attribute if a.name == "perm"), [])
-
+    is_weight = lambda name: name in inits and len(inits[name].dims) == 2  # noqa: E731
+    to_right_operand(g, is_weight)
     done = 0
-    for mm in list(g.node):
-        if mm.op_type != "MatMul" or mm.input[0] not in inits:
-            continue
-        tin, users = producer.get(mm.input[1]), consumers.get(mm.output[0], [])
-        if tin is None or tin.op_type != "Transpose" or perm(tin) != [1, 0] or len(users) != 1:
-            continue
-        tout = users[0]
-        if tout.op_type != "Transpose" or perm(tout) != [1, 0]:
-            continue
-        w = numpy_helper.to_array(inits[mm.input[0]])  # [V, E]
-        if w.ndim != 2:
-            continue
-        name = f"{mm.input[0]}.T"
-        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T), name))  # [E, V]
-        new = _make_matmul(tin.input[0], name, tout.output[0], f"{mm.name or 'head'}_untied")
-        idx = list(g.node).index(tout)
-        g.node.insert(idx, new)
-        for n in (tout, mm):
-            g.node.remove(n)
-        if len(consumers.get(tin.output[0], [])) == 1:
-            g.node.remove(tin)
+    for tr in transposed_weights(g, is_weight):
+        w = numpy_helper.to_array(inits[tr.input[0]])  # [V, E]
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T), tr.output[0]))  # [E, V]
+        g.node.remove(tr)
         done += 1
     return done
-
-
-def _make_matmul(a: str, b: str, out: str, name: str):
-    from onnx import helper
-
-    return helper.make_node("MatMul", [a, b], [out], name=name)
 
 
 def initializer_bytes(model) -> int:
