@@ -32,6 +32,11 @@ $PY -m stagedx bench "$B/gpt2l-cost-distilled512-d8" "${BENCH[@]}" --sampling gr
 tune "$B/gpt2l-cost-distilled512-d8" --sampling topk:50
 $PY -m stagedx bench "$B/gpt2l-cost-distilled512-d8" "${BENCH[@]}" --sampling topk:50 \
     --out $OUT/distilled-int8-draft-topk
+# the same int8 bundle exported again with the LM head in its fast form (export/head.py) into
+# $B/gpt2l-cost-distilled512-d8-head (same export command), top-k only
+tune "$B/gpt2l-cost-distilled512-d8-head" --sampling topk:50
+$PY -m stagedx bench "$B/gpt2l-cost-distilled512-d8-head" "${BENCH[@]}" --sampling topk:50 \
+    --out $OUT/distilled-int8-draft-topk-new-head
 # fp32 draft: both modes
 tune "$B/gpt2l-cost-distilled512"
 $PY -m stagedx bench "$B/gpt2l-cost-distilled512" "${BENCH[@]}" --sampling greedy,topk:50 \
