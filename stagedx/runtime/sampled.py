@@ -25,7 +25,7 @@ import numpy as np
 
 from .runner import FETCH_LOGITS, Runner
 from .sampling import SamplingConfig, warp
-from .staged import SOURCE_DRAFT, SOURCE_DRAFT2, OracleTree, chain_batch
+from .staged import SOURCE_DRAFT, SOURCE_DRAFT2, OracleTree, batch_room, candidates, run_batch
 from .tree import ancestor_mask
 
 
@@ -95,8 +95,9 @@ def grow_sampled_tree(
             committed += 1
         else:  # one draft call scores the new level below the committed levels
             chain.flush()
-            q.update(_score_level(draft, n, new, committed, sampling))
-            chain.sizes.append(sum(1 for i in range(1, len(n.tokens)) if n.depth[i] > committed))
+            qs, size = _score_level(draft, n, new, committed, sampling)
+            q.update(qs)
+            chain.sizes.append(size)
         frontier = new
     chain.flush()
     t1 = time.perf_counter()
@@ -118,9 +119,10 @@ def grow_sampled_tree(
     )
 
 
-def _score_level(draft: Runner, n: _Nodes, new: list, committed: int, sampling: SamplingConfig) -> dict:
+def _score_level(draft: Runner, n: _Nodes, new: list, committed: int, sampling: SamplingConfig) -> tuple[dict, int]:
     """One draft call over every node below the committed chain (the new level and its
-    uncommitted ancestors, under a tree mask); nothing is committed. Returns q of the new nodes."""
+    uncommitted ancestors, under a tree mask); nothing is committed. Returns q of the new nodes
+    and the call's size."""
     batch = [i for i in range(1, len(n.tokens)) if n.depth[i] > committed]
     local = {g: j for j, g in enumerate(batch)}
     bpar = np.asarray([local.get(n.parents[g], -1) for g in batch], np.int32)  # [B]
@@ -128,7 +130,7 @@ def _score_level(draft: Runner, n: _Nodes, new: list, committed: int, sampling: 
     bpos = draft.length + np.asarray([n.depth[g] - committed - 1 for g in batch], np.int64)  # [B]
     out = draft.run(btok, bpos, ancestor_mask(bpar), (FETCH_LOGITS,))
     qs = warp(out.logits[[local[g] for g in new]], sampling)  # [len(new), V]
-    return dict(zip(new, qs))
+    return dict(zip(new, qs)), len(batch)
 
 
 class _ChainDraft:
@@ -158,13 +160,10 @@ class _ChainDraft:
         cand, cpar = np.zeros(0, np.int64), np.zeros(0, np.int32)
         if self.draft2 is not None and ahead > 0:
             context = np.concatenate([self.history, np.asarray(self.path, np.int64)])  # up to the chain's end
-            cand, cpar = self.draft2.propose_tree(context, self.shape.fanouts[:ahead])  # [C], [C]
-            keep = max(0, min(self.shape.draft_batch, draft.max_context - draft.length) - len(rows))
-            cand, cpar = cand[:keep], cpar[:keep]  # a prefix keeps parents before children
+            room = batch_room(draft, self.shape.draft_batch, len(rows))
+            cand, cpar = candidates(self.draft2, context, self.shape.fanouts[:ahead], room)  # [C], [C]
         self.time_draft2 += time.perf_counter() - t0
-        self.tokens, self.parents = chain_batch(np.asarray(rows, np.int64), cand, cpar)  # [T], [T]
-        mask = ancestor_mask(self.parents)  # [T, T]
-        out = draft.run(self.tokens, draft.length + mask.sum(axis=1) - 1, mask, (FETCH_LOGITS,))
+        self.tokens, self.parents, out = run_batch(draft, np.asarray(rows, np.int64), cand, cpar, (FETCH_LOGITS,))
         self.logits, self.row, self.pending = out.logits, len(rows) - 1, list(range(len(rows)))
         self.sizes.append(len(self.tokens))
         return warp(self.logits[self.row], self.sampling)

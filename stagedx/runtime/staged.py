@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .runner import Runner
+from .runner import FETCH_TOPK, Runner
 from .tree import ancestor_mask, depths, select_best_first
 from .trees import TreeConfig
 
@@ -82,6 +82,29 @@ def chain_batch(chain: np.ndarray, cand_tokens: np.ndarray, cand_parents: np.nda
     return np.concatenate([chain, cand_tokens]).astype(np.int64), parents.astype(np.int32)  # [T], [T]
 
 
+def batch_room(draft: Runner, draft_batch: int, m: int) -> int:
+    """draft2 candidates one draft call can carry beside ``m`` chain rows."""
+    return max(0, min(draft_batch, draft.max_context - draft.length) - m)
+
+
+def candidates(draft2, context: np.ndarray, fanouts: tuple, room: int) -> tuple[np.ndarray, np.ndarray]:
+    """draft2's candidate tree below ``context[-1]`` (``Draft2.propose_tree``), cut to ``room``
+    nodes (a prefix keeps parents before children): tokens [C] int64, parents [C] int32."""
+    if not fanouts or room <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int32)
+    cand, cpar = draft2.propose_tree(context, fanouts)  # [C], [C]
+    return cand[:room], cpar[:room]
+
+
+def run_batch(draft: Runner, chain: np.ndarray, cand: np.ndarray, cpar: np.ndarray, fetch=(FETCH_TOPK,)):
+    """One draft call over ``chain`` then the candidates below its end, under a tree mask, at
+    positions by depth. Returns (tokens [T], local parents [T], RunOutput)."""
+    tokens, parents = chain_batch(chain, cand, cpar)  # [T], [T]
+    mask = ancestor_mask(parents)  # [T, T]
+    positions = draft.length + mask.sum(axis=1) - 1  # [T] depth = ancestors in the batch
+    return tokens, parents, draft.run(tokens, positions, mask, fetch)
+
+
 def draft_call(stage: DraftStage, tree: DraftTree, chain: np.ndarray, parent: int) -> DraftBatch:
     """Build the batch (``chain`` [m] plus draft2's candidates below its end), run the draft on
     it and register the chain end and the candidates as nodes of ``tree``. ``parent``: global
@@ -93,15 +116,10 @@ def draft_call(stage: DraftStage, tree: DraftTree, chain: np.ndarray, parent: in
     context = np.concatenate([stage.history, np.asarray(tree.path, np.int64), below])  # [n + depth]
     depth = len(tree.path) + len(below)  # of the chain end below the root
     levels = max(0, stage.depth_limit - depth)  # draft2 may propose this many levels
-    none = (np.zeros(0, np.int64), np.zeros(0, np.int32))
-    cand, cpar = stage.draft2.propose_tree(context, cfg.fanouts[:levels]) if levels else none  # [C], [C]
-    keep = max(0, min(cfg.draft_batch, draft.max_context - draft.length) - len(chain))
-    cand, cpar = cand[:keep], cpar[:keep]  # a prefix keeps parents before children
+    room = batch_room(draft, cfg.draft_batch, len(chain))
+    cand, cpar = candidates(stage.draft2, context, cfg.fanouts[:levels], room)  # [C], [C]
     t1 = time.perf_counter()
-    tokens, parents = chain_batch(chain, cand, cpar)  # [T], [T]
-    mask = ancestor_mask(parents)  # [T, T]
-    positions = draft.length + mask.sum(axis=1) - 1  # [T] depth = ancestors in the batch
-    out = draft.run(tokens, positions, mask)
+    tokens, parents, out = run_batch(draft, chain, cand, cpar)
     tree.time_draft2 += t1 - t0
     tree.time_draft += time.perf_counter() - t1
     tree.calls += 1
