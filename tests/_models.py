@@ -147,6 +147,7 @@ DECODER_CLASSES = {
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
     "mistral": ("MistralConfig", "MistralForCausalLM"),
     "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
 }
 
 
@@ -164,7 +165,7 @@ def make_decoder_checkpoint(
     weight_scale: float = DEFAULT_WEIGHT_SCALE,
     **config,
 ) -> Path:
-    """Save a random llama / qwen2 / mistral / phi3 ``*ForCausalLM`` + tokenizer.json at ``path``.
+    """Save a random llama / qwen2 / mistral / phi3 / gemma3 ``*ForCausalLM`` + tokenizer.json at ``path``.
 
     ``vocab`` as for :func:`make_gpt2_checkpoint`; ``config``: further config fields
     (``tie_word_embeddings``, ``head_dim``, ``rope_theta``, ``rope_scaling``,

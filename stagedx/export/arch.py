@@ -5,7 +5,8 @@ class loads the fp32 reference, how to read the graph dimensions off the config 
 build our own export module from the checkpoint's weights. Registered: GPT-2 (``gpt2.py``),
 Llama (``llama.py``: RoPE with optional linear / llama3 scaling, RMSNorm, GQA, SwiGLU), Qwen2
 (``qwen2.py``: the Llama forward with q/k/v bias) and Mistral (``mistral.py``: the Llama forward
-with a sliding window) and Phi-3 (``phi3.py``: Mistral's graph, fused tensors). What each
+with a sliding window), Phi-3 (``phi3.py``: Mistral's graph, fused tensors) and Gemma 3 text
+(``gemma3.py``: its own forward, local and global layers). What each
 config.json may say is decided in ``configs.py``. Adding a family means writing
 ``<family>.py`` with a ``build_<family>_graph`` and registering one more :class:`ArchSpec`;
 nothing else changes.
@@ -23,6 +24,7 @@ from pathlib import Path
 from ..errors import StagedxError
 from ..manifest import ArchDims
 from .configs import decoder_dims
+from .gemma3_config import gemma3_dims
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -125,6 +127,31 @@ register(ArchSpec("qwen2", ("qwen2",), "Qwen2ForCausalLM", _decoder_dims("qwen2"
 register(ArchSpec("mistral", ("mistral",), "MistralForCausalLM", _decoder_dims("mistral"), _build_mistral))
 # Phi-3 mini / medium 4k (fused qkv and gate_up; sliding window); longrope (128k) is refused.
 register(ArchSpec("phi3", ("phi3",), "Phi3ForCausalLM", _decoder_dims("phi3"), _build_phi3))
+
+
+def _gemma3_dims(cfg: dict) -> ArchDims:
+    d = gemma3_dims(cfg)
+    return ArchDims(
+        family=d.family,
+        n_layers=d.n_layers,
+        n_heads=d.n_heads,
+        n_kv_heads=d.n_kv_heads,
+        head_dim=d.head_dim,
+        hidden=d.hidden,
+        vocab_size=d.vocab_size,
+        max_positions=d.max_positions,
+    )
+
+
+def _build_gemma3(cfg: dict, weights, topk: int, dtype):
+    from .gemma3 import build_gemma3_graph
+
+    return build_gemma3_graph(cfg, weights, topk, dtype)
+
+
+# Gemma 3 text (270M, 1B; what transformers' GGUF loader makes of a Gemma 3 file): local and
+# global layers, q/k norms, (1+w) RMSNorm, tanh-GELU; configs decided in gemma3_config.py.
+register(ArchSpec("gemma3", ("gemma3_text",), "Gemma3ForCausalLM", _gemma3_dims, _build_gemma3))
 
 
 def supported() -> str:
