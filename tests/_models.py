@@ -23,12 +23,15 @@ DEFAULT_WEIGHT_SCALE = 16.0  # tiny stdlib-vocab model: max|logit| ~10, top prob
 
 def write_char_tokenizer(folder: Path, vocab_size: int) -> None:
     """A char-level WordLevel tokenizer with ``vocab_size`` tokens; id 0 = <|endoftext|>
-    (also the unknown token), decoding concatenates characters."""
+    (also the unknown token), decoding concatenates characters. Beyond the characters, the
+    vocabulary is padded with ``<unused{i}>`` tokens that no text encodes to (a large
+    vocabulary at no cost)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
-    if not 2 <= vocab_size <= len(CHARS) + 1:
-        raise ValueError(f"char vocab must be in [2, {len(CHARS) + 1}], got {vocab_size}")
+    if vocab_size < 2:
+        raise ValueError(f"char vocab must have at least 2 tokens, got {vocab_size}")
     vocab = {EOT: 0, **{c: i + 1 for i, c in enumerate(CHARS[: vocab_size - 1])}}
+    vocab.update({f"<unused{i}>": i for i in range(len(vocab), vocab_size)})
     tok = Tokenizer(models.WordLevel(vocab, unk_token=EOT))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
@@ -84,7 +87,8 @@ def make_gpt2_checkpoint(
 ) -> Path:
     """Save a random ``GPT2LMHeadModel`` + tokenizer.json at ``path`` and return it.
 
-    ``vocab``: "stdlib" (the vendored pair's 8192-token BPE) or an int <= 64 (char-level).
+    ``vocab``: "stdlib" (the vendored pair's 8192-token BPE) or an int (char-level, padded
+    with unused tokens above 65).
     ``perturb_from``: copy that checkpoint (its dims and tokenizer; the dims arguments are
     ignored) and add Gaussian noise of ``perturb_scale`` x each tensor's std, so it makes a
     draft that often agrees with the source.

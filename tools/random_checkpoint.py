@@ -7,6 +7,7 @@ is the vendored stdlib-code tokenizer (8192 tokens; any larger vocab_size is acc
 
     python tools/random_checkpoint.py gpt2-large /tmp/ck/gpt2l --dtype fp32
     python tools/random_checkpoint.py llama-3.2-3b /tmp/ck/llama3b --dtype fp16
+    python tools/random_checkpoint.py gemma3-draft /tmp/ck/g3draft --tokenizer /work/cache/gemma3-270m
 """
 
 from __future__ import annotations
@@ -107,6 +108,27 @@ SHAPES = {
             sliding_window=4096,
         ),
     ),
+    # Gemma 3 270M: 18 layers (every 6th global), window 512, 262k vocabulary, tied head
+    "gemma3-270m": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        dict(
+            num_hidden_layers=18,
+            hidden_size=640,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=256,
+            intermediate_size=2048,
+            vocab_size=262144,
+            max_position_embeddings=32768,
+            query_pre_attn_scalar=256,
+            sliding_window=512,
+            sliding_window_pattern=6,
+            rope_theta=1_000_000.0,
+            rope_local_base_freq=10_000.0,
+            tie_word_embeddings=True,
+        ),
+    ),
     # tiny drafts sharing those vocabularies
     "gpt2-draft": (
         "GPT2Config",
@@ -153,6 +175,25 @@ SHAPES = {
             sliding_window=4096,
         ),
     ),
+    # a window of 6 so that verification trees and short prompts cross it
+    "gemma3-draft": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        dict(
+            num_hidden_layers=2,
+            hidden_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=128,
+            vocab_size=262144,
+            max_position_embeddings=32768,
+            query_pre_attn_scalar=16,
+            sliding_window=6,
+            layer_types=["sliding_attention", "full_attention"],
+            tie_word_embeddings=True,
+        ),
+    ),
 }
 ST_DTYPES = {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}
 
@@ -177,7 +218,9 @@ def _value(name: str, shape: tuple, gen, std: float):
     return std * noise
 
 
-def write_checkpoint(shape: str, out: Path, dtype: str, seed: int = 0, std: float = 0.05) -> Path:
+def write_checkpoint(
+    shape: str, out: Path, dtype: str, seed: int = 0, std: float = 0.05, tokenizer_dir: Path = TOKENIZER_DIR
+) -> Path:
     import torch
     import transformers
 
@@ -209,7 +252,7 @@ def write_checkpoint(shape: str, out: Path, dtype: str, seed: int = 0, std: floa
     config.dtype = torch_dtype
     config.save_pretrained(out)
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(TOKENIZER_DIR / name, out / name)
+        shutil.copyfile(tokenizer_dir / name, out / name)
     return out
 
 
@@ -220,8 +263,14 @@ def main() -> None:
     ap.add_argument("--dtype", choices=sorted(ST_DTYPES), default="fp32")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--std", type=float, default=0.05, help="std of the random matrices")
+    ap.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=TOKENIZER_DIR,
+        help="folder whose tokenizer.json + tokenizer_config.json are copied (default: the vendored 8192-token one)",
+    )
     args = ap.parse_args()
-    path = write_checkpoint(args.shape, args.output, args.dtype, args.seed, args.std)
+    path = write_checkpoint(args.shape, args.output, args.dtype, args.seed, args.std, args.tokenizer)
     size = (path / "model.safetensors").stat().st_size
     print(f"wrote {path} ({size / 1e9:.2f} GB)")
 

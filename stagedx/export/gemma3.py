@@ -143,13 +143,14 @@ class Gemma3Graph(nn.Module):
         # past: past_key.0 [P, H_kv, D], past_value.0 [P, H_kv, D], past_key.1, ...
         dtype = self.embed.dtype
         x = self.embed[input_ids] * torch.tensor(self.dims.hidden**0.5, dtype=dtype)  # [T, E]
-        kinds = {True: SLIDING, False: FULL}
-        ropes = {k: self._rope(k, position_ids, dtype) for k in set(kinds[s] for s in self.dims.sliding)}
-        allowed = {FULL: tree_mask, SLIDING: window_mask(tree_mask, position_ids, self.dims.window)}  # [T, P+T]
-        bias = {k: (~m).to(dtype) * MASK_FILL[dtype] for k, m in allowed.items() if k in ropes}  # [T, P+T]
+        kinds = [SLIDING if s else FULL for s in self.dims.sliding]
+        ropes = {k: self._rope(k, position_ids, dtype) for k in set(kinds)}  # cos, sin [T, 1, D]
+        allowed = {FULL: tree_mask}  # [T, P+T]
+        if SLIDING in ropes:
+            allowed[SLIDING] = window_mask(tree_mask, position_ids, self.dims.window)  # [T, P+T]
+        bias = {k: (~m).to(dtype) * MASK_FILL[dtype] for k, m in allowed.items()}  # [T, P+T]: 0 or fill
         new_kv = []
-        for i, block in enumerate(self.blocks):
-            kind = kinds[self.dims.sliding[i]]
+        for i, (block, kind) in enumerate(zip(self.blocks, kinds)):
             x, k, v = block(x, ropes[kind], bias[kind], past[2 * i], past[2 * i + 1])  # k, v [T, H_kv, D]
             new_kv += [k, v]
         x = self.norm(x)  # [T, E]

@@ -183,3 +183,36 @@ def test_layer_kinds_and_ropes_from_either_layout():
 def test_refused_configs(change, message):
     with pytest.raises(StagedxError, match=message):
         gemma3_dims({"model_type": "gemma3_text", "num_hidden_layers": 2, **change})
+
+
+GEMMA_VOCAB = 262_144  # Gemma 3's tokenizer
+
+
+def test_262k_vocabulary_topk_ngram_and_runtime(tmp_path):
+    """A Gemma-sized vocabulary (tokenizer padded to 262,144 tokens, ids beyond 2**16): the
+    graphs' top-k, the n-gram tables (int32 ids, trigram keys a * V + b) and staged decoding
+    with both draft2 kinds stay exact."""
+    import torch
+
+    from stagedx.export.bundle import ExportConfig, export_bundle
+    from stagedx.runtime.draft2 import NgramModel
+
+    torch.set_num_threads(1)
+    small = dict(hidden=16, n_heads=2, n_kv_heads=1, head_dim=8, vocab=GEMMA_VOCAB, sliding_window=4)
+    oracle = make_decoder_checkpoint(tmp_path / "oracle", "gemma3", seed=43, n_layer=3, sliding_window_pattern=3, **small)
+    draft = make_decoder_checkpoint(tmp_path / "draft", "gemma3", seed=44, n_layer=1, **small)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.py").write_text("def add(a, b):\n    return a + b\n\nimport os\nimport sys\n" * 20)
+    bundle = export_bundle(
+        ExportConfig(oracle=str(oracle), draft=str(draft), output=tmp_path / "bundle", draft2="both", corpus=(corpus,))
+    )
+    m = load_manifest(bundle)
+    assert {e.arch.vocab_size for e in m.models.values()} == {GEMMA_VOCAB}
+    assert all(e.verify["max_rel_error"] < FP32_TOLERANCE for e in m.models.values())
+    ngram = NgramModel.load(bundle / m.draft2.ngram.file)
+    assert ngram.vocab_size == GEMMA_VOCAB and ngram.tri.top_ids.dtype == np.int32
+    out = run_onnx(bundle / "oracle.onnx", chain_feeds(np.array([0, 5, GEMMA_VOCAB - 1]), 0, {}, 3, (1, 8)))
+    np.testing.assert_array_equal(out["topk_indices"][:, 0], out["logits"].argmax(1))
+    assert out["topk_indices"].max() >= 1 << 16  # most of the vocabulary lies above uint16
+    assert_greedy_exact(bundle)
