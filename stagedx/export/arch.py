@@ -149,9 +149,10 @@ def _build_gemma3(cfg: dict, weights, topk: int, dtype):
     return build_gemma3_graph(cfg, weights, topk, dtype)
 
 
-# Gemma 3 text (270M, 1B; what transformers' GGUF loader makes of a Gemma 3 file): local and
-# global layers, q/k norms, (1+w) RMSNorm, tanh-GELU; configs decided in gemma3_config.py.
-register(ArchSpec("gemma3", ("gemma3_text",), "Gemma3ForCausalLM", _gemma3_dims, _build_gemma3))
+# Gemma 3 text (270M, 1B; what transformers' GGUF loader makes of a Gemma 3 file) and the text
+# model of multimodal gemma3 checkpoints (4B+): local and global layers, q/k norms, (1+w)
+# RMSNorm, tanh-GELU; configs decided in gemma3_config.py.
+register(ArchSpec("gemma3", ("gemma3_text", "gemma3"), "Gemma3ForCausalLM", _gemma3_dims, _build_gemma3))
 
 
 def supported() -> str:

@@ -205,26 +205,20 @@ def check_frequencies(graph: Gemma3Graph, cfg: dict) -> None:
             raise StagedxError(f"gemma3 rotary frequencies of the {kind} layers differ from transformers'")
 
 
-def weight_prefix(cfg: dict) -> str:
-    """Where the text model's tensors live (names without ``model.``): ``gemma3`` checkpoints
-    hold them under ``language_model.``."""
-    return "language_model." if cfg.get("model_type") == "gemma3" else ""
-
-
 def build_gemma3_graph(cfg: dict, weights, topk: int, dtype: torch.dtype) -> Gemma3Graph:
-    """The graph of a ``Gemma3ForCausalLM`` checkpoint (config.json dict + its weights), read
-    one tensor at a time."""
+    """The graph of a ``Gemma3ForCausalLM`` checkpoint, or of the text model of a ``gemma3``
+    one (config.json dict + its weights, whose names :mod:`.weights` reads as the text
+    model's), read one tensor at a time."""
     from .weights import put
 
     dims = gemma3_dims(cfg)
-    p = weight_prefix(cfg)
     with torch.device("meta"):  # no allocation until each weight is put in place
         graph = Gemma3Graph(dims, min(topk, dims.vocab_size))
-    put(graph, "embed", weights[p + "embed_tokens.weight"], dtype)
-    put_gain(graph.norm, weights[p + "norm.weight"])
+    put(graph, "embed", weights["embed_tokens.weight"], dtype)
+    put_gain(graph.norm, weights["norm.weight"])
     if not dims.tied:
         put(graph, "lm_head", weights["lm_head.weight"], dtype)
     for i, block in enumerate(graph.blocks):
-        _put_block(block, weights, f"{p}layers.{i}.", dtype)
+        _put_block(block, weights, f"layers.{i}.", dtype)
     check_frequencies(graph, cfg)
     return graph.eval()

@@ -6,8 +6,8 @@ two can never disagree. transformers writes only the fields that differ from its
 (:data:`DEFAULTS`, checked against transformers' own in the tests), not Llama's.
 
 Accepted: ``model_type`` ``gemma3_text`` (Gemma 3 270M / 1B, and what transformers' GGUF
-loader produces for a Gemma 3 file), and ``gemma3`` whose ``text_config`` is such a model and
-whose weights hold the text model only (see :func:`text_config`). Layer kinds come from
+loader produces for a Gemma 3 file), and the text model of a multimodal ``gemma3`` checkpoint
+(4B and up: its ``text_config``; the vision tower is left out, so prompts are text only). Layer kinds come from
 ``layer_types`` or, in older configs, ``sliding_window_pattern`` (every n-th layer global).
 Each kind has its own RoPE: ``rope_local_base_freq`` for the sliding layers, ``rope_theta``
 plus the optional ``rope_scaling`` (linear on Gemma 3 4B+) for the global ones; transformers
@@ -76,7 +76,7 @@ class Gemma3Dims:
 
 def text_config(cfg: dict) -> dict:
     """The text model's config: ``cfg`` itself (``gemma3_text``), or the ``text_config`` of a
-    ``gemma3`` config whose vision tower is absent."""
+    ``gemma3`` (multimodal) config, whose vision tower the export leaves out."""
     if cfg.get("model_type") != "gemma3":
         return cfg
     text = cfg.get("text_config")
@@ -84,8 +84,7 @@ def text_config(cfg: dict) -> dict:
         raise StagedxError("gemma3 config without a text_config dict")
     if text.get("model_type", "gemma3_text") != "gemma3_text":
         raise StagedxError(f"unsupported gemma3 text_config model_type {text.get('model_type')!r}")
-    # the outer tie_word_embeddings governs the head of Gemma3ForConditionalGeneration
-    return {**text, "model_type": "gemma3_text", "tie_word_embeddings": cfg.get("tie_word_embeddings", True)}
+    return {"tie_word_embeddings": cfg.get("tie_word_embeddings", True), **text, "model_type": "gemma3_text"}
 
 
 def _get(cfg: dict, key: str):

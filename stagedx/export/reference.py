@@ -80,9 +80,12 @@ def streamed_model(path, hf_class: str):
         config = transformers.AutoConfig.from_pretrained(path)
     except Exception as exc:  # transformers raises many types
         raise StagedxError(f"cannot read config.json in {path}: {' '.join(str(exc).split())[:300]}") from exc
+    cls = getattr(transformers, hf_class)
+    if not isinstance(config, cls.config_class):  # a multimodal config: its text model (Gemma 3)
+        config = config.get_text_config()
     config.dtype = torch.float32
     with _parameters_on_meta():
-        model = getattr(transformers, hf_class)(config)
+        model = cls(config)
     model.eval()
     names = {id(m): n for n, m in model.named_modules()}
     embed = model.get_input_embeddings()

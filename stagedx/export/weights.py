@@ -18,7 +18,9 @@ from torch import nn
 
 from ..errors import StagedxError
 
-PREFIXES = ("model.", "transformer.")
+# Gemma 3's multimodal checkpoints hold the text model under language_model.model. (as saved)
+# or model.language_model. (as loaded): both read as the text-only model's names.
+PREFIXES = ("language_model.model.", "model.language_model.", "model.", "transformer.")
 _DTYPES = {
     "F32": torch.float32,
     "F16": torch.float16,

@@ -199,7 +199,9 @@ def test_262k_vocabulary_topk_ngram_and_runtime(tmp_path):
 
     torch.set_num_threads(1)
     small = dict(hidden=16, n_heads=2, n_kv_heads=1, head_dim=8, vocab=GEMMA_VOCAB, sliding_window=4)
-    oracle = make_decoder_checkpoint(tmp_path / "oracle", "gemma3", seed=43, n_layer=3, sliding_window_pattern=3, **small)
+    oracle = make_decoder_checkpoint(
+        tmp_path / "oracle", "gemma3", seed=43, n_layer=3, sliding_window_pattern=3, **small
+    )
     draft = make_decoder_checkpoint(tmp_path / "draft", "gemma3", seed=44, n_layer=1, **small)
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -216,3 +218,46 @@ def test_262k_vocabulary_topk_ngram_and_runtime(tmp_path):
     np.testing.assert_array_equal(out["topk_indices"][:, 0], out["logits"].argmax(1))
     assert out["topk_indices"].max() >= 1 << 16  # most of the vocabulary lies above uint16
     assert_greedy_exact(bundle)
+
+
+def test_multimodal_checkpoint_exports_its_text_model(gemma3_pair, tmp_path):
+    """A ``gemma3`` (multimodal) checkpoint: its text model is exported (vision tower left
+    out) and scores text as transformers' Gemma3ForConditionalGeneration does."""
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    from stagedx.export.arch import open_checkpoint
+    from stagedx.export.reference import streamed_model
+
+    torch.manual_seed(45)
+    text = dict(
+        num_hidden_layers=3,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=64,
+        vocab_size=8192,
+        sliding_window=WINDOW,
+        sliding_window_pattern=3,
+        rope_scaling={"rope_type": "linear", "factor": 8.0},
+    )
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28)
+    model = Gemma3ForConditionalGeneration(Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.3 * torch.randn(p.shape))
+    model.eval().save_pretrained(tmp_path / "mm")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "mm" / name).write_bytes((gemma3_pair[0] / name).read_bytes())
+    ckpt = open_checkpoint(str(tmp_path / "mm"))
+    assert ckpt.dims.family == "gemma3" and ckpt.dims.n_layers == 3
+    bundle = export_pair(tmp_path / "mm", gemma3_pair[1], tmp_path / "bundle")
+    assert load_manifest(bundle).oracle.verify["max_rel_error"] < FP32_TOLERANCE  # vs the streamed text model
+    ids = np.random.default_rng(3).integers(0, 8192, 12)
+    with torch.no_grad():
+        full = model(input_ids=torch.from_numpy(ids)[None]).logits[0].numpy()  # [12, V]
+        streamed = streamed_model(tmp_path / "mm", "Gemma3ForCausalLM")(torch.from_numpy(ids)[None]).logits[0]
+    assert rel_error(streamed.numpy(), full) < 1e-6  # the reference the export used is the model's text path
+    ours = run_onnx(bundle / "oracle.onnx", chain_feeds(ids, 0, {}, 3, (2, 8)))
+    assert rel_error(ours["logits"], full) < FP32_TOLERANCE
