@@ -157,10 +157,9 @@ def to_nbits(blk: Blocks) -> NBits | None:
 
 def dequantized(nb: NBits, k: int) -> np.ndarray:
     """The [N, K] weight a MatMulNBits with ``nb`` computes with (for checks)."""
+    codes = nb.b  # [N, nb, 32] for 8 bits
     if nb.bits == 4:
         codes = np.stack([nb.b & 0x0F, nb.b >> 4], axis=-1).reshape(nb.b.shape[0], -1, BLOCK)  # [N, nb, 32]
-    else:
-        codes = nb.b
     n, blocks = codes.shape[0], codes.shape[1]
     zp = np.full(n * blocks, 2.0 ** (nb.bits - 1), np.float32) if nb.zero_points is None else nb.zero_points
     w = (codes.astype(np.float32) - zp.reshape(n, blocks, 1)) * nb.scales.reshape(n, blocks, 1)

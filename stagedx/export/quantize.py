@@ -388,7 +388,9 @@ def quantize_model(entry, folder: Path, arrays: dict, opts: QuantizeOptions, hel
     kind = opts.kind(entry.role)
     fp32_bytes = entry.weight_bytes
     if kind == CARRY and gguf is None:
-        raise StagedxError(f"--quantize {entry.role}=gguf needs a GGUF file as the {entry.role} (got a checkpoint folder)")
+        raise StagedxError(
+            f"--quantize {entry.role}=gguf needs a GGUF file as the {entry.role} (got a checkpoint folder)"
+        )
     src = folder / entry.file
     qdir = folder / ".work" / f"quant-{entry.role}"
     try:

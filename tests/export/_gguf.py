@@ -84,7 +84,10 @@ def hf_weights(shape: TinyLlama, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     e, d = shape.hidden, shape.hidden // shape.heads
     w = lambda *s: (rng.standard_normal(s) * 0.15).astype(np.float32)  # noqa: E731
-    out = {"embed_tokens.weight": w(shape.vocab, e), "norm.weight": (1 + 0.1 * rng.standard_normal(e)).astype(np.float32)}
+    out = {
+        "embed_tokens.weight": w(shape.vocab, e),
+        "norm.weight": (1 + 0.1 * rng.standard_normal(e)).astype(np.float32),
+    }
     for i in range(shape.layers):
         p = f"layers.{i}."
         out[p + "self_attn.q_proj.weight"] = w(shape.heads * d, e)

@@ -13,9 +13,8 @@ import pytest
 
 pytest.importorskip("gguf")
 
-from tests.export._gguf import CHATML, write_tiny_llama  # noqa: E402
-
 from stagedx.errors import StagedxError  # noqa: E402
+from tests.export._gguf import CHATML, write_tiny_llama  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -147,7 +146,9 @@ def smollm2() -> Path:
     """tools/fetch_smollm2.sh: cached in $STAGEDX_CACHE (default ~/.cache/stagedx)."""
     r = subprocess.run(["bash", str(ROOT / "tools/fetch_smollm2.sh")], capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
-        pytest.skip(f"SmolLM2 GGUF unavailable: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+        pytest.skip(
+            f"SmolLM2 GGUF unavailable: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}"
+        )
     return Path(r.stdout.strip())
 
 
@@ -195,4 +196,3 @@ def test_smollm2_reads_and_answers(smollm2, tmp_path):
     with torch.no_grad():
         out = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)
     assert "Paris" in tok.decode(out[0, len(ids) :].tolist())
-

@@ -87,7 +87,9 @@ def test_matmul_nbits_computes_the_gguf_weight(kinds, bits, float_zero_points):
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, n])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    )
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     a = np.random.default_rng(5).standard_normal((3, k)).astype(np.float32)  # [T, K]
     y = sess.run(None, {"A": a})[0]  # [T, N]
