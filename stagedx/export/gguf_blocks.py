@@ -3,24 +3,32 @@
 ``--quantize gguf`` (a GGUF input only): instead of dequantizing the file's Q4_0 / Q4_1 / Q8_0
 blocks and quantizing the fp32 graph again (a second rounding, to a grid that need not match
 the file's), every MatMul whose constant weight came from such blocks becomes a
-``MatMulNBits`` holding the file's own codes and scales, block size 32 along K:
+``MatMulNBits`` holding the file's own codes and scales, block size 32 along K, with the
+default zero point (8 for 4 bits, 128 for 8 bits: integer zero points are the only ones ONNX
+Runtime's fast CPU kernels take; float zero points run ~100x slower there, and 8 bits with
+float zero points are refused):
 
-============  =========================  ==========================================
-GGUF type     value of code q            MatMulNBits (value = (q - zero_point) * scale)
-============  =========================  ==========================================
-Q4_0          ``(q - 8) * d``            4 bits, scale d, zero point 8 (the default)
-Q4_1          ``q * d + m``              4 bits, scale d, float zero point ``-m / d``
-Q8_0          ``q * d`` (q signed)       8 bits, code q + 128, scale d, zero point 128
-============  =========================  ==========================================
+============  =========================  ==================================================
+GGUF type     value of code q            carried as (value = (c - zero point) * scale + o)
+============  =========================  ==================================================
+Q4_0          ``(q - 8) * d``            4 bits, c = q, scale d, o = 0
+Q4_1          ``q * d + m``              4 bits, c = q, scale d, o = m + 8 d
+Q8_0          ``q * d`` (q signed)       8 bits, c = q + 128, scale d, o = 0
+============  =========================  ==================================================
 
-So the quantized graph's weights are the file's values (Q4_1 up to the rounding of
-``-m/d`` in fp32). A fused weight of our graph (q|k|v, gate|up, the tied head's W^T) is found
-row by row: each output row of the fp32 initializer equals, bit for bit, one row of a GGUF
-tensor dequantized by the ``gguf`` package (export built the fp32 graph from those very values),
-which also undoes llama.cpp's Q/K row permutation without knowing it. Rows of different types
-share one ``MatMulNBits`` when they can: Q4_0 with Q4_1 (float zero points), Q4_0 with Q8_0
-(8 bits). A weight that cannot be carried (F16/F32, K-quants, Q4_1 mixed with Q8_0, which
-ONNX Runtime's CPU kernel refuses: 8 bits with float zero points) stays fp32, and is counted.
+A block offset ``o`` (Q4_1's minimum) is added outside the kernel: ``x @ W^T`` gains
+``blocksum(x) @ O^T``, the sums of ``x`` over each block of 32 (``Reshape`` + ``ReduceSum``)
+times the [K/32, N] offsets (a small ``Gemm`` that also adds the kernel's output). So the
+quantized graph computes with the file's values, up to fp32 rounding at accuracy level 0; at
+level 4 ONNX Runtime quantizes the activations to int8 per block (as llama.cpp does with its
+Q8 activations for these types).
+
+A fused weight of our graph (q|k|v, gate|up, the tied head's W^T) is found row by row: each
+output row of the fp32 initializer equals, bit for bit, one row of a GGUF tensor dequantized
+by the ``gguf`` package (export built the fp32 graph from those very values), which also
+undoes llama.cpp's Q/K row permutation without knowing it. Rows of different types share one
+``MatMulNBits`` (8 bits when a Q8_0 row is among them: a 4-bit code c becomes c + 120). A weight
+that is not made of these types (F16/F32, K-quants, ...) stays fp32, and is counted.
 
 The embedding ``Gather`` keeps the fp32 table: its values are already exactly the file's.
 """
@@ -38,41 +46,42 @@ from ..errors import StagedxError
 BLOCK = 32
 CARRIED_TYPES = ("Q4_0", "Q4_1", "Q8_0")
 _BYTES = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}  # bytes per block of 32
+_CENTER = {4: 8.0, 8: 128.0}  # MatMulNBits' default zero point per bit width
 
 
 @dataclass(frozen=True)
 class Blocks:
-    """One weight as MatMulNBits needs it: rows = output features N, blocks along K."""
+    """One weight's rows (output features N), blocks of 32 along K:
+    value = (code - center) * scale + offset, center 8 for Q4_* rows, 128 for Q8_0 rows."""
 
-    codes: np.ndarray  # [N, K/32, 32] uint8 unsigned codes
+    codes: np.ndarray  # [N, K/32, 32] uint8
     scales: np.ndarray  # [N, K/32] float32
-    zeros: np.ndarray  # [N, K/32] float32 zero points (in code units)
+    offsets: np.ndarray  # [N, K/32] float32
     types: np.ndarray  # [N] index into CARRIED_TYPES
 
 
 def decode_rows(raw: np.ndarray, type_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(codes [R, nb, 32] uint8, scales [R, nb] f32, zeros [R, nb] f32) of GGUF rows ``raw``
+    """(codes [R, nb, 32] uint8, scales [R, nb] f32, offsets [R, nb] f32) of GGUF rows ``raw``
     ([R, nb * bytes per block] uint8) of one of :data:`CARRIED_TYPES`."""
     r = raw.shape[0]
     blocks = np.ascontiguousarray(raw).reshape(r, -1, _BYTES[type_name])  # [R, nb, bytes]
     d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)  # [R, nb]
+    zero = np.zeros_like(d)
     if type_name == "Q8_0":
         q = blocks[..., 2:].copy().view(np.int8).astype(np.int16) + 128  # [R, nb, 32]
-        return q.astype(np.uint8), d, np.full(d.shape, 128.0, np.float32)
+        return q.astype(np.uint8), d, zero
     qs = blocks[..., 4:] if type_name == "Q4_1" else blocks[..., 2:]  # [R, nb, 16]
     q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.uint8)  # [R, nb, 32]: j, then j+16
     if type_name == "Q4_0":
-        return q, d, np.full(d.shape, 8.0, np.float32)
+        return q, d, zero
     m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)  # [R, nb]
-    zeros = np.zeros_like(d)
-    nz = d != 0
-    zeros[nz] = -m[nz] / d[nz]
-    # d == 0: every value of the block is m (llama.cpp then stores q = 0): scale m, q - zp = 1
-    flat = ~nz
-    q[flat] = 0
-    d = np.where(nz, d, m)
-    zeros[flat] = -1.0
-    return q, d, zeros
+    return q, d, m + 8 * d  # q d + m == (q - 8) d + (m + 8 d)
+
+
+def block_values(codes: np.ndarray, scales: np.ndarray, offsets: np.ndarray, center: float) -> np.ndarray:
+    """[R, nb * 32] values of decoded rows."""
+    w = (codes.astype(np.float32) - center) * scales[..., None] + offsets[..., None]  # [R, nb, 32]
+    return w.reshape(codes.shape[0], -1)
 
 
 @dataclass
@@ -113,7 +122,7 @@ class RowIndex:
             if hit is None:
                 return None
             where.append(hit)
-        codes, scales, zeros, types = [], [], [], []
+        codes, scales, offsets, types = [], [], [], []
         start = 0
         while start < len(where):  # runs of consecutive rows of one tensor, decoded at once
             name = where[start][0]
@@ -122,48 +131,45 @@ class RowIndex:
                 end += 1
             type_name, raw = self.raw[name]
             idx = np.asarray([r for _, r in where[start:end]])
-            c, s, z = decode_rows(raw[idx], type_name)
+            c, s, o = decode_rows(raw[idx], type_name)
             codes.append(c)
             scales.append(s)
-            zeros.append(z)
+            offsets.append(o)
             types.append(np.full(end - start, CARRIED_TYPES.index(type_name)))
             start = end
-        return Blocks(np.concatenate(codes), np.concatenate(scales), np.concatenate(zeros), np.concatenate(types))
+        return Blocks(np.concatenate(codes), np.concatenate(scales), np.concatenate(offsets), np.concatenate(types))
 
 
 @dataclass(frozen=True)
 class NBits:
-    """MatMulNBits inputs and attributes for one weight."""
+    """MatMulNBits inputs and attributes for one weight (default zero points), plus the block
+    offsets added outside the kernel."""
 
     bits: int
     b: np.ndarray  # [N, nb, 32 * bits / 8] uint8
     scales: np.ndarray  # [N * nb] float32
-    zero_points: np.ndarray | None  # [N * nb] float32, or None for the default 2^(bits-1)
+    offsets: np.ndarray | None  # [N, nb] float32, or None when all zero
 
 
-def to_nbits(blk: Blocks) -> NBits | None:
-    """Pack ``blk`` for MatMulNBits (None: a mix ONNX Runtime's CPU kernel cannot hold)."""
-    kinds = {CARRIED_TYPES[i] for i in np.unique(blk.types)}
-    if "Q8_0" in kinds:
-        if "Q4_1" in kinds:
-            return None  # 8 bits with float zero points: refused by the CPU kernel
-        # Q4_0 codes in 8 bits: (q - 8) == (q - 8 + 128) - 128
-        codes = np.where((blk.types == CARRIED_TYPES.index("Q4_0"))[:, None, None], blk.codes + 120, blk.codes)
-        return NBits(8, codes.astype(np.uint8), blk.scales.reshape(-1), None)
+def to_nbits(blk: Blocks) -> NBits:
+    """Pack ``blk`` for MatMulNBits: 8 bits when any row is Q8_0, else 4."""
+    q8 = blk.types == CARRIED_TYPES.index("Q8_0")  # [N]
+    offsets = blk.offsets if np.any(blk.offsets) else None
+    if q8.any():
+        codes = np.where(q8[:, None, None], blk.codes, blk.codes + 120).astype(np.uint8)  # c - 8 == c + 120 - 128
+        return NBits(8, codes, blk.scales.reshape(-1), offsets)
     packed = (blk.codes[..., 0::2] | (blk.codes[..., 1::2] << 4)).astype(np.uint8)  # [N, nb, 16]
-    zp = None if kinds == {"Q4_0"} else blk.zeros.reshape(-1).astype(np.float32)
-    return NBits(4, packed, blk.scales.reshape(-1), zp)
+    return NBits(4, packed, blk.scales.reshape(-1), offsets)
 
 
 def dequantized(nb: NBits, k: int) -> np.ndarray:
-    """The [N, K] weight a MatMulNBits with ``nb`` computes with (for checks)."""
+    """The [N, K] weight the carried MatMulNBits (+ offsets) computes with (for checks)."""
     codes = nb.b  # [N, nb, 32] for 8 bits
     if nb.bits == 4:
         codes = np.stack([nb.b & 0x0F, nb.b >> 4], axis=-1).reshape(nb.b.shape[0], -1, BLOCK)  # [N, nb, 32]
     n, blocks = codes.shape[0], codes.shape[1]
-    zp = np.full(n * blocks, 2.0 ** (nb.bits - 1), np.float32) if nb.zero_points is None else nb.zero_points
-    w = (codes.astype(np.float32) - zp.reshape(n, blocks, 1)) * nb.scales.reshape(n, blocks, 1)
-    return w.reshape(n, k)
+    offsets = np.zeros((n, blocks), np.float32) if nb.offsets is None else nb.offsets
+    return block_values(codes, nb.scales.reshape(n, blocks), offsets, _CENTER[nb.bits]).reshape(n, k)
 
 
 @dataclass(frozen=True)
@@ -184,29 +190,41 @@ class CarryReport:
         return ", ".join(parts)
 
 
-def _matmul_nbits(node, name: str, nb: NBits, k: int, accuracy_level: int):
-    from onnx import helper
+def _carried_nodes(node, name: str, nb: NBits, k: int, accuracy_level: int) -> tuple[list, list]:
+    """(nodes, initializers) computing ``node``'s output from the carried blocks: the
+    MatMulNBits, and for block offsets ``Gemm(blocksum(x), O^T, kernel output)``."""
+    from onnx import helper, numpy_helper
 
-    inputs = [node.input[0], f"{name}.B", f"{name}.scales"]
-    if nb.zero_points is not None:
-        inputs.append(f"{name}.zero_points")
-    return helper.make_node(
-        "MatMulNBits",
-        inputs,
-        list(node.output),
-        name=node.name or name,
-        domain="com.microsoft",
-        K=k,
-        N=int(nb.b.shape[0]),
-        bits=nb.bits,
-        block_size=BLOCK,
-        accuracy_level=accuracy_level,
-    )
+    n = int(nb.b.shape[0])
+    inits = [numpy_helper.from_array(nb.b, f"{name}.B"), numpy_helper.from_array(nb.scales, f"{name}.scales")]
+    out = node.output[0] if nb.offsets is None else f"{name}.nbits"
+    attrs = dict(K=k, N=n, bits=nb.bits, block_size=BLOCK, accuracy_level=accuracy_level)
+    nodes = [
+        helper.make_node(
+            "MatMulNBits", [node.input[0], *(i.name for i in inits)], [out], name=name, domain="com.microsoft", **attrs
+        )
+    ]
+    if nb.offsets is not None:
+        blocks = k // BLOCK
+        inits += [
+            numpy_helper.from_array(np.asarray([-1, blocks, BLOCK], np.int64), f"{name}.blocks_shape"),
+            numpy_helper.from_array(np.asarray([-1], np.int64), f"{name}.last_axis"),
+            numpy_helper.from_array(np.ascontiguousarray(nb.offsets.T), f"{name}.offsets"),  # [nb, N]
+        ]
+        nodes += [
+            helper.make_node("Reshape", [node.input[0], f"{name}.blocks_shape"], [f"{name}.x_blocks"]),  # [T, nb, 32]
+            helper.make_node(
+                "ReduceSum", [f"{name}.x_blocks", f"{name}.last_axis"], [f"{name}.x_sums"], keepdims=0
+            ),  # [T, nb]
+            helper.make_node("Gemm", [f"{name}.x_sums", f"{name}.offsets", out], [node.output[0]]),  # [T, N]
+        ]
+    return nodes, inits
 
 
 def carry_model(model, reader, accuracy_level: int) -> CarryReport:
-    """Rewrite ``model`` (onnx ModelProto, weights loaded) in place: every MatMul whose
-    constant right operand is made of carried GGUF rows becomes a MatMulNBits."""
+    """Rewrite ``model`` (onnx ModelProto, weights loaded, 2-D activations as in every stagedx
+    graph) in place: every MatMul whose constant right operand is made of carried GGUF rows
+    becomes a MatMulNBits (+ its block offsets)."""
     from onnx import helper, numpy_helper
 
     from .quantize import untie_head
@@ -217,28 +235,25 @@ def carry_model(model, reader, accuracy_level: int) -> CarryReport:
     inits = {t.name: t for t in g.initializer}
     users = Counter(i for n in g.node for i in n.input)
     carried, kept, types = Counter(), 0, Counter()
-    for pos, node in enumerate(list(g.node)):
-        if node.op_type != "MatMul" or node.input[1] not in inits or len(inits[node.input[1]].dims) != 2:
+    nodes = []
+    for pos, node in enumerate(g.node):
+        weight = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if weight not in inits or len(inits[weight].dims) != 2:
+            nodes.append(node)
             continue
-        w = numpy_helper.to_array(inits[node.input[1]])  # [K, N]
+        w = numpy_helper.to_array(inits[weight])  # [K, N]
         blk = index.blocks_for(w) if w.dtype == np.float32 else None
-        nb = None if blk is None else to_nbits(blk)
-        if nb is None:
+        if blk is None:
             kept += 1
+            nodes.append(node)
             continue
-        name = f"gguf{pos}"
-        g.initializer.extend(
-            [numpy_helper.from_array(nb.b, f"{name}.B"), numpy_helper.from_array(nb.scales, f"{name}.scales")]
-        )
-        if nb.zero_points is not None:
-            g.initializer.append(numpy_helper.from_array(nb.zero_points, f"{name}.zero_points"))
-        new = _matmul_nbits(node, name, nb, w.shape[0], accuracy_level)
-        idx = list(g.node).index(node)
-        g.node.remove(node)
-        g.node.insert(idx, new)
-        users[node.input[1]] -= 1
-        if users[node.input[1]] == 0:
-            g.initializer.remove(inits.pop(node.input[1]))
+        nb = to_nbits(blk)
+        new_nodes, new_inits = _carried_nodes(node, f"gguf{pos}", nb, w.shape[0], accuracy_level)
+        nodes += new_nodes
+        g.initializer.extend(new_inits)
+        users[weight] -= 1
+        if users[weight] == 0:
+            g.initializer.remove(inits.pop(weight))
         carried[nb.bits] += 1
         types.update(CARRIED_TYPES[i] for i in np.unique(blk.types))
     if not carried:
@@ -246,6 +261,8 @@ def carry_model(model, reader, accuracy_level: int) -> CarryReport:
             "--quantize gguf: no weight of the graph is stored in a carried GGUF block type "
             f"({', '.join(CARRIED_TYPES)}); the file has {dict(index.skipped) or 'only unquantized tensors'}"
         )
+    del g.node[:]
+    g.node.extend(nodes)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return CarryReport(dict(carried), kept, dict(types), dict(index.skipped))
