@@ -1,13 +1,19 @@
 """Greedy agreement of quantized variants of an exported fp32 oracle with that fp32 graph.
 
-    python tools/gguf_agreement.py BUNDLE MODEL.gguf [--heldout PATH ...] [--tokens N]
+    python tools/gguf_agreement.py BUNDLE MODEL.gguf [--heldout PATH ...] [--tokens N] [--only A,B]
 
 BUNDLE holds the fp32 oracle exported from MODEL.gguf (``stagedx export MODEL.gguf ...``).
-Each variant is built from BUNDLE/oracle.onnx into a temporary folder and compared with it
+Each variant is built from BUNDLE/oracle.onnx in a temporary folder and compared with it
 teacher-forced on held-out text (``stagedx.export.quantize.measure``: argmax agreement and the
-max logit error relative to max|logit|): the GGUF blocks carried (``--quantize gguf``) at
-accuracy levels 0 and 4, and ONNX Runtime's requantization (``--quantize int4``) with the
-embedding Gather quantized or not, accuracy level 0 or 4, block 32 or 128.
+max logit error relative to max|logit|; default held-out text: export's stdlib sample). One
+JSON line per variant:
+
+- ``gguf-accN``: the file's own blocks carried (``--quantize gguf``), accuracy level N;
+- ``int4-bB-accN[-gather][-head]``: ONNX Runtime's MatMulNBitsQuantizer on the dequantized
+  fp32 graph (what ``--quantize int4`` does), block B, accuracy level N, ``-gather``: the
+  embedding Gather quantized too (``--quantize int4`` does this), ``-head``: the LM head
+  MatMul quantized too (``--quantize int4`` does this);
+- ``int8-b32-acc4``: ``--quantize int8``.
 """
 
 from __future__ import annotations
@@ -17,11 +23,68 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from stagedx.export.gguf_blocks import carry_graph
-from stagedx.export.quantize import QuantizeOptions, heldout_text, measure, quantize_graph, quantized_ops
+from stagedx.export.quantize import (
+    QuantizeOptions,
+    _quantizer_class,
+    heldout_text,
+    measure,
+    save_quantized,
+    untie_head,
+)
 from stagedx.manifest import load_manifest
+
+
+@dataclass(frozen=True)
+class Variant:
+    kind: str  # "gguf" | "int4" | "int8"
+    level: int  # MatMulNBits accuracy_level
+    block: int = 32
+    gather: bool = False  # quantize the embedding Gather (int4 only)
+    head: bool = True  # quantize the LM head MatMul
+
+
+VARIANTS = {
+    "gguf-acc0": Variant("gguf", 0),
+    "gguf-acc4": Variant("gguf", 4),
+    "int4-b32-acc4-gather-head": Variant("int4", 4, 32, True, True),  # = export --quantize int4
+    "int4-b32-acc0-gather-head": Variant("int4", 0, 32, True, True),
+    "int4-b32-acc4-head": Variant("int4", 4, 32, False, True),
+    "int4-b32-acc4": Variant("int4", 4, 32, False, False),
+    "int4-b32-acc0": Variant("int4", 0, 32, False, False),
+    "int4-b128-acc4-gather-head": Variant("int4", 4, 128, True, True),
+    "int8-b32-acc4": Variant("int8", 4, 32, False, True),
+}
+
+
+def requantize(src: Path, dst: Path, v: Variant) -> int:
+    import onnx
+
+    model = onnx.load(str(src))
+    untie_head(model)
+    inits = {t.name: t for t in model.graph.initializer}
+    vocab = max(int(t.dims[-1]) for t in model.graph.initializer if len(t.dims) == 2)
+    head = [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "MatMul" and n.input[1] in inits and int(inits[n.input[1]].dims[-1]) == vocab
+    ]
+    assert head and all(head), "the LM head MatMul must have a name"
+    bits = 4 if v.kind == "int4" else 8
+    q = _quantizer_class()(
+        model,
+        bits=bits,
+        block_size=v.block,
+        is_symmetric=False,
+        accuracy_level=v.level,
+        op_types_to_quantize=("MatMul", "Gather") if v.gather else ("MatMul",),
+        nodes_to_exclude=None if v.head else head,
+    )
+    q.process()
+    return save_quantized(q.model.model, dst)[0]
 
 
 def main() -> None:
@@ -37,44 +100,20 @@ def main() -> None:
     src = args.bundle / entry.file
     opts = QuantizeOptions(heldout=tuple(args.heldout), heldout_tokens=args.tokens)
     held = heldout_text(opts, args.bundle / m.tokenizer.file)
-    variants = {
-        "gguf-acc0": ("gguf", 0, 32, True),
-        "gguf-acc4": ("gguf", 4, 32, True),
-        "int4-b32-acc4": ("int4", 4, 32, True),  # export's --quantize int4 defaults
-        "int4-b32-acc0": ("int4", 0, 32, True),
-        "int4-b32-acc4-fp32gather": ("int4", 4, 32, False),
-        "int4-b32-acc0-fp32gather": ("int4", 0, 32, False),
-        "int4-b128-acc4": ("int4", 4, 128, True),
-        "int8-b32-acc4": ("int8", 4, 32, True),
-    }
-    only = set(args.only.split(",")) if args.only else set(variants)
-    for name, (kind, level, block, gather) in variants.items():
-        if name not in only:
-            continue
+    names = args.only.split(",") if args.only else list(VARIANTS)
+    for name in names:
+        v = VARIANTS[name]
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             dst = Path(tmp) / "oracle.onnx"
-            if kind == "gguf":
-                quantize_graph_bytes, _, _ = carry_graph(src, dst, args.gguf, level)
-            else:
-                bits = 4 if kind == "int4" else 8
-                q = QuantizeOptions(block_size=block, accuracy_level=level)
-                import stagedx.export.quantize as qz
-
-                ops = quantized_ops(bits) if gather else ("MatMul",)
-                saved = qz.quantized_ops
-                qz.quantized_ops = lambda _bits, ops=ops: ops
-                try:
-                    quantize_graph_bytes, _ = quantize_graph(src, dst, bits, q)
-                finally:
-                    qz.quantized_ops = saved
+            size = carry_graph(src, dst, args.gguf, v.level)[0] if v.kind == "gguf" else requantize(src, dst, v)
             agr = measure(src, dst, entry.arch, list(held.chunks))
         row = {
             "variant": name,
             "agreement": round(agr.agreement, 4),
             "max_rel_error": float(f"{agr.max_rel_error:.3g}"),
             "n_tokens": agr.n_tokens,
-            "weight_mb": round(quantize_graph_bytes / 1e6, 1),
+            "weight_mb": round(size / 1e6, 1),
             "heldout": held.description,
             "seconds": round(time.perf_counter() - t0, 1),
         }
