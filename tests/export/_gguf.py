@@ -79,8 +79,9 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def hf_weights(shape: TinyLlama, seed: int) -> dict[str, np.ndarray]:
-    """HF-named fp32 weights of the tiny llama (random, scaled so logits stay moderate)."""
+def hf_weights(shape: TinyLlama, seed: int, qkv_bias: bool = False) -> dict[str, np.ndarray]:
+    """HF-named fp32 weights of the tiny llama (random, scaled so logits stay moderate);
+    ``qkv_bias``: with Qwen2's q/k/v biases."""
     rng = np.random.default_rng(seed)
     e, d = shape.hidden, shape.hidden // shape.heads
     w = lambda *s: (rng.standard_normal(s) * 0.15).astype(np.float32)  # noqa: E731
@@ -93,6 +94,10 @@ def hf_weights(shape: TinyLlama, seed: int) -> dict[str, np.ndarray]:
         out[p + "self_attn.q_proj.weight"] = w(shape.heads * d, e)
         out[p + "self_attn.k_proj.weight"] = w(shape.kv_heads * d, e)
         out[p + "self_attn.v_proj.weight"] = w(shape.kv_heads * d, e)
+        if qkv_bias:
+            out[p + "self_attn.q_proj.bias"] = w(shape.heads * d)
+            out[p + "self_attn.k_proj.bias"] = w(shape.kv_heads * d)
+            out[p + "self_attn.v_proj.bias"] = w(shape.kv_heads * d)
         out[p + "self_attn.o_proj.weight"] = w(e, shape.heads * d)
         out[p + "mlp.gate_proj.weight"] = w(shape.ffn, e)
         out[p + "mlp.up_proj.weight"] = w(shape.ffn, e)
@@ -121,17 +126,22 @@ def _gguf_name(hf: str) -> str:
     if hf == "norm.weight":
         return "output_norm.weight"
     _, i, rest = hf.split(".", 2)
-    return f"blk.{i}.{_NAMES[rest.rsplit('.', 1)[0]]}.weight"
+    module, kind = rest.rsplit(".", 1)
+    return f"blk.{i}.{_NAMES[module]}.{kind}"
 
 
-def write_tiny_llama(path: Path, qtype: str = "Q8_0", embed_type: str | None = None, seed: int = 0) -> Path:
-    """Write the tiny llama to ``path``: matrices in ``qtype`` (F32, Q4_0, Q4_1, Q8_0), the
-    tied embedding in ``embed_type`` (default: ``qtype``), norms in F32."""
+def write_tiny_llama(
+    path: Path, qtype: str = "Q8_0", embed_type: str | None = None, seed: int = 0, arch: str = "llama"
+) -> Path:
+    """Write the tiny model to ``path``: matrices in ``qtype`` (F32, Q4_0, Q4_1, Q8_0), the
+    tied embedding in ``embed_type`` (default: ``qtype``), norms and biases in F32. ``arch``
+    "llama" (Q/K rows permuted as llama.cpp stores them) or "qwen2" (q/k/v biases, no
+    permutation)."""
     import gguf
     from gguf.quants import quantize
 
     shape = TinyLlama()
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_name("tiny-llama")
     w.add_block_count(shape.layers)
     w.add_context_length(256)
@@ -152,11 +162,11 @@ def write_tiny_llama(path: Path, qtype: str = "Q8_0", embed_type: str | None = N
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_chat_template(CHATML)
-    for hf, value in hf_weights(shape, seed).items():
+    for hf, value in hf_weights(shape, seed, qkv_bias=arch == "qwen2").items():
         name = _gguf_name(hf)
-        if ".attn_q." in name:
+        if arch == "llama" and name.endswith("attn_q.weight"):
             value = _permute(value, shape.heads)
-        elif ".attn_k." in name:
+        elif arch == "llama" and name.endswith("attn_k.weight"):
             value = _permute(value, shape.kv_heads)
         kind = (embed_type or qtype) if name == "token_embd.weight" else qtype
         if value.ndim == 1 or kind == "F32":

@@ -86,6 +86,21 @@ def test_gguf_bundle_equals_transformers(tiny_files, tmp_path):
     assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
+def test_qwen2_gguf_with_carried_blocks(tmp_path):
+    """qwen2 (q/k/v biases, no Q/K permutation in the file): bundle vs transformers on the file."""
+    from stagedx.export.quantize import QuantizeOptions
+    from stagedx.manifest import load_manifest
+
+    src = write_tiny_llama(tmp_path / "tiny-qwen2.gguf", "Q4_0", embed_type="Q8_0", arch="qwen2")
+    quant = QuantizeOptions(kinds=(("oracle", "gguf"),), accuracy_level=0, heldout_tokens=128)
+    bundle = _export(src, src, tmp_path / "b", quantize=quant)
+    m = load_manifest(bundle)
+    assert m.models["oracle"].arch.family == "qwen2" and m.models["oracle"].quantization.agreement == 1.0
+    ids = [1, 40, 75, 3, 200, 287, 18]
+    ours, ref = _logits(bundle, ids), _transformers_logits(src, ids)
+    assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
 def test_carried_blocks_compute_the_file(q4_1_bundle, tiny_files):
     import onnx
 
