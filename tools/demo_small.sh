@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The small-pair demo (PAIR=small bash tools/demo.sh), offline: export the vendored 14M pair with a stdlib n-gram as
-# draft2, then decode one HumanEval-style prompt with baseline / speculative / staged and
-# print the speedup (greedy outputs must be identical).
+# The small-pair demo (PAIR=small bash tools/demo.sh), offline: export the vendored 14M pair
+# with a stdlib n-gram as draft2, then decode one HumanEval-style prompt with baseline /
+# speculative / staged and print the speedup (greedy outputs must be identical).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGEDX=.venv/bin/stagedx
