@@ -7,8 +7,9 @@
 #     seconds, untrained: it predicts poorly, so the speedup comes from draft2).
 #  3. `stagedx export model.gguf`: fp32 oracle verified against transformers, draft2 = n-gram
 #     fitted on this interpreter's standard library + prompt lookup.
-#  4. A code prompt and a chat prompt (through the chat template in the GGUF), each decoded
-#     greedily by baseline / speculative / staged / staged3; outputs must be identical.
+#  4. A code request and a general question, each rendered through the chat template in the
+#     GGUF and decoded greedily by baseline / speculative / staged / staged3 (`generate
+#     --compare`: the outputs must be identical; it prints each strategy's speedup).
 # PAIR=small runs the offline demo of the vendored 14M pair instead (tools/demo_small.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,23 +39,20 @@ if [ ! -f "$BUNDLE/manifest.json" ] || [ "$(made_from)" != "$DRAFT" ]; then
 fi
 $STAGEDX inspect "$BUNDLE"
 
-echo
-echo "=== code prompt ==="
-CODE='def fibonacci(n):
-    """Return the n-th Fibonacci number."""
-'
-$STAGEDX generate "$BUNDLE" "$CODE" --compare --max-new-tokens "$MAX_NEW" --threads 2
-
-echo
-echo "=== chat prompt (through the chat template of the GGUF) ==="
-CHAT=$($PY - "$BUNDLE" <<'PYEOF'
+chat_prompt() {  # a user message rendered through the bundle's chat template (from the GGUF)
+  $PY - "$BUNDLE" "$1" <<'PYEOF'
 import sys
 from stagedx.manifest import load_manifest
 from stagedx.serve.chat import ChatTemplate
 
 t = load_manifest(sys.argv[1], check_files=False).tokenizer
-messages = [{"role": "user", "content": "Explain in two sentences why the sky is blue."}]
-sys.stdout.write(ChatTemplate(t.chat_template, "", "").render(messages))
+sys.stdout.write(ChatTemplate(t.chat_template, "", "").render([{"role": "user", "content": sys.argv[2]}]))
 PYEOF
-)
-$STAGEDX generate "$BUNDLE" "$CHAT" --compare --max-new-tokens "$MAX_NEW" --threads 2
+}
+for MESSAGE in \
+  "Write a Python function is_prime(n) that returns True when n is a prime number." \
+  "Explain in two sentences why the sky is blue."; do
+  echo
+  echo "=== chat: $MESSAGE ==="
+  chat_prompt "$MESSAGE" | $STAGEDX generate "$BUNDLE" - --compare --max-new-tokens "$MAX_NEW" --threads 2  # "-": stdin, newlines kept
+done
