@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the GPT-2-L-cost benchmark pair: the vendored pair's function at GPT-2-Large cost
-# (tools/scale_pair.py), export it like tools/demo.sh exports the vendored pair, and check it.
+# (tools/scale_pair.py), export it like tools/demo_small.sh exports the vendored pair, and check it.
 # ~10 GB RAM, a few minutes on 2 cores, ~7 GB of disk (checkpoints + bundle).
 #   oracle: 6 x 384 -> 27 layers x 1536 (R=4, 24 heads)  ~779M params (GPT-2-L: 774M)
 #   draft:  2 x 192 ->  5 layers x  768 (R=4, 12 heads)  ~42.5M params (the paper's 40M draft)

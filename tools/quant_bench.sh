@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # fp32 vs int8 vs int4 on one model pair: export the int8 and int4 bundles like the fp32 one
-# (tools/demo.sh's arguments), bench the three back to back, write the table.
+# (tools/demo_small.sh's arguments), bench the three back to back, write the table.
 #   PAIR=pairs/gpt2l-cost FP32=bundles/gpt2l-cost NAME=gpt2l-cost tools/quant_bench.sh
 # Environment: PY, PAIR (checkpoints oracle/ and draft/), FP32 (its fp32 bundle), NAME,
 # BUNDLES (where the quantized bundles go), BENCH_ARGS, HELDOUT_TOKENS, LOCK_BIGMEM / LOCK_TIMING

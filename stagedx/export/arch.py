@@ -201,11 +201,15 @@ class Checkpoint:
         return None if value is None else int(value)
 
     def source(self) -> dict:
-        return {
+        out = {
             "checkpoint": self.name,
             "model_type": self.config.get("model_type"),
             "architectures": list(self.config.get("architectures") or []),
         }
+        gguf = self.path / "gguf_source.json"  # written when export read a GGUF file (gguf.py)
+        if gguf.is_file():
+            out["gguf"] = _read_json(gguf)
+        return out
 
 
 def _read_json(path: Path) -> dict:

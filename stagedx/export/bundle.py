@@ -220,7 +220,20 @@ def export_bundle(config: ExportConfig, log: Callable[[str], None] | None = None
     log = log or (lambda _msg: None)
     kind = _check_config(config)
     corpus = _corpus_files(config) if kind in DRAFT2_NGRAM else []  # fail before the slow part
-    oracle, draft = open_checkpoint(config.oracle), open_checkpoint(config.draft)
+    with contextlib.ExitStack() as stack:  # GGUF inputs: temporary checkpoint folders
+        oracle, draft = (_open(name, stack, log) for name in (config.oracle, config.draft))
+        return _export(config, kind, corpus, oracle, draft, log)
+
+
+def _open(name: str, stack: contextlib.ExitStack, log) -> Checkpoint:
+    """A checkpoint folder, or a GGUF file read into a temporary one (``gguf.py``)."""
+    from .gguf import opened
+
+    folder = stack.enter_context(opened(name, log))
+    return dataclasses.replace(open_checkpoint(folder), name=name)
+
+
+def _export(config: ExportConfig, kind: str, corpus: list, oracle: Checkpoint, draft: Checkpoint, log) -> Path:
     vocab = _check_pair(oracle, draft)
     output = Path(config.output)
     case = random_tree(oracle.dims.vocab_size, VERIFY_PAST, VERIFY_NODES, config.seed)
@@ -239,7 +252,8 @@ def export_bundle(config: ExportConfig, log: Callable[[str], None] | None = None
 
                 _log_model(log, entry, seconds)
                 t0 = time.perf_counter()
-                entry, ref = quantize_model(entry, tmp, ref, config.quantize, heldout)
+                gguf = ckpt.name if "gguf" in ckpt.source() else None  # read from a GGUF file
+                entry, ref = quantize_model(entry, tmp, ref, config.quantize, heldout, gguf)
                 seconds = time.perf_counter() - t0
             models[role] = entry
             arrays.update({f"{role}.{k}": v for k, v in ref.items()})

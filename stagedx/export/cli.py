@@ -18,7 +18,7 @@ from .quantize import (
 
 @click.command()
 @click.argument("oracle")
-@click.option("--draft", required=True, help="Draft checkpoint: local folder or cached hub id.")
+@click.option("--draft", required=True, help="Draft checkpoint: local folder, cached hub id or GGUF file.")
 @click.option(
     "--draft2",
     type=click.Choice(DRAFT2_KINDS),
@@ -55,7 +55,8 @@ from .quantize import (
     default=None,
     metavar="SPEC",
     help="Weight-only quantization: int8 or int4 for both models, or per model, e.g. "
-    "oracle=int4,draft=int8 (none keeps a model fp32).",
+    "oracle=int4,draft=int8 (none keeps a model fp32); gguf carries a GGUF input's own "
+    "Q4_0/Q4_1/Q8_0 blocks (docs/gguf.md).",
 )
 @click.option(
     "--quant-block-size",
@@ -112,7 +113,10 @@ def export(
     heldout_tokens,
     output,
 ):
-    """Export ORACLE and --draft to ONNX graphs in a verified bundle folder."""
+    """Export ORACLE and --draft to ONNX graphs in a verified bundle folder.
+
+    ORACLE and --draft are checkpoint folders, hub ids in the local Hugging Face cache, or
+    GGUF files (weights, config, tokenizer and chat template read from the file)."""
     import time
 
     _require_export_extra()

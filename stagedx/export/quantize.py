@@ -31,6 +31,7 @@ from ..errors import StagedxError
 from ..manifest import DEFAULT_IO, QUANT_BITS, ROLES, ArchDims, GraphIO, QuantEntry
 
 KINDS = {"int8": 8, "int4": 4}
+CARRY = "gguf"  # a GGUF input's own blocks, carried into MatMulNBits (gguf_blocks.py)
 DEFAULT_BLOCK_SIZE = 32
 DEFAULT_ACCURACY_LEVEL = 4  # MatMulNBits: int8 activations on CPU (fastest; see docs/quantization.md)
 DEFAULT_MIN_AGREEMENT = 0.85
@@ -56,9 +57,9 @@ class QuantizeOptions:
 
     def check(self) -> None:
         for role, kind in self.kinds:
-            if role not in ROLES or kind not in KINDS:
+            if role not in ROLES or kind not in (*KINDS, CARRY):
                 raise StagedxError(
-                    f"bad quantization {role}={kind} (roles {', '.join(ROLES)}; kinds {', '.join(KINDS)})"
+                    f"bad quantization {role}={kind} (roles {', '.join(ROLES)}; kinds {', '.join((*KINDS, CARRY))})"
                 )
         b = self.block_size
         if b < 16 or b & (b - 1):
@@ -72,7 +73,8 @@ class QuantizeOptions:
 
 
 def parse_quantize(spec: str | None) -> tuple[tuple[str, str], ...]:
-    """``int8`` / ``int4`` (both models) or ``oracle=int4,draft=int8`` (``none`` keeps fp32)."""
+    """``int8`` / ``int4`` / ``gguf`` (both models) or ``oracle=int4,draft=int8`` (``none``
+    keeps fp32; ``gguf`` carries a GGUF input's own blocks)."""
     if not spec:
         return ()
     spec = spec.strip()
@@ -87,15 +89,15 @@ def parse_quantize(spec: str | None) -> tuple[tuple[str, str], ...]:
             pairs.append((role, kind.strip()))
     out = []
     for role, kind in pairs:
-        if kind not in (*KINDS, "none"):
-            raise StagedxError(f"--quantize: unknown kind {kind!r} (choose int8, int4 or none)")
+        if kind not in (*KINDS, CARRY, "none"):
+            raise StagedxError(f"--quantize: unknown kind {kind!r} (choose int8, int4, gguf or none)")
         if kind != "none":
             out.append((role, kind))
     return tuple(out)
 
 
 # -- graph rewriting and quantization --------------------------------------------------------
-def _untie_head(model) -> int:
+def untie_head(model) -> int:
     """Give the LM head a constant right operand the quantizer handles: the head's
     ``Transpose(W)`` (``head.py``; graphs exported before it are first rewritten to that form)
     becomes a W^T initializer. Returns how many heads were rewritten."""
@@ -135,10 +137,8 @@ def quantize_graph(src: Path, dst: Path, bits: int, opts: QuantizeOptions) -> tu
     (weight bytes of the quantized graph, external data file or None)."""
     import onnx
 
-    from .onnx_export import EXTERNAL_FROM
-
     model = onnx.load(str(src))
-    _untie_head(model)
+    untie_head(model)
     ops = quantized_ops(bits)
     q = _quantizer_class()(
         model,
@@ -151,6 +151,16 @@ def quantize_graph(src: Path, dst: Path, bits: int, opts: QuantizeOptions) -> tu
     q.process()
     model = q.model.model
     del q
+    return save_quantized(model, dst)
+
+
+def save_quantized(model, dst: Path) -> tuple[int, Path | None]:
+    """Write a quantized graph to ``dst`` (+ ``dst.data`` when large); returns
+    (weight bytes, external data file or None)."""
+    import onnx
+
+    from .onnx_export import EXTERNAL_FROM
+
     weight_bytes = initializer_bytes(model)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if weight_bytes >= EXTERNAL_FROM:  # the same rule as unquantized graphs
@@ -307,6 +317,28 @@ def quant_entry(bits: int, opts: QuantizeOptions, fp32_weight_bytes: int, agr: A
     )
 
 
+def carried_entry(report, opts: QuantizeOptions, fp32_weight_bytes: int, agr: Agreement, heldout: str) -> QuantEntry:
+    """The manifest record of a graph whose weights are a GGUF file's own blocks."""
+    from .gguf_blocks import BLOCK
+
+    types = ", ".join(f"{k}" for k in sorted(report.tensor_types))
+    return QuantEntry(
+        method="gguf-blocks",
+        bits=report.bits,
+        block_size=BLOCK,
+        symmetric=set(report.tensor_types) <= {"Q4_0", "Q8_0"},
+        accuracy_level=opts.accuracy_level,
+        ops=("MatMul",),
+        tool=f"stagedx gguf_blocks ({types} carried; {report.describe()})",
+        fp32_weight_bytes=int(fp32_weight_bytes),
+        agreement=agr.agreement,
+        max_rel_error=agr.max_rel_error,
+        min_agreement=opts.min_agreement,
+        n_tokens=agr.n_tokens,
+        heldout=heldout,
+    )
+
+
 def replace_files(src: Path, src_data: Path | None, dst: Path) -> None:
     """Move the quantized graph (and its external data) over the fp32 graph ``dst``."""
     old_data = dst.with_name(dst.name + ".data")
@@ -340,8 +372,9 @@ def describe(entry) -> str:
     )
 
 
-def quantize_model(entry, folder: Path, arrays: dict, opts: QuantizeOptions, heldout: HeldOut):
-    """Quantize ``folder/entry.file`` in place (nothing replaced if it is refused).
+def quantize_model(entry, folder: Path, arrays: dict, opts: QuantizeOptions, heldout: HeldOut, gguf=None):
+    """Quantize ``folder/entry.file`` in place (nothing replaced if it is refused); ``gguf``:
+    the GGUF file the model was read from (``--quantize gguf`` carries its blocks).
 
     Returns (the new ModelEntry, reference arrays whose logits are the quantized graph's on
     the verification tree: what ``stagedx validate`` compares backends with)."""
@@ -353,12 +386,23 @@ def quantize_model(entry, folder: Path, arrays: dict, opts: QuantizeOptions, hel
     from .verify import check_outputs, run_onnx
 
     kind = opts.kind(entry.role)
-    bits = KINDS[kind]
+    fp32_bytes = entry.weight_bytes
+    if kind == CARRY and gguf is None:
+        raise StagedxError(
+            f"--quantize {entry.role}=gguf needs a GGUF file as the {entry.role} (got a checkpoint folder)"
+        )
     src = folder / entry.file
     qdir = folder / ".work" / f"quant-{entry.role}"
     try:
         dst = qdir / entry.file  # same name: an external data file keeps its final name
-        weight_bytes, data = quantize_graph(src, dst, bits, opts)
+        if kind == CARRY:
+            from .gguf_blocks import carry_graph
+
+            weight_bytes, data, carried = carry_graph(src, dst, Path(gguf), opts.accuracy_level)
+            record = lambda agr: carried_entry(carried, opts, fp32_bytes, agr, heldout.description)  # noqa: E731
+        else:
+            weight_bytes, data = quantize_graph(src, dst, KINDS[kind], opts)
+            record = lambda agr: quant_entry(KINDS[kind], opts, fp32_bytes, agr, heldout.description)  # noqa: E731
         agr = measure(src, dst, entry.arch, list(heldout.chunks))
         tree = run_onnx(dst, {k: v for k, v in arrays.items() if k != "logits"})
         check_outputs(tree, arrays["logits"], entry.topk)
@@ -370,7 +414,6 @@ def quantize_model(entry, folder: Path, arrays: dict, opts: QuantizeOptions, hel
                 f"{agr.n_tokens} held-out tokens is below --min-agreement {opts.min_agreement:.1%} "
                 f"(max logit error {err:.2e}); nothing written"
             )
-        fp32_bytes = entry.weight_bytes
         replace_files(dst, data, src)
     finally:
         shutil.rmtree(qdir, ignore_errors=True)
@@ -381,6 +424,6 @@ def quantize_model(entry, folder: Path, arrays: dict, opts: QuantizeOptions, hel
         external_data=None
         if data is None
         else FileRef(src.name + ".data", sha256_file(src.with_name(src.name + ".data"))),
-        quantization=quant_entry(bits, opts, fp32_bytes, agr, heldout.description),
+        quantization=record(agr),
     )
     return new, {**arrays, "logits": tree["logits"]}
