@@ -73,10 +73,11 @@ def attend(q, k, v, past, bias, scale: float):
     """
     past_k, past_v = past
     bias_past, bias_new = bias
-    t, h, d = q.shape
-    hkv = k.shape[1]
+    # head counts and sizes as Python ints, T as -1: the reshapes get constant shapes (no
+    # Shape / Gather / Concat nodes per layer)
+    h, d, hkv = int(q.shape[1]), int(q.shape[2]), int(k.shape[1])
     g = h // hkv
-    qg = q.reshape(t, hkv, g, d).permute(1, 2, 0, 3).reshape(hkv, g * t, d)  # [H_kv, G*T, D]
+    qg = q.reshape(-1, hkv, g, d).permute(1, 2, 0, 3).reshape(hkv, -1, d)  # [H_kv, G*T, D]
     s_past = (qg @ past_k.permute(1, 2, 0)) * scale + bias_past  # [H_kv, G*T, P]
     s_new = (qg @ k.permute(1, 2, 0)) * scale + bias_new  # [H_kv, G*T, T]
     # joint max: an empty past (P = 0) reduces to -inf, and the new block always has a
@@ -86,5 +87,5 @@ def attend(q, k, v, past, bias, scale: float):
     e_new = torch.exp(s_new - top)  # [H_kv, G*T, T]
     total = e_past.sum(-1, keepdim=True) + e_new.sum(-1, keepdim=True)  # [H_kv, G*T, 1]
     out = e_past @ past_v.transpose(0, 1) + e_new @ v.transpose(0, 1)  # [H_kv, G*T, D]
-    out = (out / total).reshape(hkv, g, t, d)  # [H_kv, G, T, D]
-    return out.permute(2, 0, 1, 3).reshape(t, h * d)  # [T, H*D]
+    out = (out / total).reshape(hkv, g, -1, d)  # [H_kv, G, T, D]
+    return out.permute(2, 0, 1, 3).reshape(-1, h * d)  # [T, H*D]

@@ -88,13 +88,12 @@ class Block(nn.Module):
 
     def forward(self, x, bias, past_k, past_v):
         # x [T, E]; bias = ([T, P], [T, T]) additive (0 or MASK_FILL); past_k / past_v [P, H, D]
-        t = x.shape[0]
         h = self.ln_1(x)  # [T, E]
         qkv = h @ self.w_qkv + self.b_qkv  # [T, 3E]
-        q, k, v = qkv.split(qkv.shape[-1] // 3, dim=-1)  # 3 x [T, E]
-        q = q.reshape(t, self.n_heads, self.head_dim)  # [T, H, D]
-        k = k.reshape(t, self.n_heads, self.head_dim)  # [T, H, D]
-        v = v.reshape(t, self.n_heads, self.head_dim)  # [T, H, D]
+        q, k, v = qkv.split(self.n_heads * self.head_dim, dim=-1)  # 3 x [T, E]
+        q = q.reshape(-1, self.n_heads, self.head_dim)  # [T, H, D]
+        k = k.reshape(-1, self.n_heads, self.head_dim)  # [T, H, D]
+        v = v.reshape(-1, self.n_heads, self.head_dim)  # [T, H, D]
         att = attend(q, k, v, (past_k, past_v), bias, self.scale)  # [T, E]
         x = x + att @ self.w_o + self.b_o  # [T, E]
         h = self.ln_2(x)  # [T, E]

@@ -43,7 +43,7 @@ class RMSNorm(nn.Module):
 
 def _rotate_half(x):
     # x [T, H, D]
-    half = x.shape[-1] // 2
+    half = int(x.shape[-1]) // 2  # D is fixed: a constant in the graph, no shape arithmetic
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)  # [T, H, D]
 
 
@@ -71,20 +71,20 @@ class Block(nn.Module):
         self.w_down = nn.Parameter(torch.empty(f, e))  # [F, E]
         self.b_down = _optional(e, dims.mlp_bias)  # [E]
         self.scale = d**-0.5
+        self.intermediate = f
 
     def forward(self, x, rope, bias, past_k, past_v):
         # x [T, E]; rope = (cos, sin) each [T, 1, D]; bias = ([T, P], [T, T]) additive (0 or
         # MASK_FILL); past_k / past_v [P, H_kv, D] (keys already rotated)
-        t = x.shape[0]
         cos, sin = rope
         h = self.norm_1(x)  # [T, E]
         qkv = h @ self.w_qkv  # [T, (H+2H_kv)D]
         if self.b_qkv is not None:
             qkv = qkv + self.b_qkv  # [T, (H+2H_kv)D]
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.reshape(t, self.n_heads, self.head_dim)  # [T, H, D]
-        k = k.reshape(t, self.n_kv_heads, self.head_dim)  # [T, H_kv, D]
-        v = v.reshape(t, self.n_kv_heads, self.head_dim)  # [T, H_kv, D]
+        q = q.reshape(-1, self.n_heads, self.head_dim)  # [T, H, D]
+        k = k.reshape(-1, self.n_kv_heads, self.head_dim)  # [T, H_kv, D]
+        v = v.reshape(-1, self.n_kv_heads, self.head_dim)  # [T, H_kv, D]
         q = q * cos + _rotate_half(q) * sin  # [T, H, D]
         k = k * cos + _rotate_half(k) * sin  # [T, H_kv, D]
         att = attend(q, k, v, (past_k, past_v), bias, self.scale) @ self.w_o  # [T, E]
@@ -94,7 +94,7 @@ class Block(nn.Module):
         gu = self.norm_2(x) @ self.w_gate_up  # [T, 2F]
         if self.b_gate_up is not None:
             gu = gu + self.b_gate_up  # [T, 2F]
-        gate, up = gu.chunk(2, dim=-1)  # 2 x [T, F]
+        gate, up = gu.split(self.intermediate, dim=-1)  # 2 x [T, F]
         mlp = (torch.nn.functional.silu(gate) * up) @ self.w_down  # [T, E]
         if self.b_down is not None:
             mlp = mlp + self.b_down  # [T, E]
