@@ -182,7 +182,7 @@ def _speedup_lines(result: dict) -> list[str]:
     for sampling, cells in summary[hi].items():
         for method, c in cells.items():
             short = summary[lo].get(sampling, {}).get(method, {})
-            if "decode_speedup_pooled" in c and "decode_speedup_pooled" in short:
+            if method != metrics.BASELINE and "decode_speedup_pooled" in c and "decode_speedup_pooled" in short:
                 ratio = c["decode_speedup_pooled"] / short["decode_speedup_pooled"]
                 lines.append(
                     f"{method} {sampling}: decode speedup {c['decode_speedup_pooled']:.2f}x at {hi} vs "
