@@ -80,7 +80,7 @@ class StagedxMethod:
             strategy, tree = "staged", self.gen.three_stage_tree(SamplingConfig.parse(sampling))
         t0 = time.perf_counter()
         res = self.gen.generate(
-            prompt.text,
+            getattr(prompt, "ids", None) or prompt.text,  # token ids when given (bench --context)
             max_new_tokens=self.max_new_tokens,
             sampling=sampling,
             seed=seed,

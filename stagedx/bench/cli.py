@@ -85,6 +85,13 @@ def check_bundle_writable(bundle) -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="bench.json of another pair to draw beside this one in figure1.png (repeatable)",
 )
+@click.option(
+    "--context",
+    "contexts",
+    default=None,
+    help="sweep the past instead: prompts made exactly N tokens long for each N (e.g. 128,512,1024,2048); "
+    "writes context.json / context.txt with decode speed against the memory floor",
+)
 def bench(
     bundle,
     prompts,
@@ -100,6 +107,7 @@ def bench(
     out_dir,
     seed,
     figure_with,
+    contexts,
 ):
     """Measure baseline, speculative and staged decoding on BUNDLE (the paper's table)."""
     from pathlib import Path
@@ -125,6 +133,7 @@ def bench(
     check_threads(threads, "--threads")
     for s in samplings_t:
         SamplingConfig.parse(s)  # fail early on a bad mode
+    sweep = _context_sweep(contexts, peers)
     others = [_load_bench_json(Path(p)) for p in figure_with]
     out = Path(out_dir)
     check_writable_folder(out, "--out")  # created only when there are results to write
@@ -147,6 +156,15 @@ def bench(
             bar_state["bar"].__enter__()
         bar_state["bar"].update(1, rec)
 
+    if sweep:
+        from .context import context_command
+
+        try:
+            click.echo(context_command(req, sweep, out, progress, echo=lambda s: click.echo(s, err=True)))
+        finally:
+            if "bar" in bar_state:
+                bar_state["bar"].__exit__(None, None, None)
+        return
     try:
         result = benchmark(req, progress, echo=lambda s: click.echo(s, err=True))
     finally:
@@ -164,6 +182,17 @@ def bench(
     fig1 = write_figure1(out / "figure1.png", [result, *others])
     written = [out / "bench.json", out / "bench.txt", *(p for p in (png, fig1) if p)]
     click.echo("wrote " + ", ".join(str(p) for p in written), err=True)
+
+
+def _context_sweep(contexts, peers: bool) -> tuple:
+    """The --context lengths, checked (() without --context)."""
+    if contexts is None:
+        return ()
+    from .context import parse_contexts
+
+    if peers:
+        raise StagedxError("--context measures stagedx's own methods only: drop --peers")
+    return parse_contexts(contexts)
 
 
 def _load_bench_json(path) -> dict:

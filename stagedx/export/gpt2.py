@@ -3,7 +3,8 @@
 One call scores T new tokens against a past of P cached rows, following the graph contract
 of ``docs/design.md``: batch size 1, no batch axis anywhere, K/V laid out ``[rows, H, D]``,
 tree attention through an explicit ``[T, P+T]`` boolean mask (True = may attend). Attention is
-plain MatMul + Softmax so the graph stays TensorRT-friendly. Nothing here touches
+:func:`stagedx.export.attention.attend` (plain ops, the past read in place, TensorRT-friendly).
+Nothing here touches
 transformers' cache classes: the weights are read out of the loaded checkpoint once.
 """
 
@@ -16,9 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# Masked scores get a large negative *finite* value (never -inf): softmax stays NaN-free and
-# TensorRT / fp16 handle it. Each row always sees itself, so no row is fully masked.
-MASK_FILL = {torch.float32: -1.0e9, torch.float16: -3.0e4}
+from .attention import MASK_FILL as MASK_FILL  # re-exported: other families import it from here
+from .attention import attend, attention_bias, split_mask
 
 
 @dataclass(frozen=True)
@@ -86,22 +86,15 @@ class Block(nn.Module):
         self.scale = scale
         self.act = _activation(dims.activation)
 
-    def forward(self, x, mask_bias, past_k, past_v):
-        # x [T, E]; mask_bias [T, P+T] (0 or MASK_FILL); past_k / past_v [P, H, D]
-        t = x.shape[0]
+    def forward(self, x, bias, past_k, past_v):
+        # x [T, E]; bias = ([T, P], [T, T]) additive (0 or MASK_FILL); past_k / past_v [P, H, D]
         h = self.ln_1(x)  # [T, E]
         qkv = h @ self.w_qkv + self.b_qkv  # [T, 3E]
-        q, k, v = qkv.split(qkv.shape[-1] // 3, dim=-1)  # 3 x [T, E]
-        q = q.reshape(t, self.n_heads, self.head_dim)  # [T, H, D]
-        k = k.reshape(t, self.n_heads, self.head_dim)  # [T, H, D]
-        v = v.reshape(t, self.n_heads, self.head_dim)  # [T, H, D]
-        keys = torch.cat([past_k, k], dim=0)  # [P+T, H, D]
-        values = torch.cat([past_v, v], dim=0)  # [P+T, H, D]
-        scores = q.transpose(0, 1) @ keys.permute(1, 2, 0)  # [H, T, P+T]
-        scores = scores * self.scale + mask_bias  # [H, T, P+T]
-        probs = torch.softmax(scores, dim=-1)  # [H, T, P+T]
-        att = probs @ values.transpose(0, 1)  # [H, T, D]
-        att = att.transpose(0, 1).reshape(t, -1)  # [T, E]
+        q, k, v = qkv.split(self.n_heads * self.head_dim, dim=-1)  # 3 x [T, E]
+        q = q.reshape(-1, self.n_heads, self.head_dim)  # [T, H, D]
+        k = k.reshape(-1, self.n_heads, self.head_dim)  # [T, H, D]
+        v = v.reshape(-1, self.n_heads, self.head_dim)  # [T, H, D]
+        att = attend(q, k, v, (past_k, past_v), bias, self.scale)  # [T, E]
         x = x + att @ self.w_o + self.b_o  # [T, E]
         h = self.ln_2(x)  # [T, E]
         x = x + self.act(h @ self.w_fc + self.b_fc) @ self.w_proj + self.b_proj  # [T, E]
@@ -126,10 +119,11 @@ class GPT2Graph(nn.Module):
         # input_ids [T] int64; position_ids [T] int64; tree_mask [T, P+T] bool
         # past: past_key.0 [P, H, D], past_value.0 [P, H, D], past_key.1, ...
         x = self.wte[input_ids] + self.wpe[position_ids]  # [T, E]
-        mask_bias = (~tree_mask).to(x.dtype) * MASK_FILL[x.dtype]  # [T, P+T]: 0 or fill
+        allowed_past, allowed_new = split_mask(tree_mask)  # [T, P], [T, T]
+        bias = attention_bias(allowed_past, allowed_new, 1, x.dtype)  # [G*T, P], [G*T, T]
         new_kv = []
         for i, block in enumerate(self.blocks):
-            x, k, v = block(x, mask_bias, past[2 * i], past[2 * i + 1])  # x [T, E]; k, v [T, H, D]
+            x, k, v = block(x, bias, past[2 * i], past[2 * i + 1])  # x [T, E]; k, v [T, H, D]
             new_kv += [k, v]
         x = self.ln_f(x)  # [T, E]
         head = self.wte if self.lm_head is None else self.lm_head  # [V, E]

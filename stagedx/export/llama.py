@@ -4,9 +4,10 @@ Same graph contract as :mod:`stagedx.export.gpt2` (``docs/design.md``): batch si
 axis, K/V laid out ``[rows, H_kv, D]``, tree attention through an explicit ``[T, P+T]`` boolean
 mask. Keys are cached *after* RoPE has been applied at their absolute position
 (``position_ids``), so the runtime never re-rotates a cached row. The cache keeps ``H_kv``
-heads; each is repeated ``H / H_kv`` times inside the graph (grouped-query attention) with
-plain MatMul + Softmax. RoPE may be plain or scaled (``linear``, ``llama3``: only the inverse
-frequencies change); other scalings are refused in :mod:`stagedx.export.configs`.
+heads; the ``H / H_kv`` query heads of each are served by one grouped matmul, the past read in
+place (:func:`stagedx.export.attention.attend`: no Concat, no repeat of K/V). RoPE may be
+plain or scaled (``linear``, ``llama3``: only the inverse frequencies change); other scalings
+are refused in :mod:`stagedx.export.configs`.
 
 The same forward serves Qwen2 (q/k/v bias without an o_proj bias: :mod:`.qwen2`), Mistral
 (a sliding-window term in the mask: :mod:`.mistral`) and Phi-3 (Mistral's graph, fused
@@ -21,8 +22,8 @@ import torch
 from torch import nn
 
 from ..errors import StagedxError
+from .attention import attend, attention_bias, split_mask
 from .configs import DecoderDims, Rope, decoder_dims
-from .gpt2 import MASK_FILL
 
 
 class RMSNorm(nn.Module):
@@ -42,7 +43,7 @@ class RMSNorm(nn.Module):
 
 def _rotate_half(x):
     # x [T, H, D]
-    half = x.shape[-1] // 2
+    half = int(x.shape[-1]) // 2  # D is fixed: a constant in the graph, no shape arithmetic
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)  # [T, H, D]
 
 
@@ -70,45 +71,30 @@ class Block(nn.Module):
         self.w_down = nn.Parameter(torch.empty(f, e))  # [F, E]
         self.b_down = _optional(e, dims.mlp_bias)  # [E]
         self.scale = d**-0.5
+        self.intermediate = f
 
-    def _repeat_kv(self, x):
-        # x [S, H_kv, D] -> [S, H, D]: kv head j serves query heads j*n_rep .. (j+1)*n_rep - 1
-        rep = self.n_heads // self.n_kv_heads
-        if rep == 1:
-            return x
-        s = x.shape[0]
-        x = x[:, :, None, :].expand(s, self.n_kv_heads, rep, self.head_dim)  # [S, H_kv, R, D]
-        return x.reshape(s, self.n_heads, self.head_dim)  # [S, H, D]
-
-    def forward(self, x, rope, mask_bias, past_k, past_v):
-        # x [T, E]; rope = (cos, sin) each [T, 1, D]; mask_bias [T, P+T] (0 or MASK_FILL)
-        # past_k / past_v [P, H_kv, D] (keys already rotated)
-        t = x.shape[0]
+    def forward(self, x, rope, bias, past_k, past_v):
+        # x [T, E]; rope = (cos, sin) each [T, 1, D]; bias = ([T, P], [T, T]) additive (0 or
+        # MASK_FILL); past_k / past_v [P, H_kv, D] (keys already rotated)
         cos, sin = rope
         h = self.norm_1(x)  # [T, E]
         qkv = h @ self.w_qkv  # [T, (H+2H_kv)D]
         if self.b_qkv is not None:
             qkv = qkv + self.b_qkv  # [T, (H+2H_kv)D]
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.reshape(t, self.n_heads, self.head_dim)  # [T, H, D]
-        k = k.reshape(t, self.n_kv_heads, self.head_dim)  # [T, H_kv, D]
-        v = v.reshape(t, self.n_kv_heads, self.head_dim)  # [T, H_kv, D]
+        q = q.reshape(-1, self.n_heads, self.head_dim)  # [T, H, D]
+        k = k.reshape(-1, self.n_kv_heads, self.head_dim)  # [T, H_kv, D]
+        v = v.reshape(-1, self.n_kv_heads, self.head_dim)  # [T, H_kv, D]
         q = q * cos + _rotate_half(q) * sin  # [T, H, D]
         k = k * cos + _rotate_half(k) * sin  # [T, H_kv, D]
-        keys = self._repeat_kv(torch.cat([past_k, k], dim=0))  # [P+T, H, D]
-        values = self._repeat_kv(torch.cat([past_v, v], dim=0))  # [P+T, H, D]
-        scores = q.transpose(0, 1) @ keys.permute(1, 2, 0)  # [H, T, P+T]
-        scores = scores * self.scale + mask_bias  # [H, T, P+T]
-        probs = torch.softmax(scores, dim=-1)  # [H, T, P+T]
-        att = probs @ values.transpose(0, 1)  # [H, T, D]
-        att = att.transpose(0, 1).reshape(t, -1) @ self.w_o  # [T, E]
+        att = attend(q, k, v, (past_k, past_v), bias, self.scale) @ self.w_o  # [T, E]
         if self.b_o is not None:
             att = att + self.b_o  # [T, E]
         x = x + att  # [T, E]
         gu = self.norm_2(x) @ self.w_gate_up  # [T, 2F]
         if self.b_gate_up is not None:
             gu = gu + self.b_gate_up  # [T, 2F]
-        gate, up = gu.chunk(2, dim=-1)  # 2 x [T, F]
+        gate, up = gu.split(self.intermediate, dim=-1)  # 2 x [T, F]
         mlp = (torch.nn.functional.silu(gate) * up) @ self.w_down  # [T, E]
         if self.b_down is not None:
             mlp = mlp + self.b_down  # [T, E]
@@ -157,19 +143,21 @@ class LlamaGraph(nn.Module):
         return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]  # [T, 1, D] x2
 
     def attention_mask(self, tree_mask, position_ids):
-        """[T, P+T] bool: which keys each new token may attend (Mistral adds its window)."""
-        return tree_mask  # [T, P+T]
+        """(past part [T, P], new part [T, T]) bool: which keys each new token may attend
+        (Mistral adds its window)."""
+        return split_mask(tree_mask)  # [T, P], [T, T]
 
     def forward(self, input_ids, position_ids, tree_mask, *past):
         # input_ids [T] int64; position_ids [T] int64; tree_mask [T, P+T] bool
         # past: past_key.0 [P, H_kv, D], past_value.0 [P, H_kv, D], past_key.1, ...
         x = self.embed[input_ids]  # [T, E]
         rope = self._rope(position_ids, x.dtype)  # cos, sin [T, 1, D]
-        allowed = self.attention_mask(tree_mask, position_ids)  # [T, P+T]
-        mask_bias = (~allowed).to(x.dtype) * MASK_FILL[x.dtype]  # [T, P+T]: 0 or fill
+        allowed_past, allowed_new = self.attention_mask(tree_mask, position_ids)  # [T, P], [T, T]
+        groups = self.dims.n_heads // self.dims.n_kv_heads  # query heads per KV head
+        bias = attention_bias(allowed_past, allowed_new, groups, x.dtype)  # [G*T, P], [G*T, T]
         new_kv = []
         for i, block in enumerate(self.blocks):
-            x, k, v = block(x, rope, mask_bias, past[2 * i], past[2 * i + 1])  # k, v [T, H_kv, D]
+            x, k, v = block(x, rope, bias, past[2 * i], past[2 * i + 1])  # k, v [T, H_kv, D]
             new_kv += [k, v]
         x = self.norm(x)  # [T, E]
         head = self.embed if self.lm_head is None else self.lm_head  # [V, E]

@@ -18,29 +18,38 @@ from __future__ import annotations
 
 import torch
 
+from .attention import split_mask
 from .configs import decoder_dims
 from .llama import LlamaGraph, build_decoder_graph, check_frequencies
 
 
+def window_masks(past_allowed, new_allowed, position_ids, window: int):
+    """The two parts of the tree mask (past ``[T, P]``, new ``[T, T]``) with the keys
+    ``window`` or more positions back masked out; no [T, P+T] tensor is formed."""
+    # past_allowed [T, P] bool; new_allowed [T, T] bool; position_ids [T] int64
+    past = past_allowed.shape[1]  # P
+    rows = torch.arange(past, device=position_ids.device)  # [P]
+    past_pos = rows - past + position_ids.min()  # [P]: positions of the past rows
+    near_past = (position_ids[:, None] - past_pos[None, :]) < window  # [T, P]
+    near_new = (position_ids[:, None] - position_ids[None, :]) < window  # [T, T]
+    return past_allowed & near_past, new_allowed & near_new  # [T, P], [T, T]
+
+
 def window_mask(tree_mask, position_ids, window: int):
-    """``tree_mask`` with the keys ``window`` or more positions back masked out."""
+    """``tree_mask`` ``[T, P+T]`` with the keys ``window`` or more positions back masked out."""
     # tree_mask [T, P+T] bool; position_ids [T] int64
-    t = position_ids.shape[0]
-    columns = torch.arange(tree_mask.shape[1], device=position_ids.device)  # [P+T]
-    past = tree_mask.shape[1] - t  # P
-    row_pos = columns - past + position_ids.min()  # [P+T]: right for the past columns
-    key_pos = torch.cat([row_pos[:past], position_ids])  # [P+T]
-    near = (position_ids[:, None] - key_pos[None, :]) < window  # [T, P+T]
-    return tree_mask & near  # [T, P+T]
+    past, new = window_masks(*split_mask(tree_mask), position_ids, window)  # [T, P], [T, T]
+    return torch.cat([past, new], dim=1)  # [T, P+T]
 
 
 class MistralGraph(LlamaGraph):
     """LlamaGraph whose attention also masks keys outside the sliding window."""
 
     def attention_mask(self, tree_mask, position_ids):
+        parts = split_mask(tree_mask)  # [T, P], [T, T]
         if self.dims.window is None:
-            return tree_mask  # [T, P+T]
-        return window_mask(tree_mask, position_ids, self.dims.window)  # [T, P+T]
+            return parts
+        return window_masks(*parts, position_ids, self.dims.window)  # [T, P], [T, T]
 
 
 def build_mistral_graph(cfg: dict, weights, topk: int, dtype: torch.dtype) -> MistralGraph:

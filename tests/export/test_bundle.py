@@ -94,9 +94,9 @@ def test_failed_force_export_keeps_the_old_bundle(tiny_bundle, tiny_pair, tmp_pa
 
 def test_verification_failure_is_reported(tiny_pair, tmp_path, monkeypatch):
     """A graph that is wrong (here: a broken mask fill) fails export and leaves nothing."""
-    from stagedx.export import gpt2
+    from stagedx.export import attention
 
-    monkeypatch.setattr(gpt2, "MASK_FILL", dict.fromkeys(gpt2.MASK_FILL, 0.0))  # mask ignored
+    monkeypatch.setattr(attention, "MASK_FILL", dict.fromkeys(attention.MASK_FILL, 0.0))  # mask ignored
     with pytest.raises(StagedxError, match=r"oracle failed verification: max logit error .* exceeds"):
         export_bundle(ExportConfig(oracle=str(tiny_pair.oracle), draft=str(tiny_pair.draft), output=tmp_path / "b"))
     assert _leftovers(tmp_path) == []
