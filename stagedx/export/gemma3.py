@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from ..errors import StagedxError
+from .attention import attend, attention_bias, split_mask
 from .gemma3_config import FULL, SLIDING, Gemma3Dims, gemma3_dims, text_config
-from .gpt2 import MASK_FILL
 from .llama import _rotate_half, inverse_frequencies
-from .mistral import window_mask
+from .mistral import window_masks
 
 
 class GemmaRMSNorm(nn.Module):
@@ -79,17 +79,8 @@ class Gemma3Block(nn.Module):
         self.w_down = nn.Parameter(torch.empty(f, e))  # [F, E]
         self.scale = dims.query_scale
 
-    def _repeat_kv(self, x):
-        # x [S, H_kv, D] -> [S, H, D]: kv head j serves query heads j*n_rep .. (j+1)*n_rep - 1
-        rep = self.n_heads // self.n_kv_heads
-        if rep == 1:
-            return x
-        s = x.shape[0]
-        x = x[:, :, None, :].expand(s, self.n_kv_heads, rep, self.head_dim)  # [S, H_kv, R, D]
-        return x.reshape(s, self.n_heads, self.head_dim)  # [S, H, D]
-
-    def _attention(self, h, rope, mask_bias, past_k, past_v):
-        # h [T, E]; rope = (cos, sin) each [T, 1, D]; mask_bias [T, P+T]; past [P, H_kv, D]
+    def _attention(self, h, rope, bias, past_k, past_v):
+        # h [T, E]; rope = (cos, sin) each [T, 1, D]; bias = ([G*T, P], [G*T, T]); past [P, H_kv, D]
         t = h.shape[0]
         cos, sin = rope
         q, k, v = (h @ self.w_qkv).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
@@ -98,17 +89,12 @@ class Gemma3Block(nn.Module):
         v = v.reshape(t, self.n_kv_heads, self.head_dim)  # [T, H_kv, D]
         q = q * cos + _rotate_half(q) * sin  # [T, H, D]
         k = k * cos + _rotate_half(k) * sin  # [T, H_kv, D]
-        keys = self._repeat_kv(torch.cat([past_k, k], dim=0))  # [P+T, H, D]
-        values = self._repeat_kv(torch.cat([past_v, v], dim=0))  # [P+T, H, D]
-        scores = q.transpose(0, 1) @ keys.permute(1, 2, 0)  # [H, T, P+T]
-        scores = scores * self.scale + mask_bias  # [H, T, P+T]
-        probs = torch.softmax(scores.float(), dim=-1).to(h.dtype)  # [H, T, P+T]
-        att = probs @ values.transpose(0, 1)  # [H, T, D]
-        return att.transpose(0, 1).reshape(t, -1) @ self.w_o, k, v  # [T, E], [T, H_kv, D] x2
+        att = attend(q, k, v, (past_k, past_v), bias, self.scale)  # [T, H*D], past read in place
+        return att @ self.w_o, k, v  # [T, E], [T, H_kv, D] x2
 
-    def forward(self, x, rope, mask_bias, past_k, past_v):
+    def forward(self, x, rope, bias, past_k, past_v):
         # x [T, E]
-        att, k, v = self._attention(self.norm_in(x), rope, mask_bias, past_k, past_v)  # [T, E]
+        att, k, v = self._attention(self.norm_in(x), rope, bias, past_k, past_v)  # [T, E]
         x = x + self.norm_post_attn(att)  # [T, E]
         gate, up = (self.norm_pre_mlp(x) @ self.w_gate_up).chunk(2, dim=-1)  # 2 x [T, F]
         mlp = (nn.functional.gelu(gate, approximate="tanh") * up) @ self.w_down  # [T, E]
@@ -145,10 +131,12 @@ class Gemma3Graph(nn.Module):
         x = self.embed[input_ids] * torch.tensor(self.dims.hidden**0.5, dtype=dtype)  # [T, E]
         kinds = [SLIDING if s else FULL for s in self.dims.sliding]
         ropes = {k: self._rope(k, position_ids, dtype) for k in set(kinds)}  # cos, sin [T, 1, D]
-        allowed = {FULL: tree_mask}  # [T, P+T]
+        parts = split_mask(tree_mask)  # [T, P], [T, T]
+        allowed = {FULL: parts}
         if SLIDING in ropes:
-            allowed[SLIDING] = window_mask(tree_mask, position_ids, self.dims.window)  # [T, P+T]
-        bias = {k: (~m).to(dtype) * MASK_FILL[dtype] for k, m in allowed.items()}  # [T, P+T]: 0 or fill
+            allowed[SLIDING] = window_masks(*parts, position_ids, self.dims.window)  # [T, P], [T, T]
+        groups = self.dims.n_heads // self.dims.n_kv_heads
+        bias = {k: attention_bias(*m, groups, dtype) for k, m in allowed.items()}  # [G*T, P], [G*T, T]
         new_kv = []
         for i, (block, kind) in enumerate(zip(self.blocks, kinds)):
             x, k, v = block(x, ropes[kind], bias[kind], past[2 * i], past[2 * i + 1])  # k, v [T, H_kv, D]

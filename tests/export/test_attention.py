@@ -120,7 +120,12 @@ def _checkpoint(family: str, root, tiny_pair):
         return make_llama_checkpoint(root / family, seed=11)
     if family == "llama-mqa":  # one KV head for all query heads
         return make_llama_checkpoint(root / family, seed=12, n_kv_heads=1, head_dim=16)
-    windows = {"mistral": {"sliding_window": 7}, "phi3": {"sliding_window": 5}, "qwen2": {}}
+    windows = {
+        "mistral": {"sliding_window": 7},
+        "phi3": {"sliding_window": 5},
+        "qwen2": {},
+        "gemma3": {"n_heads": 4, "n_kv_heads": 2, "head_dim": 16, "sliding_window": 5, "sliding_window_pattern": 2},
+    }
     return make_decoder_checkpoint(root / family, family, seed=13, **windows[family])
 
 
@@ -139,7 +144,7 @@ def _export(family: str, tmp_path, tiny_pair):
     return out, ckpt.dims
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama", "llama-mqa", "qwen2", "mistral", "phi3"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "llama-mqa", "qwen2", "mistral", "phi3", "gemma3"])
 def test_exported_graph_never_copies_the_past(family, tmp_path, tiny_pair):
     onnx_file, dims = _export(family, tmp_path, tiny_pair)
     assert copies_of_the_past(onnx_file, _feeds(dims)) == []
