@@ -88,7 +88,20 @@ def test_greedy_text_equals_generator(pair_server, pair_generator):
     assert len(chunks) >= 2 and all(ch.choices[0].finish_reason is None for ch in chunks[:-1])
     last = chunks[-1]
     assert last.choices[0].finish_reason == res.choices[0].finish_reason
-    assert last.usage.completion_tokens == len(want.tokens) and "tokens_per_oracle_call" in last.model_extra["stagedx"]
+    assert all(ch.usage is None for ch in chunks)  # include_usage not asked: no usage, as OpenAI
+    assert "tokens_per_oracle_call" in last.model_extra["stagedx"]
+    with_usage = list(
+        c.completions.create(
+            model="pair",
+            prompt=PROMPT,
+            max_tokens=40,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert with_usage[-1].choices == [] and with_usage[-1].usage.completion_tokens == len(want.tokens)
+    assert all(ch.usage is None for ch in with_usage[:-1])
 
 
 def test_stream_ends_with_done_event(pair_server):
@@ -134,7 +147,10 @@ def test_api_key_is_required_except_for_health(pair_server):
     models = client(pair_server).models.list()
     assert [m.id for m in models.data] == ["pair"]
     text = pair_server.metrics()
-    assert 'stagedx_requests_total{endpoint="completions",code="401"}' in text and "stagedx_queue_depth 0" in text
+    assert (
+        'stagedx:http_requests_total{endpoint="completions",code="401"}' in text
+        and "stagedx:num_requests_waiting 0.0" in text
+    )
 
 
 @pytest.mark.parametrize(
@@ -189,7 +205,7 @@ def test_full_queue_gets_429(pair_server, pair_generator):
 
 def test_disconnect_mid_stream_frees_the_slot(pair_server, pair_generator):
     before = pair_server.metrics()
-    cancelled = 'stagedx_decodes_total{outcome="cancelled"}'
+    cancelled = 'stagedx:decodes_total{outcome="cancelled"}'
     long = LongStream(pair_server)
     long.close()
     wait_until(lambda: metric(pair_server.metrics(), cancelled) == metric(before, cancelled) + 1)
@@ -197,7 +213,7 @@ def test_disconnect_mid_stream_frees_the_slot(pair_server, pair_generator):
     assert res.choices[0].text == pair_generator.generate(PROMPT, max_new_tokens=5).text
     after = pair_server.metrics()
     # the cancelled decode stopped early: far fewer than its 1000 tokens were generated
-    done = metric(after, "stagedx_completion_tokens_total") - metric(before, "stagedx_completion_tokens_total")
+    done = metric(after, "stagedx:generation_tokens_total") - metric(before, "stagedx:generation_tokens_total")
     assert done == 5
     assert pair_server.health() == {"status": "ok", "model": "pair", "busy": False, "queue_depth": 0}
 
@@ -211,9 +227,9 @@ def test_server_process_never_loads_torch(pair_server):
 
 
 def test_a_client_that_leaves_the_queue_is_skipped(pair_server):
-    cancelled = 'stagedx_decodes_total{outcome="cancelled"}'
+    cancelled = 'stagedx:decodes_total{outcome="cancelled"}'
     before = metric(pair_server.metrics(), cancelled)
-    tokens = metric(pair_server.metrics(), "stagedx_completion_tokens_total")
+    tokens = metric(pair_server.metrics(), "stagedx:generation_tokens_total")
     long = LongStream(pair_server)
     try:
         url = urlparse(pair_server.url)
@@ -225,5 +241,5 @@ def test_a_client_that_leaves_the_queue_is_skipped(pair_server):
     finally:
         long.close()
     wait_until(lambda: metric(pair_server.metrics(), cancelled) == before + 2)
-    assert metric(pair_server.metrics(), "stagedx_completion_tokens_total") == tokens  # neither decode completed
+    assert metric(pair_server.metrics(), "stagedx:generation_tokens_total") == tokens  # neither decode completed
     wait_until(lambda: pair_server.health()["queue_depth"] == 0 and not pair_server.health()["busy"])
