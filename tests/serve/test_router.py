@@ -1,0 +1,91 @@
+"""Two ``stagedx serve`` replicas behind LiteLLM's Router: one is killed mid-run and every
+request is still answered, by the other, with the text it gets when served alone (greedy)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+from .conftest import API_KEY, ServerProcess
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch at import
+litellm = pytest.importorskip("litellm")
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [f"def {name}(x):\n" for name in ("add", "mul", "fib", "sort", "parse", "load")] + [
+    f"class {name}:\n" for name in ("Node", "Tree", "Queue", "Stack", "Graph", "Cache")
+]
+MAX_TOKENS = 24
+CONCURRENCY = 3
+
+
+@pytest.fixture
+def replicas(pair_bundle, tmp_path):
+    servers = [
+        ServerProcess(pair_bundle, "--api-key", API_KEY, "--model-name", "pair", log=tmp_path / f"replica{i}.log")
+        for i in range(2)
+    ]
+    yield servers
+    for server in servers:
+        server.stop(signal.SIGKILL if server.proc.poll() is None else signal.SIGTERM, timeout=10)
+
+
+def make_router(servers):
+    deployments = [
+        {
+            "model_name": "pair",
+            "litellm_params": {
+                "model": "text-completion-openai/pair",  # /v1/completions of an OpenAI-compatible server
+                "api_base": server.url + "/v1",
+                "api_key": API_KEY,
+                "timeout": 60,
+            },
+        }
+        for server in servers
+    ]
+    return litellm.Router(
+        model_list=deployments,
+        num_retries=3,  # a refused or dropped connection is retried on another deployment
+        retry_after=0,
+        allowed_fails=0,  # one failure puts a deployment in cooldown
+        cooldown_time=60,
+        routing_strategy="simple-shuffle",
+    )
+
+
+def test_a_replica_killed_mid_run_loses_no_request(replicas, pair_generator):
+    want = {p: pair_generator.generate(p, max_new_tokens=MAX_TOKENS).text for p in PROMPTS}
+    router = make_router(replicas)
+    victim = replicas[0]
+    done: list = []
+
+    async def one(prompt: str, gate: asyncio.Semaphore):
+        async with gate:
+            res = await router.atext_completion(model="pair", prompt=prompt, max_tokens=MAX_TOKENS, temperature=0)
+            done.append(prompt)
+            if len(done) == CONCURRENCY and victim.proc.poll() is None:
+                victim.proc.kill()  # mid-run: other requests are in flight or queued on it
+                victim.proc.wait()
+            return res
+
+    async def main():
+        gate = asyncio.Semaphore(CONCURRENCY)
+        return await asyncio.gather(*(one(p, gate) for p in PROMPTS))
+
+    t0 = time.monotonic()
+    results = asyncio.run(main())
+    elapsed = time.monotonic() - t0
+    assert victim.proc.returncode == -signal.SIGKILL
+    assert len(results) == len(PROMPTS) == len(set(done))  # every request answered once
+    for prompt, res in zip(PROMPTS, results):
+        assert res.choices[0].text == want[prompt], prompt  # nothing lost, nothing doubled
+        assert res.choices[0].finish_reason in ("stop", "length")
+    survivor = replicas[1]
+    served = survivor.metrics()
+    assert "stagedx:request_success_total" in served and survivor.health()["status"] == "ok"
+    assert elapsed < 120, elapsed
