@@ -202,3 +202,36 @@ def test_close_with_jobs_still_queued_fails_them_and_cancels_the_running_one():
     assert running.events.empty() and running.cancelled.is_set()
     assert gen.started == [0] and gen.closed_early == [0] and not worker._thread.is_alive()
     assert worker.queue_depth == 0 and not worker.busy and metrics.outcome_count("cancelled") == 1
+
+
+class Warming(Scripted):
+    """``generate`` (the warm-up) waits for the test, then succeeds or raises."""
+
+    def __init__(self, fails: bool):
+        super().__init__(gated=False)
+        self.fails = fails
+        self.eos = 0
+        self.release = threading.Event()
+
+    def generate(self, prompt, *, max_new_tokens):
+        self.release.wait(10)
+        if self.fails:
+            raise RuntimeError("no kernel for this node")
+        return None
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_warm_up_runs_first_on_the_decode_thread_and_reports_failure(fails):
+    gen = Warming(fails)
+    worker = DecodeWorker(gen, Metrics("m"), max_queue=4, timeout_s=30, warm_up=True)
+    worker.start()
+    assert not worker.warmed.is_set() and worker.warm_up_error is None
+    gen.release.set()
+    end = time.monotonic() + 10
+    while not (worker.warmed.is_set() or worker.warm_up_error) and time.monotonic() < end:
+        time.sleep(0.01)
+    worker.close(5)
+    assert worker.warmed.is_set() is not fails
+    assert (worker.warm_up_error is not None) is fails
+    if fails:
+        assert "no kernel for this node" in worker.warm_up_error
