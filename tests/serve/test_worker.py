@@ -161,7 +161,9 @@ def test_shutdown_refuses_new_jobs_and_ends_running_ones_after_the_grace():
         worker.submit(running)
         gen.step()
         assert (await running.events.get()) == ("text", "a")
+        assert worker.accepting
         worker.begin_shutdown(0.0)
+        assert not worker.accepting  # /ready answers 503 from here on
         with pytest.raises(ApiError) as exc:
             worker.submit(job(loop, 1))
         assert exc.value.status == 503
