@@ -12,9 +12,6 @@ import pytest
 
 from .conftest import API_KEY, ServerProcess
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch at import
-litellm = pytest.importorskip("litellm")
-
 pytestmark = pytest.mark.slow
 
 PROMPTS = [f"def {name}(x):\n" for name in ("add", "mul", "fib", "sort", "parse", "load")] + [
@@ -36,6 +33,8 @@ def replicas(pair_bundle, tmp_path):
 
 
 def make_router(servers):
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch at import
+    litellm = pytest.importorskip("litellm")  # here, not at collection: importing it takes seconds
     deployments = [
         {
             "model_name": "pair",
@@ -59,8 +58,8 @@ def make_router(servers):
 
 
 def test_a_replica_killed_mid_run_loses_no_request(replicas, pair_generator):
-    want = {p: pair_generator.generate(p, max_new_tokens=MAX_TOKENS).text for p in PROMPTS}
     router = make_router(replicas)
+    want = {p: pair_generator.generate(p, max_new_tokens=MAX_TOKENS).text for p in PROMPTS}
     victim, survivor = replicas
     done: list = []
     killed = {}
