@@ -32,9 +32,15 @@ def replicas(pair_bundle, tmp_path):
         server.stop(signal.SIGKILL if server.proc.poll() is None else signal.SIGTERM, timeout=10)
 
 
-def make_router(servers):
+@pytest.fixture
+def litellm():
+    """Imported when the test runs, not at collection (the import takes seconds), and before
+    the replicas start (skipped where it is not installed)."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch at import
-    litellm = pytest.importorskip("litellm")  # here, not at collection: importing it takes seconds
+    return pytest.importorskip("litellm")
+
+
+def make_router(litellm, servers):
     deployments = [
         {
             "model_name": "pair",
@@ -57,8 +63,8 @@ def make_router(servers):
     )
 
 
-def test_a_replica_killed_mid_run_loses_no_request(replicas, pair_generator):
-    router = make_router(replicas)
+def test_a_replica_killed_mid_run_loses_no_request(litellm, replicas, pair_generator):
+    router = make_router(litellm, replicas)
     want = {p: pair_generator.generate(p, max_new_tokens=MAX_TOKENS).text for p in PROMPTS}
     victim, survivor = replicas
     done: list = []
