@@ -4,6 +4,7 @@ removal of temporaries a killed run left behind. Standard library only, like ``s
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -104,7 +105,9 @@ class AtomicFolder:
                 ) from exc
             return False
         try:
-            if self.target.exists() or self.target.is_symlink():
+            if not self.force:
+                self._claim()
+            elif self.target.exists() or self.target.is_symlink():
                 old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
                 os.replace(self.target, old)
                 try:
@@ -119,6 +122,23 @@ class AtomicFolder:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
         return False
+
+    def _claim(self) -> None:
+        """Without ``force``: rename the temporary onto a target that must still be absent. Another
+        run may have written the same output meanwhile; rename(2) of a folder fails onto a file or a
+        non-empty folder, so the first writer's result stays and this run fails with one line."""
+        assert self.tmp is not None
+        if self.target.is_symlink():
+            raise StagedxError(f"output appeared while this run was writing it: {self.target}; nothing was replaced")
+        try:
+            os.rename(self.tmp, self.target)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise StagedxError(
+                    f"output appeared while this run was writing it (another run?): {self.target}; it was left "
+                    "as it is and this run's result discarded (use --force to replace it)"
+                ) from None
+            raise
 
 
 def _check_replaceable(target: Path) -> None:

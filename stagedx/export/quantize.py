@@ -86,6 +86,8 @@ def parse_quantize(spec: str | None) -> tuple[tuple[str, str], ...]:
             role, _, kind = part.strip().partition("=")
             if role not in ROLES:
                 raise StagedxError(f"--quantize: unknown model {role!r} in {spec!r} (use {' / '.join(ROLES)})")
+            if any(role == seen for seen, _ in pairs):
+                raise StagedxError(f"--quantize: {role} is named twice in {spec!r}; name each model once")
             pairs.append((role, kind.strip()))
     out = []
     for role, kind in pairs:

@@ -29,6 +29,20 @@ def _tree_config(gen, sampling, overrides: dict):
         raise StagedxError(f"{exc} (from --tree-budget / --max-depth / --fanouts / --draft-calls)") from None
 
 
+def _sampling_spec(sampling: str | None, temperature: float | None) -> tuple[str, float]:
+    """``--sampling`` and ``--temperature`` as the server reads ``temperature``: a temperature
+    alone samples, 0 is greedy; contradictions are refused rather than one option ignored."""
+    if temperature is None:
+        return sampling or "greedy", 1.0
+    if temperature == 0:
+        if sampling not in (None, "greedy"):
+            raise StagedxError(f"--temperature 0 means greedy decoding; it cannot go with --sampling {sampling}")
+        return "greedy", 1.0
+    if sampling is not None and sampling.strip().lower() == "greedy":
+        raise StagedxError(f"--sampling greedy takes no --temperature (got {temperature:g}): drop one of them")
+    return sampling or "sample", temperature
+
+
 def _stats_line(res) -> str:
     s = res.stats
     t = s.time_s
@@ -44,8 +58,17 @@ def _stats_line(res) -> str:
 @click.argument("bundle", type=click.Path())
 @click.argument("prompt")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="staged", show_default=True)
-@click.option("--sampling", default="greedy", show_default=True, help="greedy | sample | topk:K | topp:P")
-@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option(
+    "--sampling",
+    default=None,
+    help="greedy | sample | topk:K | topp:P  [default: greedy; sample when --temperature > 0 is given]",
+)
+@click.option(
+    "--temperature",
+    type=float,
+    default=None,
+    help="sampling temperature; alone it means --sampling sample, 0 means greedy (as the server's)  [default: 1]",
+)
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--seed", type=int, default=None, help="seed for sampling (same seed + settings = same output)")
 @click.option("--stop", multiple=True, help="stop string (repeatable)")
@@ -111,7 +134,7 @@ def generate(
     from .ort_runner import process_owner_thread_pool
     from .sampling import SamplingConfig
 
-    cfg = SamplingConfig.parse(sampling, temperature)
+    cfg = SamplingConfig.parse(*_sampling_spec(sampling, temperature))
     check_threads(threads, "--threads")
     if seed is not None and seed < 0:
         raise StagedxError(f"--seed must be an integer >= 0, got {seed}")

@@ -47,9 +47,11 @@ class DecodeOptions:
             isinstance(stop, (list, tuple)) and all(isinstance(x, str) for x in stop)
         ):
             raise StagedxError(f"stop must be a str or a sequence of str, got {stop!r}")
+        if stop == "" or (not isinstance(stop, str) and "" in stop):
+            raise StagedxError("stop strings must not be empty (an empty string would end every decode at once)")
 
     def stop_strings(self) -> tuple:
-        return (self.stop,) if isinstance(self.stop, str) else tuple(s for s in self.stop if s)
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
     def sampling_config(self) -> SamplingConfig:
         return self.sampling if isinstance(self.sampling, SamplingConfig) else SamplingConfig.parse(self.sampling)

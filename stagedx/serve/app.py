@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import time
@@ -17,12 +18,12 @@ from dataclasses import dataclass
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..errors import StagedxError
 from .chat import ChatTemplate
-from .metrics import Metrics
+from .metrics import CONTENT_TYPE, Metrics
 from .responses import DONE, Reply, event
 from .schemas import ApiError, DecodeParams, Limits, chat_params, completion_params, parse_body
 from .worker import DecodeWorker, Job
@@ -39,6 +40,7 @@ class ServeConfig:
     timeout_s: float = 300.0  # per request, queue wait included
     grace_s: float = 10.0  # shutdown: how long in-flight work may run on
     max_body_bytes: int = 1 << 20
+    warm_up: bool = True  # one short decode before /ready says yes
 
 
 def error_response(err: ApiError) -> JSONResponse:
@@ -59,7 +61,7 @@ class Server:
         self.limits = Limits(config.model, generator.context_limit, generator.vocab)
         self.chat = _chat_template(manifest, self.tokenizer)
         self.metrics = Metrics(config.model)
-        self.worker = DecodeWorker(generator, self.metrics, config.max_queue, config.timeout_s)
+        self.worker = DecodeWorker(generator, self.metrics, config.max_queue, config.timeout_s, config.warm_up)
 
     # -- plumbing ----------------------------------------------------------------------------
     def route(self, path: str, name: str, handler, methods: tuple, public: bool = False) -> Route:
@@ -126,8 +128,30 @@ class Server:
 
     # -- routes ------------------------------------------------------------------------------
     async def health(self, request: Request) -> Response:
+        """Liveness: 200 while the process can serve (the decode slot alive), else 503."""
         w = self.worker
-        return JSONResponse({"status": "ok", "model": self.config.model, "busy": w.busy, "queue_depth": w.queue_depth})
+        body = {"status": "ok", "model": self.config.model, "busy": w.busy, "queue_depth": w.queue_depth}
+        if w.warm_up_error is not None:
+            return JSONResponse({**body, "status": "failed", "error": w.warm_up_error}, status_code=503)
+        return JSONResponse(body)
+
+    async def ready(self, request: Request) -> Response:
+        """Readiness: 200 when a request sent now would be taken (model loaded and warmed, not
+        shutting down, queue not full), else 503 with the reason; routers and Kubernetes
+        send traffic elsewhere meanwhile."""
+        w = self.worker
+        if w.warm_up_error is not None:
+            reason = "failed"
+        elif not w.warmed.is_set():
+            reason = "warming_up"
+        elif not w.accepting:
+            reason = "shutting_down"
+        elif w.full:
+            reason = "queue_full"
+        else:
+            reason = None
+        body = {"status": reason or "ready", "model": self.config.model, "busy": w.busy, "queue_depth": w.queue_depth}
+        return JSONResponse(body, status_code=503 if reason else 200)
 
     async def models(self, request: Request) -> Response:
         g = self.generator
@@ -148,8 +172,8 @@ class Server:
         return JSONResponse({"object": "list", "data": [card]})
 
     async def metrics_text(self, request: Request) -> Response:
-        text = self.metrics.render(self.worker.queue_depth, self.worker.busy)
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+        w = self.worker
+        return Response(self.metrics.render(w.queue_depth, w.busy, w.max_queue), media_type=CONTENT_TYPE)
 
     async def completions(self, request: Request) -> Response:
         params = completion_params(await self._body(request), self.limits)
@@ -166,17 +190,17 @@ class Server:
 
     # -- one decode --------------------------------------------------------------------------
     async def _decode(self, request: Request, params: DecodeParams, ids: tuple, reply: Reply) -> Response:
-        max_tokens = params.max_tokens or (self.limits.context - len(ids))
+        room = self.limits.context - len(ids) + 1  # the most new tokens the context leaves
+        max_tokens = min(params.max_tokens or room, room)
+        if params.max_tokens is not None and params.max_tokens > room:  # say so, never cut silently
+            reply = dataclasses.replace(reply, max_tokens_cut=(params.max_tokens, room))
         options = {"sampling": params.sampling, "seed": params.seed, "stop": params.stop}
-        t0 = time.monotonic()
-        job = Job(ids, max_tokens, options, t0 + self.config.timeout_s, asyncio.get_running_loop())
+        job = Job(ids, max_tokens, options, time.monotonic() + self.config.timeout_s, asyncio.get_running_loop())
         self.worker.submit(job)
         watcher = asyncio.create_task(_watch_disconnect(request, job))
         streaming = False  # once the EventStream owns the job, it cancels it
         try:
             first = await job.events.get()
-            if first[0] == "text":
-                self.metrics.first_token(time.monotonic() - t0)
             if first[0] == "error":
                 raise first[1]
             if first[0] == "gone":
@@ -185,7 +209,7 @@ class Server:
                 watcher.cancel()  # from here on the streaming response watches the connection
                 await asyncio.gather(watcher, return_exceptions=True)
                 streaming = True
-                return EventStream(self._sse(job, first, reply, params.include_usage), job)
+                return EventStream(self._sse(job, first, reply, params.include_usage), job, reply.headers())
             events = [first]
             while events[-1][0] == "text":
                 events.append(await job.events.get())
@@ -194,7 +218,7 @@ class Server:
                 raise value
             if kind == "gone":
                 return Response(status_code=499)
-            return JSONResponse(reply.full(value))
+            return JSONResponse(reply.full(value), headers=reply.headers())
         finally:
             watcher.cancel()
             if not streaming:
@@ -226,8 +250,8 @@ class EventStream(StreamingResponse):
     """Server-sent events whose decode is cancelled however the response ends (client gone,
     server shutting down, error while sending)."""
 
-    def __init__(self, content, job: Job):
-        super().__init__(content, media_type="text/event-stream", headers=SSE_HEADERS)
+    def __init__(self, content, job: Job, headers: dict):
+        super().__init__(content, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
         self.job = job
 
     async def __call__(self, scope, receive, send) -> None:
@@ -284,6 +308,7 @@ def create_app(generator, config: ServeConfig) -> Starlette:
 
     routes = [
         server.route("/health", "health", server.health, ("GET",), public=True),
+        server.route("/ready", "ready", server.ready, ("GET",), public=True),
         server.route("/v1/models", "models", server.models, ("GET",)),
         server.route("/metrics", "metrics", server.metrics_text, ("GET",)),
         server.route("/v1/completions", "completions", server.completions, ("POST",)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import socket
 from pathlib import Path
@@ -57,17 +58,33 @@ def _signals_end_cleanly():
 
 def _server_class(uvicorn):
     class GracefulServer(uvicorn.Server):
-        """Tells the decode worker when a shutdown signal arrives."""
+        """Tells the decode worker when a shutdown signal arrives: SIGTERM (an orchestrator)
+        lets in-flight work run on for the grace, SIGINT (Ctrl-C at a terminal) or a second
+        signal ends it now."""
 
-        def __init__(self, config, on_exit):
+        def __init__(self, config, worker, grace_s: float):
             super().__init__(config)
-            self._on_exit = on_exit
+            self._worker = worker
+            self._grace_s = grace_s
 
         def handle_exit(self, sig, frame) -> None:
-            self._on_exit()
+            now = sig == signal.SIGINT or self.should_exit
+            self._worker.begin_shutdown(0.0 if now else self._grace_s)
             super().handle_exit(sig, frame)
 
     return GracefulServer
+
+
+def _log_config(uvicorn, access_log: bool) -> dict:
+    """uvicorn's logging, with the access log (when asked) on stderr: stdout carries only the
+    'listening on' line, for scripts that read the port from it."""
+    import copy
+
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    if access_log:
+        config["loggers"]["uvicorn.access"]["level"] = "INFO"
+    return config
 
 
 @click.command("serve")
@@ -97,7 +114,7 @@ def _server_class(uvicorn):
     type=float,
     default=10.0,
     show_default=True,
-    help="on SIGTERM/SIGINT: seconds in-flight requests may run on before they are cancelled",
+    help="on SIGTERM: seconds in-flight requests may run on before they are cancelled (SIGINT, a 2nd signal: at once)",
 )
 @click.option("--model-name", default=None, help="the model id clients pass (default: the bundle folder's name)")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="staged", show_default=True)
@@ -127,9 +144,6 @@ def serve(
     process_owner_thread_pool(threads)
     gen = Generator(bundle, device=device, strategy=strategy, threads=threads)
     try:
-        gen.generate(
-            [gen.eos if gen.eos is not None else 0], max_new_tokens=2
-        )  # warm-up: the first request pays no set-up
         name = model_name or Path(bundle).resolve().name
         config = ServeConfig(model=name, api_key=api_key, max_queue=max_queue, timeout_s=timeout_s, grace_s=grace_s)
         app = create_app(gen, config)
@@ -140,10 +154,13 @@ def serve(
         uv = uvicorn.Config(
             app,
             log_level="warning",
+            log_config=_log_config(uvicorn, access_log),
             access_log=access_log,
             lifespan="on",
             timeout_graceful_shutdown=grace_s + SHUTDOWN_MARGIN_S,
         )
+        if access_log:  # uvicorn sets every one of its loggers to log_level, hiding the access log
+            logging.getLogger("uvicorn.access").setLevel(logging.INFO)
         shown = f"[{host}]" if ":" in host else host
         click.echo(
             f"stagedx serve: model {name!r} on {gen.device} ({gen.backend}); listening on http://{shown}:{bound}",
@@ -153,7 +170,7 @@ def serve(
         if api_key is None and not _is_loopback(sock.getsockname()[0]):
             click.echo(f"warning: {host} is reachable from other machines and no --api-key is set", err=True)
         with _signals_end_cleanly():
-            _server_class(uvicorn)(uv, lambda: app.state.server.worker.begin_shutdown(grace_s)).run(sockets=[sock])
+            _server_class(uvicorn)(uv, app.state.server.worker, grace_s).run(sockets=[sock])
         sock.close()
     finally:
         gen.close(timeout=0)  # a decode still running past the grace keeps its runners until the process ends

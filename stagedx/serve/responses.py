@@ -8,6 +8,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from .metrics import spec_decode
+
 # Generator finish reasons -> OpenAI's: EOS and stop strings are "stop"; the token budget and
 # the context limit are "length".
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "context": "length"}
@@ -21,6 +23,17 @@ class Reply:
     model: str
     id: str
     created: int
+    max_tokens_cut: tuple | None = None  # (requested, allowed) when the context cut max_tokens
+
+    def headers(self) -> dict:
+        """``X-Stagedx-Max-Tokens-Cut: ALLOWED`` when the context cut the requested max_tokens."""
+        return {} if self.max_tokens_cut is None else {"X-Stagedx-Max-Tokens-Cut": str(self.max_tokens_cut[1])}
+
+    def extension(self, result) -> dict:
+        ext = stagedx_stats(result)
+        if self.max_tokens_cut is not None:
+            ext["max_tokens"] = {"requested": self.max_tokens_cut[0], "allowed": self.max_tokens_cut[1]}
+        return ext
 
     @staticmethod
     def new(chat: bool, model: str) -> Reply:
@@ -44,11 +57,12 @@ class Reply:
         else:
             choice = {"index": 0, "text": result.text, "finish_reason": reason, "logprobs": None}
             body = self._head("text_completion")
-        return {**body, "choices": [choice], "usage": usage(result), "stagedx": stagedx_stats(result)}
+        return {**body, "choices": [choice], "usage": usage(result), "stagedx": self.extension(result)}
 
     def chunk(self, text: str | None = None, result=None, role: bool = False) -> str:
         """One server-sent event: a text piece, the role opener (chat) or the final chunk
-        (``result`` given: finish_reason, usage and stagedx's statistics)."""
+        (``result`` given: finish_reason and stagedx's statistics; ``usage`` comes in its own
+        chunk, only when the client asked with ``stream_options.include_usage``, as OpenAI does)."""
         reason = FINISH[result.finish_reason] if result is not None else None
         if self.chat:
             delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
@@ -62,8 +76,7 @@ class Reply:
                 "choices": [{"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}],
             }
         if result is not None:
-            body["usage"] = usage(result)
-            body["stagedx"] = stagedx_stats(result)
+            body["stagedx"] = self.extension(result)
         return event(body)
 
     def usage_chunk(self, result) -> str:
@@ -80,8 +93,15 @@ DONE = "data: [DONE]\n\n"
 
 
 def usage(result) -> dict:
+    """OpenAI's token counts, and the decode's speculation figures in ``spec_decode`` (an
+    extension; the same quantities as the ``stagedx:spec_decode_*`` counters, for this request)."""
     n = len(result.tokens)
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": n, "total_tokens": result.prompt_tokens + n}
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": n,
+        "total_tokens": result.prompt_tokens + n,
+        "spec_decode": spec_decode(result.stats),
+    }
 
 
 def stagedx_stats(result) -> dict:

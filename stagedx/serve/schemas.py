@@ -2,9 +2,12 @@
 
 Every problem becomes an :class:`ApiError` with an OpenAI-style JSON body
 (``{"error": {"message", "type", "param", "code"}}``): 400 for a body that is not a JSON
-object, 422 for a well-formed body with a wrong type, range or unsupported option, 404 for
-an unknown model. Fields OpenAI defines but this server does not need (``user``,
-``logit_bias`` left empty, ...) are accepted and ignored when they hold their default.
+object (too deeply nested included) or that holds a field the endpoint does not know (as
+OpenAI's API answers ``Unrecognized request argument supplied``: a typo such as
+``temprature`` must not pass silently), 422 for a well-formed body with a wrong type, range or
+unsupported option, 404 for an unknown model. Options OpenAI defines that batch-size-1
+decoding does not offer (``n``, penalties, ``logprobs``, tools, ...) are accepted only at their
+neutral value; ``user`` is accepted and ignored.
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ UNSUPPORTED = {
     "functions": None,
     "response_format": None,
 }
+SHARED_FIELDS = frozenset(
+    {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stream", "stream_options", "stop", "user"}
+    | set(UNSUPPORTED)
+)
+COMPLETION_FIELDS = SHARED_FIELDS | {"prompt"}
+CHAT_FIELDS = SHARED_FIELDS | {"messages", "max_completion_tokens", "tool_choice", "parallel_tool_calls"}
 
 
 class ApiError(Exception):
@@ -94,12 +103,15 @@ def parse_body(raw: bytes) -> dict:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "the request body is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
     return body
 
 
 def completion_params(body: dict, limits: Limits) -> DecodeParams:
+    _check_fields(body, COMPLETION_FIELDS)
     _check_model(body, limits)
     if "prompt" not in body:
         raise invalid("prompt", "required")
@@ -107,6 +119,7 @@ def completion_params(body: dict, limits: Limits) -> DecodeParams:
 
 
 def chat_params(body: dict, limits: Limits) -> ChatParams:
+    _check_fields(body, CHAT_FIELDS)
     _check_model(body, limits)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -115,6 +128,17 @@ def chat_params(body: dict, limits: Limits) -> ChatParams:
     if body.get("max_completion_tokens") is not None and body.get("max_tokens") is None:
         body = {**body, "max_tokens": body["max_completion_tokens"]}
     return ChatParams(parsed, _decode_params(body, limits, None, None))
+
+
+def _check_fields(body: dict, known: frozenset) -> None:
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise ApiError(
+            400,
+            f"Unrecognized request argument supplied: {', '.join(unknown)}",
+            param=unknown[0],
+            code="unknown_parameter",
+        )
 
 
 def _check_model(body: dict, limits: Limits) -> None:
@@ -196,7 +220,9 @@ def _stop(value) -> tuple:
         raise invalid("stop", f"at most {MAX_STOP} sequences")
     if any(len(s) > MAX_STOP_CHARS for s in items):
         raise invalid("stop", f"each sequence at most {MAX_STOP_CHARS} characters")
-    return tuple(s for s in items if s)
+    if any(not s for s in items):
+        raise invalid("stop", "stop strings must not be empty")
+    return tuple(items)
 
 
 def _int(body: dict, name: str, default, lo: int, hi: int):

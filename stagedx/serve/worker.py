@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from ..errors import StagedxError
 from .metrics import Metrics
+from .responses import FINISH
 from .schemas import ApiError
 
 log = logging.getLogger("stagedx.serve")
@@ -34,6 +35,7 @@ class Job:
     deadline: float  # time.monotonic() after which the job is abandoned
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    arrived: float = field(default_factory=time.monotonic)  # for the latency histograms
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -60,8 +62,11 @@ def timeout_error(seconds: float) -> ApiError:
 class DecodeWorker:
     """``submit`` from the event loop; ``start`` / ``close`` around the server's life."""
 
-    def __init__(self, generator, metrics: Metrics, max_queue: int, timeout_s: float):
+    def __init__(self, generator, metrics: Metrics, max_queue: int, timeout_s: float, warm_up: bool = False):
         self.generator = generator
+        self.warm_up = warm_up  # run one short decode on the thread before the first job
+        self.warmed = threading.Event()
+        self.warm_up_error: str | None = None
         self.metrics = metrics
         self.max_queue = max_queue
         self.timeout_s = timeout_s
@@ -87,6 +92,16 @@ class DecodeWorker:
         with self._cond:
             return self._running is not None
 
+    @property
+    def full(self) -> bool:
+        """Whether ``submit`` would answer 429 now."""
+        with self._cond:
+            return (self._running is not None or bool(self._waiting)) and len(self._waiting) >= self.max_queue
+
+    @property
+    def accepting(self) -> bool:
+        return not self._closed and self.stop_at is None
+
     def submit(self, job: Job) -> None:
         """Queue ``job``, or raise 429 when ``max_queue`` requests already wait for the slot."""
         with self._cond:
@@ -106,9 +121,11 @@ class DecodeWorker:
 
     def begin_shutdown(self, grace_s: float) -> None:
         """Refuse new jobs; those running or waiting may go on for ``grace_s`` seconds, then
-        end with a 503. Safe in a signal handler: one attribute write, no lock."""
-        if self.stop_at is None:
-            self.stop_at = time.monotonic() + grace_s
+        end with a 503 (a later call may only bring that end closer). Safe in a signal
+        handler: one attribute write, no lock."""
+        end = time.monotonic() + grace_s
+        if self.stop_at is None or end < self.stop_at:  # a second signal may shorten it
+            self.stop_at = end
 
     def close(self, grace_s: float) -> None:
         """Refuse new jobs, fail the waiting ones, cancel the running one, join the thread."""
@@ -124,7 +141,22 @@ class DecodeWorker:
             self._thread.join(timeout=grace_s)
 
     # -- decode thread -----------------------------------------------------------------------
+    def _warm_up(self) -> None:
+        """The first request pays no set-up (ONNX Runtime's first runs allocate and plan)."""
+        gen = self.generator
+        try:
+            gen.generate([gen.eos if gen.eos is not None else 0], max_new_tokens=2)
+        except Exception as exc:  # the server stays alive and says so on /health and /ready
+            log.exception("warm-up decode failed")
+            self.warm_up_error = f"{type(exc).__name__}: {exc}"
+            return
+        self.warmed.set()
+
     def _loop(self) -> None:
+        if self.warm_up:
+            self._warm_up()
+        else:
+            self.warmed.set()
         while True:
             with self._cond:
                 while not self._waiting and not self._closed:
@@ -159,11 +191,20 @@ class DecodeWorker:
         if self._must_end(job):
             return
         stream = None
+        started = time.monotonic()
+        first = last = None
         try:
             stream = self.generator.stream(list(job.prompt), max_new_tokens=job.max_tokens, **job.options)
             for piece in stream:
                 if self._must_end(job):
                     return
+                now = time.monotonic()
+                if first is None:
+                    first = now
+                    self.metrics.first_token(now - job.arrived)
+                else:
+                    self.metrics.piece_gap(now - last)
+                last = now
                 job.emit("text", piece)
             result = stream.result
         except StagedxError as exc:
@@ -178,5 +219,10 @@ class DecodeWorker:
         finally:
             if stream is not None:
                 stream.close()
-        self.metrics.decode(result)
+        timings = {
+            "queue": started - job.arrived,
+            "first": None if first is None else first - job.arrived,
+            "total": time.monotonic() - job.arrived,
+        }
+        self.metrics.decode(result, FINISH[result.finish_reason], timings)
         job.emit("done", result)

@@ -145,6 +145,7 @@ def test_cli_refusal_is_one_line(tiny_pair, heldout_file, tmp_path, monkeypatch,
     [
         (["--quantize", "int3"], "unknown kind 'int3'"),
         (["--quantize", "target=int4"], "unknown model 'target'"),
+        (["--quantize", "oracle=int4,oracle=int8"], "oracle is named twice"),
         (["--quantize", "int4", "--quant-block-size", "24"], "power of two"),
         (["--quantize", "int4", "--min-agreement", "1.5"], "--min-agreement must be in [0, 1]"),
         (["--quantize", "int8", "--dtype", "fp16"], "--quantize needs --dtype fp32"),

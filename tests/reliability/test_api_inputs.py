@@ -54,6 +54,8 @@ def test_text_and_int_sequences_work(gen, prompt):
         (dict(sampling=5), "sampling"),
         (dict(stop=5), "stop"),
         (dict(stop=[b"x"]), "stop"),
+        (dict(stop=""), "stop strings must not be empty"),
+        (dict(stop=["\n", ""]), "stop strings must not be empty"),
         (dict(tree={"budget": 3}), "tree"),
         (dict(strategy="beam"), "strategy"),
         (dict(tree=TreeConfig(budget=2), sampling="topk:0"), "sampling"),

@@ -124,3 +124,36 @@ def test_sigterm_during_export_leaves_nothing_behind(tiny_pair, tmp_path):
     assert err.strip().splitlines()[-1] == "terminated"
     assert "Traceback" not in err
     assert sorted(p.name for p in out_parent.iterdir()) == ["keep.txt"]
+
+
+def test_two_writers_racing_to_one_output_first_wins_second_fails(tmp_path):
+    out = tmp_path / "out"
+    first, second = AtomicFolder(out), AtomicFolder(out)  # both saw no output when they began
+    a, b = first.__enter__(), second.__enter__()
+    (a / "manifest.json").write_text("first")
+    (b / "manifest.json").write_text("second")
+    first.__exit__(None, None, None)
+    with pytest.raises(StagedxError, match="output appeared while this run was writing it"):
+        second.__exit__(None, None, None)
+    assert (out / "manifest.json").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the loser's temporary is gone
+
+
+def test_racing_export_exits_2_and_leaves_the_first(tiny_pair, tiny_bundle, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import stagedx.export.bundle as bundle_module
+
+    out = tmp_path / "out"
+
+    class Raced(AtomicFolder):
+        def __enter__(self):
+            tmp = super().__enter__()
+            shutil.copytree(tiny_bundle, out)  # another export finishes first
+            return tmp
+
+    monkeypatch.setattr(bundle_module, "AtomicFolder", Raced)
+    code, _, err = run_cli(capsys, _export_args(tiny_pair, out))
+    assert_one_line_error(code, err, "output appeared while this run was writing it", str(out), progress=True)
+    assert load_manifest(out).oracle.topk == load_manifest(tiny_bundle).oracle.topk  # the first, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

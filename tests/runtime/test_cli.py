@@ -132,3 +132,33 @@ def test_context_limit_is_reported(tiny_bundle, capsys):
 def test_debug_shows_the_traceback(tiny_bundle, capsys, flag):
     code, _, err = run(capsys, ["generate", tiny_bundle, "", flag])
     assert code == 2 and "Traceback" in err
+
+
+def _json_run(capsys, bundle, *args):
+    code, out, err = run(
+        capsys, ["generate", bundle, "def f(x):", "--max-new-tokens", "6", "--json", "--threads", "1", *args]
+    )
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_temperature_alone_samples_and_zero_is_greedy(tiny_bundle, capsys):
+    sampled = _json_run(capsys, tiny_bundle, "--temperature", "0.7", "--seed", "1")
+    assert sampled["stats"]["sampling"] == "sample,T=0.7"
+    greedy = _json_run(capsys, tiny_bundle, "--temperature", "0")
+    assert greedy["stats"]["sampling"] == "greedy" and greedy["tokens"] == _json_run(capsys, tiny_bundle)["tokens"]
+    topk = _json_run(capsys, tiny_bundle, "--temperature", "0.5", "--sampling", "topk:5", "--seed", "2")
+    assert topk["stats"]["sampling"] == "topk:5,T=0.5"
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--temperature", "0", "--sampling", "topk:5"], "--temperature 0 means greedy"),
+        (["--temperature", "0.7", "--sampling", "greedy"], "--sampling greedy takes no --temperature"),
+        (["--temperature", "-1"], "--temperature must be a finite number > 0"),
+    ],
+)
+def test_contradicting_sampling_options_are_one_line_errors(tiny_bundle, capsys, args, needle):
+    code, _, err = run(capsys, ["generate", tiny_bundle, "x", *args])
+    assert code == 2 and needle in err and err.count("\n") == 1

@@ -73,3 +73,16 @@ def test_labels():
     assert SamplingConfig.parse("topk:50").label == "topk:50"
     assert SamplingConfig.parse("topp:0.9", 0.7).label == "topp:0.9,T=0.7"
     assert SamplingConfig.parse("greedy").label == "greedy"
+
+
+@pytest.mark.parametrize(
+    "top_k, top_p, want",
+    [
+        (2, 0.9, [4 / 7, 3 / 7, 0, 0]),  # top-p alone would keep 3 tokens: top-k must still cut to 2
+        (3, 0.5, [4 / 7, 3 / 7, 0, 0]),  # top-k alone would keep 3: top-p (on the renormalised 3) keeps 2
+    ],
+)
+def test_top_k_and_top_p_together_apply_both_cuts_in_order(top_k, top_p, want):
+    logits = np.log([0.4, 0.3, 0.2, 0.1])
+    p = warp(logits, SamplingConfig("sample", top_k=top_k, top_p=top_p))
+    assert np.allclose(p, want)

@@ -27,7 +27,7 @@ CHAT_TEMPLATE = (
 
 
 class ServerProcess:
-    """``python -m stagedx serve BUNDLE --port 0 ...``; ``url`` once /health answers."""
+    """``python -m stagedx serve BUNDLE --port 0 ...``; ``url`` once /ready answers 200."""
 
     def __init__(self, bundle: Path, *args: str, log: Path):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -62,10 +62,10 @@ class ServerProcess:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             try:
-                with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+                with urllib.request.urlopen(self.url + "/ready", timeout=5) as r:  # loaded and warmed up
                     if r.status == 200:
                         return
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError):  # HTTPError 503 included
                 time.sleep(0.05)
         raise RuntimeError(f"server at {self.url} never became healthy\n{self.stderr()}")
 

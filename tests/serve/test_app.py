@@ -88,7 +88,20 @@ def test_greedy_text_equals_generator(pair_server, pair_generator):
     assert len(chunks) >= 2 and all(ch.choices[0].finish_reason is None for ch in chunks[:-1])
     last = chunks[-1]
     assert last.choices[0].finish_reason == res.choices[0].finish_reason
-    assert last.usage.completion_tokens == len(want.tokens) and "tokens_per_oracle_call" in last.model_extra["stagedx"]
+    assert all(ch.usage is None for ch in chunks)  # include_usage not asked: no usage, as OpenAI
+    assert "tokens_per_oracle_call" in last.model_extra["stagedx"]
+    with_usage = list(
+        c.completions.create(
+            model="pair",
+            prompt=PROMPT,
+            max_tokens=40,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert with_usage[-1].choices == [] and with_usage[-1].usage.completion_tokens == len(want.tokens)
+    assert all(ch.usage is None for ch in with_usage[:-1])
 
 
 def test_stream_ends_with_done_event(pair_server):
@@ -134,7 +147,10 @@ def test_api_key_is_required_except_for_health(pair_server):
     models = client(pair_server).models.list()
     assert [m.id for m in models.data] == ["pair"]
     text = pair_server.metrics()
-    assert 'stagedx_requests_total{endpoint="completions",code="401"}' in text and "stagedx_queue_depth 0" in text
+    assert (
+        'stagedx:http_requests_total{code="401",endpoint="completions"}' in text
+        and "stagedx:num_requests_waiting 0.0" in text
+    )
 
 
 @pytest.mark.parametrize(
@@ -189,7 +205,7 @@ def test_full_queue_gets_429(pair_server, pair_generator):
 
 def test_disconnect_mid_stream_frees_the_slot(pair_server, pair_generator):
     before = pair_server.metrics()
-    cancelled = 'stagedx_decodes_total{outcome="cancelled"}'
+    cancelled = 'stagedx:decodes_total{outcome="cancelled"}'
     long = LongStream(pair_server)
     long.close()
     wait_until(lambda: metric(pair_server.metrics(), cancelled) == metric(before, cancelled) + 1)
@@ -197,7 +213,7 @@ def test_disconnect_mid_stream_frees_the_slot(pair_server, pair_generator):
     assert res.choices[0].text == pair_generator.generate(PROMPT, max_new_tokens=5).text
     after = pair_server.metrics()
     # the cancelled decode stopped early: far fewer than its 1000 tokens were generated
-    done = metric(after, "stagedx_completion_tokens_total") - metric(before, "stagedx_completion_tokens_total")
+    done = metric(after, "stagedx:generation_tokens_total") - metric(before, "stagedx:generation_tokens_total")
     assert done == 5
     assert pair_server.health() == {"status": "ok", "model": "pair", "busy": False, "queue_depth": 0}
 
@@ -211,9 +227,9 @@ def test_server_process_never_loads_torch(pair_server):
 
 
 def test_a_client_that_leaves_the_queue_is_skipped(pair_server):
-    cancelled = 'stagedx_decodes_total{outcome="cancelled"}'
+    cancelled = 'stagedx:decodes_total{outcome="cancelled"}'
     before = metric(pair_server.metrics(), cancelled)
-    tokens = metric(pair_server.metrics(), "stagedx_completion_tokens_total")
+    tokens = metric(pair_server.metrics(), "stagedx:generation_tokens_total")
     long = LongStream(pair_server)
     try:
         url = urlparse(pair_server.url)
@@ -225,5 +241,103 @@ def test_a_client_that_leaves_the_queue_is_skipped(pair_server):
     finally:
         long.close()
     wait_until(lambda: metric(pair_server.metrics(), cancelled) == before + 2)
-    assert metric(pair_server.metrics(), "stagedx_completion_tokens_total") == tokens  # neither decode completed
+    assert metric(pair_server.metrics(), "stagedx:generation_tokens_total") == tokens  # neither decode completed
     wait_until(lambda: pair_server.health()["queue_depth"] == 0 and not pair_server.health()["busy"])
+
+
+def test_usage_reports_this_requests_speculation_and_metrics_add_it_up(pair_server, pair_generator):
+    before = pair_server.metrics()
+    res = client(pair_server).completions.create(model="pair", prompt=PROMPT, max_tokens=40, temperature=0)
+    after = pair_server.metrics()
+    spec = res.usage.model_extra["spec_decode"]
+    want = pair_generator.generate(PROMPT, max_new_tokens=40).stats
+    assert spec["num_accepted_tokens_per_pos"] == [n for n in want.accepted_by_depth if n] or all(
+        n == 0 for n in want.accepted_by_depth[len(spec["num_accepted_tokens_per_pos"]) :]
+    )
+    assert spec["num_accepted_tokens"] == sum(spec["num_accepted_tokens_per_pos"]) > 0
+    assert spec["num_accepted_tokens"] == want.accepted_by_stage["draft2"] + want.accepted_by_stage["draft"]
+    assert spec["num_draft_tokens"] > 0 and spec["num_drafts"] <= want.oracle_calls
+
+    def delta(name):
+        return metric(after, name) - metric(before, name)
+
+    assert delta("stagedx:spec_decode_num_draft_tokens_total") == spec["num_draft_tokens"]
+    assert delta("stagedx:spec_decode_num_accepted_tokens_total") == spec["num_accepted_tokens"]
+    assert delta("stagedx:spec_decode_num_drafts_total") == spec["num_drafts"]
+    assert (
+        delta('stagedx:spec_decode_num_accepted_tokens_per_pos_total{position="0"}')
+        == (spec["num_accepted_tokens_per_pos"][0])
+    )
+    assert delta("stagedx:generation_tokens_total") == res.usage.completion_tokens
+    for hist in ("time_to_first_token", "e2e_request_latency", "inter_token_latency", "time_per_output_token"):
+        assert delta(f"stagedx:{hist}_seconds_count") >= 1, hist
+        assert f'stagedx:{hist}_seconds_bucket{{le="0.005"}}' in after
+
+
+def test_ready_is_public_and_turns_503_when_the_queue_is_full(pair_server):
+    status, _, body = raw(pair_server, "GET", "/ready", key=None)
+    assert status == 200 and body["status"] == "ready"
+    long = LongStream(pair_server)
+    waiting = threading.Thread(
+        target=lambda: client(pair_server).completions.create(model="pair", prompt=PROMPT, max_tokens=2)
+    )
+    try:
+        waiting.start()
+        wait_until(lambda: pair_server.health()["queue_depth"] == 1)  # --max-queue 1: full
+        status, _, body = raw(pair_server, "GET", "/ready", key=None)
+        assert status == 503 and body["status"] == "queue_full"
+        assert raw(pair_server, "GET", "/health", key=None)[0] == 200  # alive all the same
+    finally:
+        long.close()
+        waiting.join(60)
+    wait_until(lambda: raw(pair_server, "GET", "/ready", key=None)[0] == 200)
+
+
+def test_max_tokens_beyond_the_context_is_cut_and_says_so(pair_server, pair_generator):
+    context = pair_generator.context_limit
+    prompt = [int(t) for t in pair_generator.tokenizer.encode("x = 1\n" * 400)][: context - 10]  # 10 left
+    status, headers, body = raw(
+        pair_server, "POST", "/v1/completions", {"model": "pair", "prompt": prompt, "max_tokens": 500, "temperature": 0}
+    )
+    room = context - len(prompt) + 1
+    assert status == 200 and headers["x-stagedx-max-tokens-cut"] == str(room)
+    assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] <= room
+    assert body["stagedx"]["max_tokens"] == {"requested": 500, "allowed": room}
+    status, headers, body = raw(
+        pair_server, "POST", "/v1/completions", {"model": "pair", "prompt": prompt, "max_tokens": 3, "temperature": 0}
+    )
+    assert "x-stagedx-max-tokens-cut" not in headers and "max_tokens" not in body["stagedx"]
+
+
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        (b'{"a":' * 150_000 + b"1" + b"}" * 150_000, "invalid_json"),  # 0.9 MB, nested past any recursion limit
+        ({"model": "pair", "prompt": PROMPT, "temprature": 0.5}, "unknown_parameter"),
+        ({"model": "pair", "prompt": PROMPT, "stop": ""}, "invalid_value"),
+    ],
+)
+def test_red_team_bodies_get_4xx(pair_server, body, code):
+    status, _, err = raw(pair_server, "POST", "/v1/completions", body)
+    assert status in (400, 422) and err["error"]["code"] == code
+
+
+def _chunked_post(server, pieces):
+    url = urlparse(server.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    conn.request("POST", "/v1/completions", body=iter(pieces), headers=headers, encode_chunked=True)
+    resp = conn.getresponse()
+    sent = resp.getheaders()
+    body = json.loads(resp.read())
+    conn.close()
+    return resp.status, dict(sent), body
+
+
+def test_chunked_body_without_content_length_is_capped_at_1_mib(pair_server):
+    head = json.dumps({"model": "pair", "prompt": PROMPT, "max_tokens": 2, "temperature": 0})[:-1]
+    status, headers, body = _chunked_post(pair_server, [head.encode(), b"}"])
+    assert status == 200 and body["usage"]["completion_tokens"] >= 1 and "content-length" in headers
+    padding = [b" " * 65536] * 17  # 1.06 MiB in chunks, no Content-Length header
+    status, _, body = _chunked_post(pair_server, [head.encode(), *padding, b"}"])
+    assert status == 413 and body["error"]["code"] == "request_too_large"

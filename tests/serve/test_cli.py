@@ -6,6 +6,8 @@ import http.client
 import signal
 import socket
 import threading
+import time
+import urllib.request
 
 import pytest
 
@@ -78,3 +80,40 @@ def test_signal_mid_stream_cancels_at_the_grace_and_exits_0(pair_bundle, tmp_pat
     assert "ERROR" not in server.stderr()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=5).close()
+
+
+def test_sigint_ends_a_running_stream_at_once_despite_the_default_grace(pair_bundle, tmp_path):
+    server = ServerProcess(
+        pair_bundle, "--api-key", API_KEY, "--model-name", "pair", "--strategy", "baseline", log=tmp_path / "e"
+    )  # default --grace (10 s): SIGINT must not wait for it
+    long = LongStream(server)
+    rest = {}
+
+    def read_rest():
+        try:
+            rest["body"] = long.resp.read()
+        except http.client.IncompleteRead as exc:
+            rest["body"] = exc.partial
+
+    reader = threading.Thread(target=read_rest)
+    reader.start()
+    t0 = time.monotonic()
+    try:
+        assert server.stop(signal.SIGINT, timeout=30) == 0
+    finally:
+        reader.join(30)
+        long.close()
+    assert time.monotonic() - t0 < 8.0  # the grace (10 s) was not waited for
+    events = rest["body"].decode().strip().split("\n\n")
+    assert events[-1] == "data: [DONE]" and '"code": "shutting_down"' in events[-2]
+
+
+def test_access_log_goes_to_stderr(pair_bundle, tmp_path):
+    server = ServerProcess(pair_bundle, "--access-log", log=tmp_path / "e")
+    try:
+        server.health()
+        urllib.request.urlopen(server.url + "/ready", timeout=10).close()
+    finally:
+        assert server.stop() == 0
+    log = server.stderr()
+    assert '"GET /health HTTP/1.1" 200' in log and '"GET /ready HTTP/1.1" 200' in log

@@ -58,6 +58,12 @@ def test_temperature_zero_is_greedy_and_sampling_options_pass_through():
         ({"model": "m", "prompt": "x", "stream": "yes"}, 422),
         ({"model": "m", "prompt": "x", "logprobs": 2}, 422),
         ({"model": "m", "prompt": "x", "echo": True}, 422),
+        ({"model": "m", "prompt": "x", "stop": ""}, 422),
+        ({"model": "m", "prompt": "x", "stop": ["\n", ""]}, 422),
+        ({"model": "m", "prompt": "x", "temprature": 0.5}, 400),
+        ({"model": "m", "prompt": "x", "repetition_penalty": 1.1}, 400),
+        ({"model": "m", "prompt": "x", "min_tokens": 3}, 400),
+        ({"model": "m", "prompt": "x", "messages": []}, 400),
     ],
 )
 def test_invalid_completion_bodies(body, status):
@@ -88,3 +94,37 @@ def test_bodies_that_are_not_json_objects_are_400(raw):
     with pytest.raises(ApiError) as exc:
         parse_body(raw)
     assert exc.value.status == 400 and exc.value.code == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    "endpoint, body",
+    [
+        (completion_params, {"model": "m", "prompt": "x", "temprature": 0.5, "min_tokens": 3}),
+        (chat_params, {"model": "m", "messages": [{"role": "user", "content": "x"}], "repetition_penalty": 1.1}),
+    ],
+)
+def test_unknown_fields_are_refused_as_openai_does(endpoint, body):
+    with pytest.raises(ApiError) as exc:
+        endpoint(body, LIMITS)
+    err = exc.value.body()["error"]
+    assert exc.value.status == 400 and err["code"] == "unknown_parameter" and err["type"] == "invalid_request_error"
+    assert err["message"].startswith("Unrecognized request argument supplied: ") and err["param"] in body
+
+
+def test_known_openai_fields_at_their_neutral_value_pass():
+    body = {"model": "m", "prompt": "x", "user": "u", "n": 1, "presence_penalty": 0, "logit_bias": {}, "echo": False}
+    assert completion_params(body, LIMITS).prompt == "x"
+    chat = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "x"}],
+        "tool_choice": "none",
+        "max_completion_tokens": 3,
+    }
+    assert chat_params(chat, LIMITS).decode.max_tokens == 3
+
+
+def test_a_deeply_nested_body_is_a_400_not_a_crash():
+    raw = b'{"a":' * 200_000 + b"1" + b"}" * 200_000  # about 1.2 MB: deeper than any parser recursion
+    with pytest.raises(ApiError) as exc:
+        parse_body(raw)
+    assert exc.value.status == 400 and exc.value.code == "invalid_json" and "nested" in exc.value.message

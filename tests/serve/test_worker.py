@@ -130,7 +130,9 @@ def test_cancel_closes_the_stream_and_frees_the_slot():
 
     run(main())
     worker.close(5)
-    assert gen.closed_early == [0] and metrics.outcomes["cancelled"] == 1 and metrics.outcomes["completed"] == 1
+    assert (
+        gen.closed_early == [0] and metrics.outcome_count("cancelled") == 1 and metrics.outcome_count("completed") == 1
+    )
 
 
 def test_deadline_ends_a_job_with_504():
@@ -159,7 +161,9 @@ def test_shutdown_refuses_new_jobs_and_ends_running_ones_after_the_grace():
         worker.submit(running)
         gen.step()
         assert (await running.events.get()) == ("text", "a")
+        assert worker.accepting
         worker.begin_shutdown(0.0)
+        assert not worker.accepting  # /ready answers 503 from here on
         with pytest.raises(ApiError) as exc:
             worker.submit(job(loop, 1))
         assert exc.value.status == 503
@@ -169,3 +173,67 @@ def test_shutdown_refuses_new_jobs_and_ends_running_ones_after_the_grace():
     events = run(main())
     worker.close(5)
     assert events[-1][0] == "error" and events[-1][1].code == "shutting_down" and gen.closed_early == [0]
+
+
+def test_close_with_jobs_still_queued_fails_them_and_cancels_the_running_one():
+    gen = Scripted()
+    metrics = Metrics("m")
+    worker = DecodeWorker(gen, metrics, max_queue=4, timeout_s=30)
+    worker.start()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        running, queued = job(loop, 0), [job(loop, i) for i in (1, 2, 3)]
+        for j in (running, *queued):
+            worker.submit(j)
+        gen.step()
+        assert (await running.events.get()) == ("text", "a")
+        assert worker.queue_depth == 3
+        closer = loop.run_in_executor(None, worker.close, 5.0)  # joins the decode thread
+        await asyncio.sleep(0.05)
+        gen.step(5)  # the running job's next round sees its flag
+        await closer
+        with pytest.raises(ApiError) as exc:
+            worker.submit(job(loop, 9))
+        assert exc.value.code == "shutting_down"
+        return [await drain(j) for j in queued], running
+
+    failed, running = run(main())
+    for events in failed:  # every queued request answered, none run
+        assert events == [("error", events[0][1])] and events[0][1].status == 503
+    assert running.events.empty() and running.cancelled.is_set()
+    assert gen.started == [0] and gen.closed_early == [0] and not worker._thread.is_alive()
+    assert worker.queue_depth == 0 and not worker.busy and metrics.outcome_count("cancelled") == 1
+
+
+class Warming(Scripted):
+    """``generate`` (the warm-up) waits for the test, then succeeds or raises."""
+
+    def __init__(self, fails: bool):
+        super().__init__(gated=False)
+        self.fails = fails
+        self.eos = 0
+        self.release = threading.Event()
+
+    def generate(self, prompt, *, max_new_tokens):
+        self.release.wait(10)
+        if self.fails:
+            raise RuntimeError("no kernel for this node")
+        return None
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_warm_up_runs_first_on_the_decode_thread_and_reports_failure(fails):
+    gen = Warming(fails)
+    worker = DecodeWorker(gen, Metrics("m"), max_queue=4, timeout_s=30, warm_up=True)
+    worker.start()
+    assert not worker.warmed.is_set() and worker.warm_up_error is None
+    gen.release.set()
+    end = time.monotonic() + 10
+    while not (worker.warmed.is_set() or worker.warm_up_error) and time.monotonic() < end:
+        time.sleep(0.01)
+    worker.close(5)
+    assert worker.warmed.is_set() is not fails
+    assert (worker.warm_up_error is not None) is fails
+    if fails:
+        assert "no kernel for this node" in worker.warm_up_error
