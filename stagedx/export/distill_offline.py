@@ -54,6 +54,7 @@ class OfflineConfig:
     device: str = "auto"
     eval_every: int = 0  # steps between validation metrics (0: only before and after)
     checkpoint_minutes: float = 5.0
+    checkpoint_steps: int = 0  # 0: by time only
     save_dtype: str = "fp16"  # weights as written: fp16 | fp32
     force: bool = False
     command: str = ""
@@ -104,9 +105,10 @@ def _load_state(cfg: OfflineConfig) -> dict | None:
     return state
 
 
-def _train(cfg: OfflineConfig, draft, data, head_ids, log) -> dict:
+def _train(cfg: OfflineConfig, draft, data, head_ids, hooks) -> dict:
     import torch
 
+    log, on_step = hooks
     device = next(draft.parameters()).device
     vocab = len(data.unigram)
     inv = torch.from_numpy(inverse_table(head_ids, vocab)).to(device)  # [V]
@@ -143,7 +145,10 @@ def _train(cfg: OfflineConfig, draft, data, head_ids, log) -> dict:
             draft.train()
             history.append({"step": step, "minutes": round(elapsed / 60, 2), **m})
             log(f"valid @ {step}: {_line(m)}")
-        if time.perf_counter() - t_saved >= cfg.checkpoint_minutes * 60 and not budget.done(step, elapsed):
+        due = (cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0) or (
+            time.perf_counter() - t_saved >= cfg.checkpoint_minutes * 60
+        )
+        if due and not budget.done(step, elapsed):
             _save_state(
                 cfg,
                 {
@@ -158,6 +163,8 @@ def _train(cfg: OfflineConfig, draft, data, head_ids, log) -> dict:
                 },
             )
             t_saved = time.perf_counter()
+        if on_step is not None:
+            on_step(step, loss.item())
     draft.eval()
     return {"steps": step, "seconds": round(elapsed, 1), "final_loss_avg": loss_avg, "history": history}
 
@@ -188,7 +195,11 @@ def _write(cfg: OfflineConfig, draft, head_ids, record: dict) -> None:
             f.chmod(mode)
 
 
-def distill_offline(cfg: OfflineConfig, log: Callable[[str], None] | None = None) -> dict:
+def distill_offline(
+    cfg: OfflineConfig,
+    log: Callable[[str], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict:
     """Train, write ``cfg.output`` (HF checkpoint + head_vocab.json + distill.json); returns the record."""
     import numpy as np
     import torch
@@ -209,7 +220,7 @@ def distill_offline(cfg: OfflineConfig, log: Callable[[str], None] | None = None
     before = valid_metrics(draft.eval(), data.valid, head_ids, vocab)
     log("before: " + _line(before))
     t0 = time.perf_counter()
-    run = _train(cfg, draft, data, head_ids, log)
+    run = _train(cfg, draft, data, head_ids, (log, on_step))
     after = valid_metrics(draft, data.valid, head_ids, vocab)
     log("after:  " + _line(after))
     in_head = np.isin(data.valid.ids[:, 0], head_ids).mean()

@@ -124,13 +124,17 @@ def _corpus_shard(model, windows: np.ndarray, cfg: TargetsConfig, id_dtype, devi
 
 def _generate(model, prompt_ids: list[int], cfg: TargetsConfig, eos: int, device):
     """Greedy continuation with the targets of every position: (tokens, logits [N, V])."""
+    import inspect
+
     import torch
 
+    # newer transformers call the cache argument ``cache`` (same semantics)
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     x = torch.tensor([prompt_ids], device=device)  # [1, P]
     rows, tokens, past = [], list(prompt_ids), None
     with torch.no_grad():
         for _ in range(cfg.gen_tokens):
-            out = model(input_ids=x, past_key_values=past, use_cache=True)
+            out = model(input_ids=x, use_cache=True, **{key: past})
             past = out.past_key_values
             rows.append(out.logits[0])  # [t, V]
             nxt = int(out.logits[0, -1].argmax())
