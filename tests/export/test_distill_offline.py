@@ -10,12 +10,12 @@ import json
 
 import numpy as np
 import pytest
-from tests.export.test_distill_targets import targets, tiny_oracle  # noqa: F401 (module fixtures)
 
 import stagedx.cli as top
 from stagedx.errors import StagedxError
 from stagedx.export.distill_offline import OfflineConfig, distill_offline
 from stagedx.export.distill_vocab import HEAD_VOCAB_FILE, read_head_vocab
+from tests.export.test_distill_targets import targets, tiny_oracle  # noqa: F401 (module fixtures)
 
 HEAD = 48
 
