@@ -21,6 +21,7 @@ from pathlib import Path
 from ..errors import StagedxError
 from ..files import AtomicFolder, _umask, utc_now
 from .distill import TOKENIZER_FILES, _device, _lr, _save_state
+from .distill_card import offline_card
 from .distill_stored import (
     LOSSES,
     WindowSampler,
@@ -190,6 +191,7 @@ def _write(cfg: OfflineConfig, draft, head_ids, record: dict) -> None:
         if cfg.head_vocab:
             write_head_vocab(tmp, head_ids, f"{cfg.head_vocab} most frequent tokens of {cfg.targets}")
         (tmp / "distill.json").write_text(json.dumps(record, indent=2) + "\n")
+        (tmp / "README.md").write_text(offline_card(record))
         mode = 0o666 & ~_umask()
         for f in tmp.iterdir():
             f.chmod(mode)

@@ -53,6 +53,7 @@ def test_loss_falls_and_the_card_records_it(trained):
     assert [h["step"] for h in record["run"]["history"]] == [8, 16]
     assert record["after"]["gen_chain_positions"] > 0 and record["after"]["gen_greedy_chain_tokens"] >= 1.0
     saved = json.loads((out / "distill.json").read_text())
+    assert "stagedx distill --targets (test)" in (out / "README.md").read_text()
     assert saved["command"] == "stagedx distill --targets (test)" and saved["run"]["steps"] == 16
 
 
