@@ -130,8 +130,9 @@ def _train(cfg: OfflineConfig, draft, data, head_ids, hooks) -> dict:
         for group in opt.param_groups:
             group["lr"] = _lr(budget, step, elapsed)
         tok, ids, logp, valid = (torch.from_numpy(a).to(device) for a in sampler.next())
-        logits = head_logits(draft, tok, ids_t, valid.long())  # [B, T, N]
-        loss = stored_loss(logits, inv[ids], logp, valid, cfg.loss)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = head_logits(draft, tok, ids_t, valid.long())  # [B, T, N]
+        loss = stored_loss(logits, inv[ids], logp, valid, cfg.loss)  # in fp32
         loss.backward()
         torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
         opt.step()

@@ -229,19 +229,20 @@ def valid_metrics(draft, seqs: Sequences, head_ids: np.ndarray, vocab_size: int)
 
     from .distill_vocab import inverse_table
 
-    ids_t = torch.from_numpy(head_ids)
+    dev = next(draft.parameters()).device
+    ids_t = torch.from_numpy(head_ids).to(dev)  # [N]
     inv = inverse_table(head_ids, vocab_size)  # [V]
     kl_sum = agree = n = chain_sum = chain_n = 0.0
     with torch.no_grad():
         for i in range(seqs.n_seqs):
             a, b = int(seqs.starts[i]), int(seqs.starts[i + 1])
-            tok = torch.from_numpy(seqs.tokens[a:b])[None]  # [1, T]
+            tok = torch.from_numpy(seqs.tokens[a:b])[None].to(dev)  # [1, T]
             logits = head_logits(draft, tok, ids_t)  # [1, T, N]
-            tpos = torch.from_numpy(inv[seqs.ids[a:b]])[None]  # [1, T, k]
-            lp = torch.from_numpy(seqs.logp[a:b])[None]  # [1, T, k]
-            ok = torch.ones(1, b - a, dtype=torch.bool)  # [1, T]
+            tpos = torch.from_numpy(inv[seqs.ids[a:b]])[None].to(dev)  # [1, T, k]
+            lp = torch.from_numpy(seqs.logp[a:b])[None].to(dev)  # [1, T, k]
+            ok = torch.ones(1, b - a, dtype=torch.bool, device=dev)  # [1, T]
             kl_sum += float(stored_loss(logits, tpos, lp, ok, "kl")) * (b - a)
-            pred = ids_t[logits[0].argmax(-1)].numpy()  # [T]
+            pred = ids_t[logits[0].argmax(-1)].cpu().numpy()  # [T]
             agree += float((pred == seqs.ids[a:b, 0]).sum())
             n += b - a
             if seqs.kinds[i] == "gen":
