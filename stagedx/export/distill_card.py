@@ -101,7 +101,8 @@ def offline_card(record: dict) -> str:
         "",
         f"- Data: {tg['shards']} shards, {tg['train_positions']:,} training positions in "
         f"{tg['train_sequences']} sequences (corpus windows and the oracle's own answers to chat "
-        f"prompts); the first shard of each kind ({tg['valid_positions']:,} positions) is the validation set. "
+        f"prompts); {tg['valid_shards']} held-out shard(s) ({tg['valid_positions']:,} positions) "
+        "are the validation set. "
         f"The targets' corpus: {meta.get('corpus_train_tokens', 0):,} tokens from "
         f"{meta.get('corpus_train_files', 0)} files, {meta.get('prompts', 0)} prompts.",
         f"- Loss `{opts['loss']}`, windows of {opts['seq_len']} tokens, batch {opts['batch']}, AdamW lr "

@@ -238,6 +238,7 @@ def distill_offline(
             "train_positions": int(len(data.train.tokens)),
             "train_sequences": data.train.n_seqs,
             "valid_positions": int(len(data.valid.tokens)),
+            "valid_shards": data.valid_shards,
             "oracle_top1_in_head": float(in_head),
             "meta": {k: v for k, v in data.meta.items() if k != "fingerprint"},
         },

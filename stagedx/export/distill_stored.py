@@ -29,6 +29,7 @@ from ..errors import StagedxError
 from .distill_targets import HELDOUT, META, UNIGRAM
 
 LOSSES = ("kl", "greedy")
+VALID_ORDER = ("gen", "corpus")  # whose first shard is held out first (gen: the chain metric)
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,11 @@ class Sequences:
 class StoredTargets:
     meta: dict
     train: Sequences
-    valid: Sequences  # the first shard of each kind, never trained on
+    valid: Sequences  # the first shard of each kind (while others remain), never trained on
     heldout: np.ndarray  # [M] int64 held-out corpus tokens (for the oracle-run metrics)
     unigram: np.ndarray  # [V] int64 corpus token counts
     shards: int
+    valid_shards: int
 
 
 def _concat(parts: list[dict]) -> Sequences:
@@ -73,7 +75,8 @@ def _concat(parts: list[dict]) -> Sequences:
 
 
 def load_targets(folder: Path) -> StoredTargets:
-    """Every complete shard of ``folder``; the first shard of each kind is the validation set."""
+    """Every complete shard of ``folder``. Validation: the first generated-text shard, then the
+    first corpus shard, each only while at least one shard is left to train on."""
     folder = Path(folder)
     if not (folder / META).is_file():
         raise StagedxError(f"--targets {folder}: no {META} (make it with `stagedx distill-targets`)")
@@ -87,12 +90,14 @@ def load_targets(folder: Path) -> StoredTargets:
         except (OSError, ValueError, KeyError) as exc:
             raise StagedxError(f"unreadable targets shard {f}: {exc}") from exc
     first = {str(p["kind"]): i for i, p in reversed(list(enumerate(parts)))}
-    valid = [parts[i] for i in sorted(first.values())]
-    train = [p for i, p in enumerate(parts) if i not in first.values()]
-    if not train:
-        raise StagedxError(
-            f"--targets {folder}: {len(parts)} shard(s); training needs one more than the kinds held out"
-        )
+    held: list[int] = []
+    for kind in VALID_ORDER:  # hold out a kind's first shard while a training shard remains
+        if kind in first and len(parts) - len(held) > 1:
+            held.append(first[kind])
+    valid = [parts[i] for i in sorted(held)]
+    train = [p for i, p in enumerate(parts) if i not in held]
+    if not train or not valid:
+        raise StagedxError(f"--targets {folder}: {len(parts)} shard(s); training needs at least 2")
     return StoredTargets(
         meta=meta,
         train=_concat(train),
@@ -100,6 +105,7 @@ def load_targets(folder: Path) -> StoredTargets:
         heldout=np.load(folder / HELDOUT).astype(np.int64),
         unigram=np.load(folder / UNIGRAM),
         shards=len(parts),
+        valid_shards=len(valid),
     )
 
 
