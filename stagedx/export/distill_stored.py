@@ -157,10 +157,11 @@ class WindowSampler:
 
 
 def draft_from_oracle(oracle_path: Path, layers: int):
-    """A Llama draft: the oracle's first ``layers`` layers, embedding and final norm (tied head)."""
+    """A Llama draft: the oracle's first ``layers`` layers, embedding and final norm (tied head).
+    Only those tensors are read from the oracle's safetensors."""
     import torch
     import transformers
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     conf = transformers.AutoConfig.from_pretrained(oracle_path)
     if conf.model_type != "llama":
@@ -168,14 +169,20 @@ def draft_from_oracle(oracle_path: Path, layers: int):
     if not 1 <= layers <= conf.num_hidden_layers:
         raise StagedxError(f"--draft-layers must be 1..{conf.num_hidden_layers}, got {layers}")
     conf.num_hidden_layers, conf.tie_word_embeddings = layers, True
-    draft = transformers.LlamaForCausalLM(conf)
-    weights = load_file(str(Path(oracle_path) / "model.safetensors"))
-    keep = {k: v for k, v in weights.items() if not k.startswith("model.layers.") or int(k.split(".")[2]) < layers}
-    missing, _unexpected = draft.load_state_dict(keep, strict=False)
+    with torch.device("meta"):
+        draft = transformers.LlamaForCausalLM(conf)
+    keep = {}
+    with safe_open(str(Path(oracle_path) / "model.safetensors"), "pt") as f:
+        for k in f.keys():
+            if not k.startswith("model.layers.") or int(k.split(".")[2]) < layers:
+                keep[k] = f.get_tensor(k).to(torch.float32)
+    missing, _unexpected = draft.load_state_dict(keep, strict=False, assign=True)
     if [m for m in missing if m != "lm_head.weight"]:
         raise StagedxError(f"oracle checkpoint lacks {missing[:3]}")
     draft.tie_weights()
-    return draft.to(torch.float32)
+    if draft.model.rotary_emb.inv_freq.is_meta:  # a buffer, not in the checkpoint
+        draft.model.rotary_emb = type(draft.model.rotary_emb)(conf)
+    return draft
 
 
 def head_logits(draft, tokens, ids_t, mask=None):
