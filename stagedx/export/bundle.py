@@ -141,6 +141,7 @@ def _export_model(role: str, ckpt: Checkpoint, cfg: ExportConfig, work: Path, ca
     """
     import torch
 
+    from .distill_vocab import HEAD_VOCAB_FILE, outside_head, read_head_vocab
     from .onnx_export import export_graph
     from .weights import Weights
 
@@ -148,6 +149,14 @@ def _export_model(role: str, ckpt: Checkpoint, cfg: ExportConfig, work: Path, ca
     ref = _reference(ckpt, case)
     dtype = {"fp32": torch.float32, "fp16": torch.float16}[cfg.dtype]
     graph = ckpt.spec.build_graph(ckpt.config, Weights(ckpt.path), cfg.topk, dtype)
+    head_ids = read_head_vocab(ckpt.path, ckpt.dims.vocab_size)
+    if head_ids is not None:
+        if role != "draft" or not hasattr(graph, "restrict_head"):
+            raise StagedxError(
+                f"{ckpt.path} has a small-vocabulary head ({HEAD_VOCAB_FILE}): only a Llama-family draft may"
+            )
+        graph.restrict_head(head_ids)
+        ref["logits"] = outside_head(ref["logits"], head_ids)
     out = work.parent / f"{role}.onnx"
     exported = export_graph(graph, ckpt.dims, out, work)
     del graph

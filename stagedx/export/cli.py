@@ -8,6 +8,7 @@ import click
 
 from ..manifest import DRAFT2_KINDS
 from .distill_cli import distill
+from .distill_targets_cli import distill_targets
 from .quantize import (
     DEFAULT_ACCURACY_LEVEL,
     DEFAULT_BLOCK_SIZE,
@@ -254,4 +255,4 @@ def inspect(bundle):
         raise StagedxError(problem)
 
 
-COMMANDS = [export, inspect, distill]
+COMMANDS = [export, inspect, distill, distill_targets]

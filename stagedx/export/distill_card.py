@@ -71,3 +71,55 @@ def model_card(record: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def offline_card(record: dict) -> str:
+    """Markdown for a draft trained by ``stagedx distill --targets`` (stored oracle targets)."""
+    opts, run, tg = record["options"], record["run"], record["targets"]
+    before, after = record["before"], record["after"]
+    meta = tg["meta"]
+
+    def chain(m: dict) -> str:
+        return "-" if m["gen_greedy_chain_tokens"] is None else f"{m['gen_greedy_chain_tokens']:.3f}"
+
+    head = f"{opts['head_vocab']}-token frequency-ranked head" if opts["head_vocab"] else "full-vocabulary head"
+    budget = f"{opts['minutes']} minutes" if opts.get("minutes") else f"{opts['steps']} steps"
+    lines = [
+        "# Draft trained on stored oracle targets",
+        "",
+        f"The oracle's first {opts['layers']} layer(s), embedding and final norm, tied {head} "
+        f"({record['n_params']:,} parameters, {record['head_params']:,} of them in the head's rows), "
+        f"trained by `stagedx distill --targets` on the stored top-k targets of `{opts['oracle']}` "
+        f"in `{opts['targets']}`. The oracle's greedy token is inside the head at "
+        f"{100 * tg['oracle_top1_in_head']:.1f}% of the validation positions.",
+        "",
+        "```",
+        record["command"] or "(called from Python)",
+        "```",
+        "",
+        "## Training",
+        "",
+        f"- Data: {tg['shards']} shards, {tg['train_positions']:,} training positions in "
+        f"{tg['train_sequences']} sequences (corpus windows and the oracle's own answers to chat "
+        f"prompts); {tg['valid_shards']} held-out shard(s) ({tg['valid_positions']:,} positions) "
+        "are the validation set. "
+        f"The targets' corpus: {meta.get('corpus_train_tokens', 0):,} tokens from "
+        f"{meta.get('corpus_train_files', 0)} files, {meta.get('prompts', 0)} prompts.",
+        f"- Loss `{opts['loss']}`, windows of {opts['seq_len']} tokens, batch {opts['batch']}, AdamW lr "
+        f"{opts['lr']:g} (warm-up, cosine to 10%), seed {opts['seed']}; budget {budget}: {run['steps']} steps "
+        f"in {run['seconds'] / 60:.1f} min on {run['device']}.",
+        "",
+        "## Agreement with the oracle (validation shards, no oracle run)",
+        "",
+        "| metric | before | after |",
+        "|---|---|---|",
+        f"| KL(top-k + tail), nats/position | {before['kl_topk_tail']:.4f} | {after['kl_topk_tail']:.4f} |",
+        f"| top-1 agreement | {before['top1']:.3f} | {after['top1']:.3f} |",
+        f"| greedy 4-chain tokens per oracle call, generated text | {chain(before)} | {chain(after)} |",
+        "",
+        "KL(top-k + tail): the oracle's top-k ids that the head can score plus one bucket for "
+        "the rest. The chain figure is exact on the oracle's own greedy answers: an accepted "
+        "draft token continues the stored text itself. See `distill.json` for every figure.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -18,8 +18,36 @@ import click
     metavar="LxWxH",
     help="Start from random weights of this shape instead (layers x width x heads).",
 )
+@click.option("--corpus", multiple=True, help="File or folder (its *.py files), or the word stdlib (repeatable).")
 @click.option(
-    "--corpus", multiple=True, required=True, help="File or folder (its *.py files), or the word stdlib (repeatable)."
+    "--targets",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Train from stored oracle targets (`stagedx distill-targets`) instead of running the oracle.",
+)
+@click.option(
+    "--draft-layers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="With --targets: the draft keeps the oracle's first N layers (Llama oracles).",
+)
+@click.option(
+    "--head-vocab",
+    type=int,
+    default=8192,
+    show_default=True,
+    help="With --targets: the draft's head scores only the N most frequent tokens (0: all).",
+)
+@click.option(
+    "--loss",
+    type=click.Choice(["kl", "greedy"]),
+    default="kl",
+    show_default=True,
+    help="With --targets: KL on the top-k + tail, or cross-entropy on the oracle's greedy token.",
+)
+@click.option(
+    "--eval-every", type=int, default=0, show_default=True, help="With --targets: validation metrics every N steps."
 )
 @click.option(
     "--exclude-from",
@@ -82,6 +110,11 @@ def distill(
     init,
     draft_shape,
     corpus,
+    targets,
+    draft_layers,
+    head_vocab,
+    loss,
+    eval_every,
     exclude_from,
     minutes,
     steps,
@@ -105,6 +138,12 @@ def distill(
 
     Rerun the same command after an interruption to resume from the last saved state.
     """
+    command = "stagedx " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["distill"] else ""
+    if targets is not None:
+        _from_targets(locals())
+        return
+    if not corpus:
+        raise click.UsageError("give --corpus (or --targets DIR)")
     from .distill import DistillConfig, parse_shape
     from .distill import distill as run
     from .distill_data import CorpusSpec
@@ -131,11 +170,52 @@ def distill(
         checkpoint_minutes=checkpoint_minutes,
         force=force,
         progress=True,
-        command="stagedx " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["distill"] else "",
+        command=command,
     )
     record = run(cfg, log=lambda msg: click.echo(msg, err=True))
     click.echo(
         f"distilled {output}: {record['run']['steps']} steps in "
         f"{record['run']['seconds'] / 60:.1f} min; KL {record['before']['kl']:.4f} -> "
         f"{record['after']['kl']:.4f}"
+    )
+
+
+def _from_targets(opts: dict) -> None:
+    """``--targets DIR``: the stored-targets trainer (options of the online one are refused)."""
+    from ..errors import StagedxError
+    from .distill_offline import OfflineConfig, distill_offline
+
+    clash = [
+        name
+        for name, key in (("--draft", "init"), ("--draft-shape", "draft_shape"), ("--corpus", "corpus"))
+        if opts[key]
+    ]
+    if clash:
+        raise StagedxError(f"--targets trains from stored targets: drop {', '.join(clash)}")
+    cfg = OfflineConfig(
+        oracle=opts["oracle"],
+        targets=opts["targets"],
+        output=opts["output"],
+        layers=opts["draft_layers"],
+        head_vocab=opts["head_vocab"],
+        loss=opts["loss"],
+        minutes=opts["minutes"],
+        steps=opts["steps"],
+        seq_len=opts["seq_len"],
+        batch=opts["batch"],
+        lr=opts["lr"],
+        seed=opts["seed"],
+        threads=opts["threads"],
+        device=opts["device"],
+        eval_every=opts["eval_every"],
+        checkpoint_minutes=opts["checkpoint_minutes"],
+        force=opts["force"],
+        command=opts["command"],
+    )
+    record = distill_offline(cfg, log=lambda msg: click.echo(msg, err=True))
+    before, after = record["before"], record["after"]
+    click.echo(
+        f"distilled {cfg.output}: {record['run']['steps']} steps in {record['run']['seconds'] / 60:.1f} min; "
+        f"KL(top-k+tail) {before['kl_topk_tail']:.4f} -> {after['kl_topk_tail']:.4f}, "
+        f"top-1 {before['top1']:.3f} -> {after['top1']:.3f}"
     )

@@ -24,6 +24,7 @@ from torch import nn
 from ..errors import StagedxError
 from .attention import attend, attention_bias, split_mask
 from .configs import DecoderDims, Rope, decoder_dims
+from .small_head import restrict_head, small_head_outputs
 
 
 class RMSNorm(nn.Module):
@@ -135,6 +136,7 @@ class LlamaGraph(nn.Module):
         self.lm_head = None if dims.tied else nn.Parameter(torch.empty(dims.vocab_size, dims.hidden))
         # A plain CPU attribute, not a buffer: `.to(fp16)` must not round the frequencies.
         self.inv_freq = inverse_frequencies(dims.rope, dims.head_dim)  # [D/2]
+        self.head_rows = None  # a small-vocabulary head (restrict_head), else the full one
 
     def _rope(self, position_ids, dtype):
         # position_ids [T] int64 -> cos, sin [T, 1, D], computed in fp32 like transformers
@@ -160,10 +162,17 @@ class LlamaGraph(nn.Module):
             x, k, v = block(x, rope, bias, past[2 * i], past[2 * i + 1])  # k, v [T, H_kv, D]
             new_kv += [k, v]
         x = self.norm(x)  # [T, E]
+        if self.head_rows is not None:
+            return (*small_head_outputs(self, x), *new_kv)
         head = self.embed if self.lm_head is None else self.lm_head  # [V, E]
         logits = (head @ x.t()).t()  # [T, V] (weight-side product: no transposed copy of head)
         topk_values, topk_indices = torch.topk(logits, self.topk, dim=-1)  # [T, K], [T, K]
         return (logits, topk_values, topk_indices, *new_kv)
+
+    def restrict_head(self, ids) -> None:
+        """Score only the vocabulary ids ``ids`` ([N] int64 numpy, ascending): see
+        :func:`small_head_outputs`."""
+        restrict_head(self, ids)
 
 
 def _put_block(block: Block, weights, prefix: str, dtype, fused: bool) -> None:
