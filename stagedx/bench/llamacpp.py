@@ -14,9 +14,9 @@ at EOS by itself). Two methods:
 Both run greedy (``temp=0``: llama.cpp's greedy sampler) and sampled modes (``top_k``, ``top_p``
 and ``temp`` from the mode, every other filter neutral: min-p 0, typical 1, no repeat
 penalty), seeded per run. Timing
-is stagedx's: the run's wall clock, its prefill (the prompt's evaluation up to the first new
-token) recorded apart so that decode tokens/s excludes it; ``oracle_calls`` counts the decode
-calls after the prompt's.
+is stagedx's: the run's wall clock, its prefill (every prompt token but the last, as stagedx's
+prefill) recorded apart so that decode tokens/s excludes it; the first decode call evaluates
+the last prompt token and yields the first new token; ``oracle_calls`` counts decode calls.
 """
 
 from __future__ import annotations
@@ -140,34 +140,33 @@ class LlamaCppMethod:
         llm.draft_model = self.model.lookup if self.name == "llama.cpp-lookup" else None
         llm.reset()  # no KV-cache reuse from the previous run: every run evaluates its prompt
         llm.set_seed(int(seed))
-        calls = [0]
+        calls, out = [0], []
         evaluate = llm.eval
 
         def counted(tokens):
             calls[0] += 1
             return evaluate(tokens)
 
-        llm.eval = counted  # the binding's generate() calls self.eval once per llama_decode round
-        out = []
         try:
+            # Prefill as stagedx's: every prompt token but the last. generate() then finds that
+            # prefix in the cache and its first decode call evaluates the last prompt token.
             t0 = time.perf_counter()
+            evaluate(ids[:-1])
+            prefill = time.perf_counter() - t0
+            llm.eval = counted  # generate() calls self.eval once per llama_decode round
             stream = llm.generate(ids, reset=True, **sampler_kwargs(sampling))
-            first = None
             for token in stream:
-                if first is None:
-                    first = time.perf_counter()
                 out.append(int(token))
                 if len(out) >= self.max_new_tokens:
                     break
             wall = time.perf_counter() - t0
             stream.close()
         finally:
-            del llm.eval
+            llm.__dict__.pop("eval", None)
             llm.draft_model = None
-        prefill = (first or t0) - t0
         return {
             "new_tokens": len(out),
-            "oracle_calls": max(calls[0] - 1, 0),  # the prompt's evaluation is the prefill
+            "oracle_calls": calls[0],
             "wall_s": wall,
             "time_s": {"prefill": prefill},
             "prompt_tokens": len(ids),
