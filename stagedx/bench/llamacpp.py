@@ -70,13 +70,18 @@ def unavailable_reason(manifest, bundle: Path, gguf: str | None) -> str | None:
 
 
 class LlamaCppModel:
-    """One ``llama_cpp.Llama`` on the GGUF file, shared by both methods (the lookup method swaps
-    the draft model in for its runs)."""
+    """One ``llama_cpp.Llama`` on the GGUF file; with ``lookup``, prompt-lookup decoding as its
+    draft model (the binding then keeps every position's logits, which verification needs: a
+    plain instance cannot be switched to it, hence one instance per method)."""
 
-    def __init__(self, path: Path, threads: int, n_ctx: int, vocab_size: int):
+    def __init__(self, path: Path, threads: int, n_ctx: int, vocab_size: int, lookup: bool = False):
         import llama_cpp
+        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
         self.path, self.module = Path(path), llama_cpp
+        draft = None
+        if lookup:
+            draft = LlamaPromptLookupDecoding(max_ngram_size=LOOKUP_NGRAM, num_pred_tokens=LOOKUP_TOKENS)
         try:
             self.llm = llama_cpp.Llama(
                 model_path=str(path),
@@ -84,7 +89,7 @@ class LlamaCppModel:
                 n_batch=512,
                 n_threads=int(threads),
                 n_threads_batch=int(threads),
-                logits_all=False,
+                draft_model=draft,
                 verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as exc:
@@ -94,9 +99,6 @@ class LlamaCppModel:
                 f"--gguf {path}: its vocabulary has {self.llm.n_vocab()} tokens, the bundle's {vocab_size}: "
                 "not the same model"
             )
-        self.lookup = llama_cpp.llama_speculative.LlamaPromptLookupDecoding(
-            max_ngram_size=LOOKUP_NGRAM, num_pred_tokens=LOOKUP_TOKENS
-        )
         self.threads = int(threads)
 
     def info(self) -> dict:
@@ -124,10 +126,9 @@ def sampler_kwargs(sampling: str) -> dict:
 class LlamaCppMethod:
     family = "llama.cpp"
 
-    def __init__(self, name: str, model: LlamaCppModel, tokenizer, max_new_tokens: int):
-        if name not in LLAMACPP_METHODS:
-            raise StagedxError(f"unknown llama.cpp peer {name!r}")
-        self.name, self.model, self.tokenizer, self.max_new_tokens = name, model, tokenizer, max_new_tokens
+    def __init__(self, model: LlamaCppModel, tokenizer, max_new_tokens: int):
+        self.name = LLAMACPP_METHODS[1] if model.llm.draft_model is not None else LLAMACPP_METHODS[0]
+        self.model, self.tokenizer, self.max_new_tokens = model, tokenizer, max_new_tokens
 
     def supports(self, sampling: str) -> bool:
         return True  # greedy, top-k, top-p and temperature all map onto llama.cpp's sampler chain
@@ -137,7 +138,6 @@ class LlamaCppMethod:
         ids = [int(t) for t in self.tokenizer.encode(prompt.text)]
         if len(ids) + self.max_new_tokens + LOOKUP_TOKENS + 1 > llm.n_ctx():
             raise StagedxError(f"llama.cpp peer: prompt {prompt.id} does not fit its context of {llm.n_ctx()}")
-        llm.draft_model = self.model.lookup if self.name == "llama.cpp-lookup" else None
         llm.reset()  # no KV-cache reuse from the previous run: every run evaluates its prompt
         llm.set_seed(int(seed))
         calls, out = [0], []
@@ -163,7 +163,6 @@ class LlamaCppMethod:
             stream.close()
         finally:
             llm.__dict__.pop("eval", None)
-            llm.draft_model = None
         return {
             "new_tokens": len(out),
             "oracle_calls": calls[0],
@@ -177,5 +176,6 @@ class LlamaCppMethod:
 def make_llamacpp_peers(gen, gguf: Path, threads: int, max_new_tokens: int, prompts) -> list[LlamaCppMethod]:
     longest = max(len(gen.tokenizer.encode(p.text)) for p in prompts)
     n_ctx = 256 * -(-(longest + max_new_tokens + LOOKUP_TOKENS + 1) // 256)
-    model = LlamaCppModel(gguf, threads, n_ctx, int(gen.manifest.tokenizer.vocab_size))
-    return [LlamaCppMethod(name, model, gen.tokenizer, max_new_tokens) for name in LLAMACPP_METHODS]
+    vocab = int(gen.manifest.tokenizer.vocab_size)
+    models = [LlamaCppModel(gguf, threads, n_ctx, vocab, lookup) for lookup in (False, True)]
+    return [LlamaCppMethod(model, gen.tokenizer, max_new_tokens) for model in models]

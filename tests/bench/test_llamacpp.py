@@ -107,20 +107,24 @@ def test_real_llamacpp_run():
     gguf, tok_file = _smol()
     tok = Tokenizer(tok_file)
     model = LlamaCppModel(gguf, threads=2, n_ctx=256, vocab_size=tok.vocab_size)
+    with_lookup = LlamaCppModel(gguf, threads=2, n_ctx=256, vocab_size=tok.vocab_size, lookup=True)
     info = model.info()
     assert info["gguf"] == str(gguf) and len(info["gguf_sha256"]) == 64
     prompt = Prompt("p", "def add(a, b):\n    return a + b\n\n\ndef add(a, b):\n    return a + b\n\n\ndef add(")
     n = 24
-    plain = LlamaCppMethod("llama.cpp", model, tok, n).run(prompt, "greedy", 0)
-    lookup = LlamaCppMethod("llama.cpp-lookup", model, tok, n).run(prompt, "greedy", 0)
+    assert LlamaCppMethod(model, tok, n).name == "llama.cpp"
+    assert LlamaCppMethod(with_lookup, tok, n).name == "llama.cpp-lookup"
+    plain = LlamaCppMethod(model, tok, n).run(prompt, "greedy", 0)
+    lookup = LlamaCppMethod(with_lookup, tok, n).run(prompt, "greedy", 0)
     assert plain["new_tokens"] == lookup["new_tokens"] == n and plain["oracle_calls"] == n
     assert plain["tokens"] == lookup["tokens"]
     assert lookup["oracle_calls"] < n
     assert 0 < plain["time_s"]["prefill"] < plain["wall_s"]
-    again = LlamaCppMethod("llama.cpp", model, tok, n).run(prompt, "topk:50", 7)
-    same = LlamaCppMethod("llama.cpp", model, tok, n).run(prompt, "topk:50", 7)
-    assert again["tokens"] == same["tokens"] and again["new_tokens"] == n  # seeded
+    again = LlamaCppMethod(model, tok, n).run(prompt, "topk:50", 7)
+    same = LlamaCppMethod(with_lookup, tok, n).run(prompt, "topk:50", 7)
+    # seeded, and lookup keeps the sampled distribution: the same draws, the same tokens
+    assert again["tokens"] == same["tokens"] and again["new_tokens"] == n
     with pytest.raises(StagedxError, match="does not fit"):
-        LlamaCppMethod("llama.cpp", model, tok, 300).run(prompt, "greedy", 0)
+        LlamaCppMethod(model, tok, 300).run(prompt, "greedy", 0)
     with pytest.raises(StagedxError, match="not the same model"):
         LlamaCppModel(gguf, threads=1, n_ctx=64, vocab_size=tok.vocab_size + 1)
