@@ -208,33 +208,34 @@ class BenchRequest:
     cfg: BenchConfig = BenchConfig()
     threads: int = 2
     device: str = "auto"
-    peers: bool = False
+    peers: tuple = ()  # peer families: "transformers", "llama.cpp" (peers.PEER_FAMILIES)
+    gguf: str | None = None  # the GGUF file for the llama.cpp peers (else the manifest's source)
     cost_curve: bool = True  # measure the oracle's latency against tree size (Figure 1)
 
 
 def benchmark(req: BenchRequest, progress: Callable | None = None, echo: Callable = print) -> dict:
     """Run the whole benchmark and return the result dict (raw records + summaries)."""
     from ..runtime import Generator
-    from .prompts import load_prompts
+    from .prompts import load_prompts, render_chat
 
     prompts = load_prompts(req.prompts, req.limit)
     with Generator(req.bundle, device=req.device, strategy="staged", threads=req.threads, tree=None) as gen:
+        prompts = render_chat(prompts, gen.manifest, gen.tokenizer)
         return _benchmark(gen, req, prompts, progress, echo)
 
 
 def _benchmark(gen, req: BenchRequest, prompts: list, progress: Callable | None, echo: Callable) -> dict:
-    from pathlib import Path
-
     from . import metrics
     from .roofline import roofline
 
     cfg = req.cfg
     methods: list = [StagedxMethod(gen, m, cfg.max_new_tokens) for m in cfg.methods]
+    families: dict = {}
     if req.peers:
         from .peers import make_peers
 
-        echo("loading transformers peers (PyTorch, CPU, fp32) ...")
-        methods += make_peers(gen, Path(req.bundle), req.threads, cfg.max_new_tokens)
+        peer_methods, families = make_peers(gen, req, prompts, echo)
+        methods += peer_methods
     total = n_runs(methods, len(prompts), cfg)
     started = time.time()
     records = run_bench(methods, prompts, cfg, (lambda rec: progress(rec, total)) if progress else None)
@@ -253,7 +254,7 @@ def _benchmark(gen, req: BenchRequest, prompts: list, progress: Callable | None,
             "repeats": cfg.repeats,
             "warmup": cfg.warmup,
             "seed": cfg.seed,
-            "peers": req.peers,
+            "peers": list(req.peers),
             "stop_rule": "fixed new-token count, EOS ignored",
             "timing": "wall clock of each generate call, prefill included (decode_tokens_per_s: prefill excluded)",
             "tree": {s: _tree_record(gen, s) for s in cfg.samplings},
@@ -279,7 +280,7 @@ def _benchmark(gen, req: BenchRequest, prompts: list, progress: Callable | None,
 
         peer_records = [r for r in records if r["family"] != "stagedx"]
         result["peer_records"] = peer_records
-        result["peers"] = summarize_peers(peer_records, ours)
+        result["peers"] = summarize_peers(peer_records, ours, families)
     return result
 
 

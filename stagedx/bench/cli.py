@@ -50,7 +50,8 @@ def check_bundle_writable(bundle) -> None:
     "--prompts",
     default="humaneval",
     show_default=True,
-    help='humaneval | humaneval:A-B | FILE.jsonl (field "prompt") | text FILE (blank-line-separated prompts)',
+    help="humaneval | humaneval:A-B | chat | chat:A-B (instructions through the bundle's chat template) | "
+    'FILE.jsonl (field "prompt", or "messages" for a chat prompt) | text FILE (blank-line-separated prompts)',
 )
 @click.option("--limit", type=int, default=20, show_default=True, help="first N prompts (0 = all)")
 @click.option(
@@ -67,7 +68,20 @@ def check_bundle_writable(bundle) -> None:
 @click.option("--threads", type=int, default=2, show_default=True, help="threads for every backend (pinned, recorded)")
 @click.option("--device", default="auto", show_default=True)
 @click.option(
-    "--peers", is_flag=True, help="also run transformers greedy / assisted / prompt-lookup generate (needs torch)"
+    "--peers",
+    is_flag=False,
+    flag_value="all",
+    default=None,
+    metavar="[all|transformers|llama.cpp]",
+    help="also run other runtimes on the same model: transformers generate / assisted / prompt lookup "
+    "(needs torch), llama.cpp plain / prompt lookup (needs llama-cpp-python and a GGUF file); "
+    "alone: all of them; one that cannot run is skipped with a note",
+)
+@click.option(
+    "--gguf",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="GGUF file of the oracle for the llama.cpp peers (default: the oracle's source, when it is a GGUF file)",
 )
 @click.option(
     "--out",
@@ -104,6 +118,7 @@ def bench(
     threads,
     device,
     peers,
+    gguf,
     out_dir,
     seed,
     figure_with,
@@ -115,6 +130,7 @@ def bench(
     from ..files import write_atomic
     from .bench import STAGEDX_METHODS, BenchConfig, BenchRequest, benchmark
     from .figure1 import write_figure1
+    from .peers import parse_peers
     from .report import render, write_json, write_png
 
     methods_t, samplings_t = _csv(methods), _csv(samplings)
@@ -138,7 +154,10 @@ def bench(
     out = Path(out_dir)
     check_writable_folder(out, "--out")  # created only when there are results to write
     cfg = BenchConfig(methods_t, samplings_t, max_new_tokens, repeats, warmup, seed)
-    req = BenchRequest(bundle, prompts, limit or None, cfg, threads, device, peers)
+    peer_families = parse_peers(peers)
+    if gguf and "llama.cpp" not in peer_families:
+        raise StagedxError("--gguf is for the llama.cpp peers: add --peers (or --peers llama.cpp)")
+    req = BenchRequest(bundle, prompts, limit or None, cfg, threads, device, peer_families, gguf)
 
     from ..runtime.ort_runner import process_owner_thread_pool
 

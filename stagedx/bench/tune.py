@@ -275,9 +275,9 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print, twin=None
     from ..manifest import TuningEntry, load_manifest, update_manifest
     from ..runtime.sampling import SamplingConfig
     from ..runtime.trees import sampling_mode
-    from .prompts import load_prompts
+    from .prompts import load_prompts, render_chat
 
-    prompts = load_prompts(tune.calibration, tune.limit)
+    prompts = render_chat(load_prompts(tune.calibration, tune.limit), gen.manifest, gen.tokenizer)
     ids = np.concatenate([np.asarray(gen.tokenizer.encode(p.text), np.int64) for p in prompts])
     need = tune.past_len
     context = np.resize(ids, need) if len(ids) else np.zeros(need, np.int64)

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..errors import StagedxError
-from .chat import ChatTemplate
+from .chat import template_for
 from .metrics import CONTENT_TYPE, Metrics
 from .responses import DONE, Reply, event
 from .schemas import ApiError, DecodeParams, Limits, chat_params, completion_params, parse_body
@@ -59,7 +59,7 @@ class Server:
         bundle, manifest = generator.bundle_dir, generator.manifest
         self.tokenizer = Tokenizer(bundle / manifest.tokenizer.file)  # a second instance: encode only
         self.limits = Limits(config.model, generator.context_limit, generator.vocab)
-        self.chat = _chat_template(manifest, self.tokenizer)
+        self.chat = template_for(manifest, self.tokenizer)
         self.metrics = Metrics(config.model)
         self.worker = DecodeWorker(generator, self.metrics, config.max_queue, config.timeout_s, config.warm_up)
 
@@ -271,17 +271,6 @@ async def _watch_disconnect(request: Request, job: Job) -> None:
             job.cancel()
             job.events.put_nowait(("gone", None))
             return
-
-
-def _chat_template(manifest, tokenizer) -> ChatTemplate | None:
-    source = getattr(manifest.tokenizer, "chat_template", None)
-    if not source:
-        return None
-    special = {}
-    for key in ("bos_token_id", "eos_token_id"):
-        token_id = getattr(manifest.tokenizer, key)
-        special[key] = "" if token_id is None else tokenizer.decode([token_id])
-    return ChatTemplate(source, special["bos_token_id"], special["eos_token_id"])
 
 
 def create_app(generator, config: ServeConfig) -> Starlette:

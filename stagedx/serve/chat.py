@@ -34,3 +34,16 @@ class ChatTemplate:
             return self._template.render(messages=list(messages), add_generation_prompt=True, **self._tokens)
         except self._error as exc:
             raise ApiError(422, f"messages: the chat template failed on them: {exc}", param="messages") from None
+
+
+def template_for(manifest, tokenizer) -> ChatTemplate | None:
+    """The bundle's chat template (None when its tokenizer has none), with the BOS / EOS
+    strings it may use decoded by the bundle's tokenizer."""
+    source = getattr(manifest.tokenizer, "chat_template", None)
+    if not source:
+        return None
+    special = {}
+    for key in ("bos_token_id", "eos_token_id"):
+        token_id = getattr(manifest.tokenizer, key)
+        special[key] = "" if token_id is None else tokenizer.decode([token_id])
+    return ChatTemplate(source, special["bos_token_id"], special["eos_token_id"])
