@@ -64,10 +64,19 @@ def gather_model(n_tensors: int, dtype, row_shape: tuple[int, int]) -> bytes:
     return _int(1, 8) + _msg(7, graph) + _msg(8, opset)
 
 
-class DeviceKV:
-    """KV store as device OrtValues, bound by pointer; same protocol as ``HostKV``."""
+def gather_providers(providers) -> list:
+    """The gather graph's providers: the model session's own, with their options (the
+    ``device_id`` above all: the gather must run on the GPU that holds the cache), minus
+    TensorRT (a Gather needs no engine build, and TensorRT may be absent: CUDA EP runs it)."""
+    return [p for p in providers if (p if isinstance(p, str) else p[0]) != "TensorrtExecutionProvider"]
 
-    def __init__(self, shape: KVShape, binder):
+
+class DeviceKV:
+    """KV store as device OrtValues, bound by pointer; same protocol as ``HostKV``.
+    ``providers``: the model session's providers list as it was asked for (names with
+    options); by default the names the session reports."""
+
+    def __init__(self, shape: KVShape, binder, providers=None):
         self.shape = shape
         self.where, self.dev_id = binder.device_type, binder.device_id
         full = (shape.n_layers, shape.rows, shape.n_heads, shape.head_dim)
@@ -84,8 +93,7 @@ class DeviceKV:
         model = gather_model(2 * shape.n_layers, shape.np_dtype, (shape.n_heads, shape.head_dim))
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        providers = binder.session.get_providers()
-        providers = [p for p in providers if p != "TensorrtExecutionProvider"]  # Gather: CUDA EP
+        providers = gather_providers(binder.session.get_providers() if providers is None else providers)
         self._gather = ort.InferenceSession(model, sess_options=opts, providers=providers)
         self._gbind = type(binder)(self._gather, self.where, self.dev_id)
 
