@@ -129,10 +129,11 @@ def test_cuda_runner_matches_the_cpu_runner(which, request):
 
 
 @pytest.mark.gpu
-def test_cuda_generation_equals_cpu_generation(tiny_bundle):
+def test_cuda_generation_equals_cpu_generation(request):
     _cuda_or_skip()
     from stagedx.runtime import Generator
 
+    tiny_bundle = request.getfixturevalue("tiny_bundle")
     with Generator(tiny_bundle, device="cpu") as cpu, Generator(tiny_bundle, device="cuda") as gpu:
         assert gpu.device == "cuda:0"
         for strategy in ("baseline", "speculative", "staged"):

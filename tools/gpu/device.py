@@ -244,6 +244,7 @@ def greedy_outputs(bundle: Path, device: str, n_prompts: int, max_new_tokens: in
 
     prompts = load_jsonl(PROMPTS)[:n_prompts]
     out = {"device": device, "digests": bundle_digest(bundle), "prompts": [p.id for p in prompts], "tokens": {}}
+    out["max_new_tokens"] = max_new_tokens
     with Generator(bundle, device=device, strategy="staged") as gen:
         out["device_used"] = gen.device
         for strategy in STRATEGIES:
@@ -266,11 +267,12 @@ def compare_tokens(a: list[list[int]], b: list[list[int]]) -> dict:
 def parity(bundles: Path, device: str, reference: dict | None, limits: tuple[int, int]) -> dict:
     """Per bundle: device strategies vs each other, device vs this machine's CPU EP, and device
     vs the reference computed on the CPU where the bundles were prepared."""
-    n_prompts, max_new = limits
     report = {}
     for bundle in sorted(p for p in bundles.glob("pair-*") if (p / "manifest.json").is_file()):
         dt = bundle.name.split("-", 1)[1]
         entry: dict = {}
+        ref = (reference or {}).get(dt)
+        n_prompts, max_new = (len(ref["prompts"]), ref["max_new_tokens"]) if ref else limits  # as the reference
         try:
             dev = greedy_outputs(bundle, device, n_prompts, max_new)
             entry["device_used"] = dev["device_used"]
@@ -279,7 +281,6 @@ def parity(bundles: Path, device: str, reference: dict | None, limits: tuple[int
             }
             cpu = greedy_outputs(bundle, "cpu", n_prompts, max_new) if device != "cpu" else dev
             entry["vs_cpu_here"] = {s: compare_tokens(cpu["tokens"][s], dev["tokens"][s]) for s in STRATEGIES}
-            ref = (reference or {}).get(dt)
             if ref:
                 entry["same_graphs_as_reference"] = ref["digests"] == dev["digests"]
                 entry["vs_reference"] = {s: compare_tokens(ref["tokens"][s], dev["tokens"][s]) for s in STRATEGIES}
@@ -498,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", type=Path)
     ap.add_argument("--prompts", type=int, default=5)
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=20, help="timed calls per point (kvcheck)")
     args = ap.parse_args(argv)
     limits = (args.prompts, args.max_new_tokens)
     if args.step == "probe":
@@ -523,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         write(args.out, "parity.json", rep)
         return 0 if rep and all("error" not in v for v in rep.values()) else 1
     elif args.step == "kvcheck":
-        write(args.out, "kvcheck.json", kvcheck(args.bundle, args.device, args.out))
+        write(args.out, "kvcheck.json", kvcheck(args.bundle, args.device, args.out, args.repeats))
     elif args.step == "summary":
         print(summary(args.out))
     else:

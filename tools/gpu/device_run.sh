@@ -33,6 +33,7 @@ DTYPES=${STAGEDX_GPU_DTYPES:-fp16,fp32}
 N_PROMPTS=${STAGEDX_GPU_PROMPTS:-5}
 NEW_TOKENS=${STAGEDX_GPU_NEW_TOKENS:-128}
 BUDGET_S=${STAGEDX_GPU_BUDGET_S:-480}
+KV_REPEATS=$([ "${STAGEDX_GPU_QUICK:-0}" = 1 ] && echo 3 || echo 20)  # quick: the CI rehearsal
 THREADS=${STAGEDX_GPU_THREADS:-$(( $(nproc) < 8 ? $(nproc) : 8 ))}
 W=$OUT/work
 mkdir -p "$W" "$STASH"
@@ -114,7 +115,8 @@ do_measure() {
   for dt in ${DTYPES//,/ }; do
     step "validate-$dt" 60 bash -c "'$PY' -m stagedx validate '$BUNDLES/pair-$dt' > '$W/validate-$dt.txt' 2>&1"
   done
-  step "kvcheck" 90 "$PY" "$TOOL" kvcheck --bundle "$BUNDLES/pair-$first" --device "$DEVICE" --out "$W"
+  step "kvcheck" 90 "$PY" "$TOOL" kvcheck --bundle "$BUNDLES/pair-$first" --device "$DEVICE" \
+    --repeats "$KV_REPEATS" --out "$W"
   for dt in ${DTYPES//,/ }; do
     step "bench-$dt" 150 "$PY" -m stagedx bench "$BUNDLES/pair-$dt" --device "$DEVICE" --threads "$THREADS" \
       --prompts tools/gpu/prompts.jsonl --limit "$N_PROMPTS" --max-new-tokens "$NEW_TOKENS" \
