@@ -41,6 +41,17 @@ def test_device_kv_builds_its_gather_session_from_the_given_providers(tiny_bundl
     assert kv._gather.get_providers() == [CPU_EP]
 
 
+def test_the_binder_names_the_gpu_for_io_binding(tiny_bundle):
+    from stagedx.runtime.ort_runner import Binder
+
+    bundle_dir, manifest = open_bundle(tiny_bundle)
+    runner = OrtRunner(bundle_dir, manifest.models["draft"], "cpu", threads=1)
+    b = Binder(runner.session, "cuda", 1)
+    assert (b.dev["cuda"].device_type(), b.dev["cuda"].device_id()) == (1, 1)  # OrtDevice GPU, ordinal 1
+    assert (b.dev["cpu"].device_type(), b.dev["cpu"].device_id()) == (0, 0)
+    assert b._id("cuda") == 1 and b._id("cpu") == 0
+
+
 def _steps(runner, rng, vocab: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Prefill, a tree with a partial commit, then single tokens: top-k of every call."""
     out = []

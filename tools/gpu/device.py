@@ -228,6 +228,10 @@ def export(bundles: Path, dtypes: list[str]) -> dict:
         res = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
         report[dt] = {"bundle": str(dst), "rc": res.returncode, "seconds": time.perf_counter() - t0}
         report[dt]["log"] = (res.stdout + res.stderr)[-3000:]
+        if res.returncode:  # e.g. the image's transformers disagrees with the parity check: keep
+            # the run going without the reference (validate then fails alone; parity and bench run)
+            res = subprocess.run([*args, "--no-verify"], capture_output=True, text=True, cwd=ROOT)
+            report[dt]["retry_no_verify"] = {"rc": res.returncode, "log": (res.stdout + res.stderr)[-3000:]}
     return report
 
 
@@ -300,7 +304,7 @@ def reference(bundles: Path, limits: tuple[int, int]) -> dict:
 
 
 # -- is the KV really kept on the device? -------------------------------------------------------
-def kvcheck(bundle: Path, device: str, out: Path, repeats: int = 20) -> dict:
+def kvcheck(bundle: Path, device: str, out: Path, repeats: int = 20, pasts: tuple = (16, 128, 512, 960)) -> dict:
     """Time per oracle call against the committed past P (T = 1) and against the tree size T,
     for the runner (KV bound by pointer where it lives) and for a plain ``session.run`` that
     sends the past from the host and fetches the new rows back every call. Then one profiled
@@ -340,7 +344,7 @@ def kvcheck(bundle: Path, device: str, out: Path, repeats: int = 20) -> dict:
     io, a = entry.graph_io, entry.arch
     dt = np.float16 if entry.dtype == "fp16" else np.float32
     by_past = {}
-    for p in (16, 128, 512, 960):
+    for p in pasts:
         fill(p)
         tok = rng.integers(0, vocab, 1).astype(np.int64)
         bound = timed(lambda p=p, tok=tok: runner.run(tok, np.array([p]), chain_mask(1)))
@@ -500,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=5)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=20, help="timed calls per point (kvcheck)")
+    ap.add_argument("--past", default="16,128,512,960", help="committed past lengths timed (kvcheck)")
     args = ap.parse_args(argv)
     limits = (args.prompts, args.max_new_tokens)
     if args.step == "probe":
@@ -516,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.step == "export":
         rep = export(args.bundles, [d for d in args.dtypes.split(",") if d])
         write(args.out, "export.json", rep)
-        return 0 if all(v.get("rc", 0) == 0 for v in rep.values()) else 1
+        return 0 if all(v.get("rc", 0) == 0 for v in rep.values()) else 1  # a retry still counts as a failure
     elif args.step == "reference":
         write(args.out, "cpu_reference.json", reference(args.bundles, limits))
     elif args.step == "parity":
@@ -525,7 +530,11 @@ def main(argv: list[str] | None = None) -> int:
         write(args.out, "parity.json", rep)
         return 0 if rep and all("error" not in v for v in rep.values()) else 1
     elif args.step == "kvcheck":
-        write(args.out, "kvcheck.json", kvcheck(args.bundle, args.device, args.out, args.repeats))
+        write(
+            args.out,
+            "kvcheck.json",
+            kvcheck(args.bundle, args.device, args.out, args.repeats, tuple(int(p) for p in args.past.split(","))),
+        )
     elif args.step == "summary":
         print(summary(args.out))
     else:

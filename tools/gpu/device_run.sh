@@ -33,7 +33,14 @@ DTYPES=${STAGEDX_GPU_DTYPES:-fp16,fp32}
 N_PROMPTS=${STAGEDX_GPU_PROMPTS:-5}
 NEW_TOKENS=${STAGEDX_GPU_NEW_TOKENS:-128}
 BUDGET_S=${STAGEDX_GPU_BUDGET_S:-480}
-KV_REPEATS=$([ "${STAGEDX_GPU_QUICK:-0}" = 1 ] && echo 3 || echo 20)  # quick: the CI rehearsal
+# quick: the CI rehearsal (fewer timings, a smaller bench); the device run is never quick
+if [ "${STAGEDX_GPU_QUICK:-0}" = 1 ]; then
+  KV_ARGS=(--repeats 3 --past 16,128)
+  BENCH_ARGS=(--methods baseline,staged --sampling greedy --warmup 0)
+else
+  KV_ARGS=(--repeats 20 --past 16,128,512,960)
+  BENCH_ARGS=(--methods baseline,speculative,staged,staged3 --sampling greedy,topk:50 --warmup 1)
+fi
 THREADS=${STAGEDX_GPU_THREADS:-$(( $(nproc) < 8 ? $(nproc) : 8 ))}
 W=$OUT/work
 mkdir -p "$W" "$STASH"
@@ -116,11 +123,11 @@ do_measure() {
     step "validate-$dt" 60 bash -c "'$PY' -m stagedx validate '$BUNDLES/pair-$dt' > '$W/validate-$dt.txt' 2>&1"
   done
   step "kvcheck" 90 "$PY" "$TOOL" kvcheck --bundle "$BUNDLES/pair-$first" --device "$DEVICE" \
-    --repeats "$KV_REPEATS" --out "$W"
+    "${KV_ARGS[@]}" --out "$W"
   for dt in ${DTYPES//,/ }; do
     step "bench-$dt" 150 "$PY" -m stagedx bench "$BUNDLES/pair-$dt" --device "$DEVICE" --threads "$THREADS" \
       --prompts tools/gpu/prompts.jsonl --limit "$N_PROMPTS" --max-new-tokens "$NEW_TOKENS" \
-      --methods baseline,speculative,staged,staged3 --sampling greedy,topk:50 --out "$W/bench-$dt"
+      "${BENCH_ARGS[@]}" --out "$W/bench-$dt"
   done
   step gpu_tests 150 "$PY" -m pytest -p no:cacheprovider -m gpu -q tests/runtime/test_ort_cuda.py \
     tests/runtime/test_trt_runner.py
