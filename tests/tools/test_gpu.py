@@ -239,3 +239,14 @@ def test_the_device_run_rehearsed_on_the_cpu(carried, pair_bundle, tmp_path):
     assert bench["environment"]["device"] == "cpu" and bench["cost_curve"]["latency_s"]
     summary = (last / "summary.md").read_text()
     assert "parity fp32 on cpu" in summary and "## bench-fp32" in summary
+
+
+def test_the_call_sequence_carries_one_part_per_call_and_the_small_files_last(tmp_path):
+    import prepare
+
+    spec = {"parts": [{"file": f"part-{i:02d}"} for i in range(3)]}
+    seq = prepare.calls(tmp_path, {"ort-cp312": spec}, "ort-cp312")
+    assert [c["command"].split()[-1] for c in seq] == ["probe", "stash", "all"]
+    assert seq[0]["carry"] == ["gpu-carry/ort-cp312/payload.json", "gpu-carry/ort-cp312/part-00"]
+    assert seq[2]["carry"][-1] == "gpu-carry/small" and seq[2]["timeout_s"] < 600
+    assert all(len(c["carry"]) <= 8 for c in seq)
