@@ -239,6 +239,10 @@ def test_the_device_run_rehearsed_on_the_cpu(carried, pair_bundle, tmp_path):
     assert bench["environment"]["device"] == "cpu" and bench["cost_curve"]["latency_s"]
     summary = (last / "summary.md").read_text()
     assert "parity fp32 on cpu" in summary and "## bench-fp32" in summary
+    import collect  # what the session commits under docs/results/gpu-<device>/
+
+    kept = collect.collect(last, tmp_path / "results")
+    assert {"summary.md", "results.json", "bench-fp32-bench.txt", "validate-fp32.txt", "command.txt"} <= set(kept)
 
 
 def test_the_call_sequence_carries_one_part_per_call_and_the_small_files_last(tmp_path):
