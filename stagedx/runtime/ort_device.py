@@ -80,10 +80,13 @@ class DeviceKV:
         self.shape = shape
         self.where, self.dev_id = binder.device_type, binder.device_id
         full = (shape.n_layers, shape.rows, shape.n_heads, shape.head_dim)
-        self._host_zeros = np.zeros(full, shape.np_dtype)  # CPU OrtValues alias it: keep it alive
-        self.keys = ort.OrtValue.ortvalue_from_numpy(self._host_zeros, self.where, self.dev_id)
-        self._host_zeros_v = np.zeros(full, shape.np_dtype)
-        self.values = ort.OrtValue.ortvalue_from_numpy(self._host_zeros_v, self.where, self.dev_id)
+        # Zero-filled (masked rows must hold finite values). A GPU OrtValue is a copy of the
+        # zeros, which are then dropped; a CPU OrtValue aliases them, so they are kept alive.
+        zeros_k = np.zeros(full, shape.np_dtype)
+        zeros_v = np.zeros(full, shape.np_dtype) if self.where == "cpu" else zeros_k
+        self.keys = ort.OrtValue.ortvalue_from_numpy(zeros_k, self.where, self.dev_id)
+        self.values = ort.OrtValue.ortvalue_from_numpy(zeros_v, self.where, self.dev_id)
+        self._host_alias = (zeros_k, zeros_v) if self.where == "cpu" else ()
         self.row_bytes = shape.n_heads * shape.head_dim * np.dtype(shape.np_dtype).itemsize
         layer_bytes = shape.rows * self.row_bytes
         self._k_ptr = [self.keys.data_ptr() + i * layer_bytes for i in range(shape.n_layers)]
