@@ -124,13 +124,18 @@ do_measure() {
   done
   step "kvcheck" 90 "$PY" "$TOOL" kvcheck --bundle "$BUNDLES/pair-$first" --device "$DEVICE" \
     "${KV_ARGS[@]}" --out "$W"
-  for dt in ${DTYPES//,/ }; do
-    step "bench-$dt" 150 "$PY" -m stagedx bench "$BUNDLES/pair-$dt" --device "$DEVICE" --threads "$THREADS" \
-      --prompts tools/gpu/prompts.jsonl --limit "$N_PROMPTS" --max-new-tokens "$NEW_TOKENS" \
-      "${BENCH_ARGS[@]}" --out "$W/bench-$dt"
-  done
+  bench "$first"  # then the GPU tests, then the other dtypes' benches (least needed last)
   step gpu_tests 150 "$PY" -m pytest -p no:cacheprovider -m gpu -q tests/runtime/test_ort_cuda.py \
     tests/runtime/test_trt_runner.py
+  for dt in ${DTYPES//,/ }; do
+    [ "$dt" = "$first" ] || bench "$dt"
+  done
+}
+
+bench() {
+  step "bench-$1" 150 "$PY" -m stagedx bench "$BUNDLES/pair-$1" --device "$DEVICE" --threads "$THREADS" \
+    --prompts tools/gpu/prompts.jsonl --limit "$N_PROMPTS" --max-new-tokens "$NEW_TOKENS" \
+    "${BENCH_ARGS[@]}" --out "$W/bench-$1"
 }
 
 case "$STAGE" in
