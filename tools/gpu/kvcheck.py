@@ -85,6 +85,7 @@ def _profile(bdir: Path, entry, device: str, out: Path) -> dict:
     from stagedx.runtime.runner import chain_mask
 
     orig = ort_runner.make_session
+    out.mkdir(parents=True, exist_ok=True)
     prefix = str(out / "ort-profile")
 
     def profiled(path, choice, threads):
