@@ -2,7 +2,8 @@
 
 Export saved the transformers (fp32) inputs and outputs in ``reference.npz``; each backend
 (ONNX Runtime always, TensorRT where it and engines for this GPU are present) is run through
-Polygraphy's runner API on those inputs and its ``logits`` / ``topk_values`` are compared to
+Polygraphy's runner API on those inputs (ONNX Runtime on the CPU EP, and on the CUDA EP
+where onnxruntime-gpu is installed, as backend ``ort-cuda``) and its ``logits`` / ``topk_values`` are compared to
 the reference with the manifest's tolerance for the graph's dtype. The error measure is
 ``max|ours - ref| / max|ref|``. ONNX Runtime is never compared with itself.
 """
@@ -20,6 +21,8 @@ from ..manifest import NUMPY_DTYPE, TOLERANCE, Manifest, ModelEntry, load_manife
 from ..numerics import rel_error
 
 COMPARED = ("logits", "topk_values")
+CUDA_EP = "CUDAExecutionProvider"
+CUDA_BACKEND = "ort-cuda"  # ONNX Runtime's CUDA execution provider
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,29 @@ def _onnxrt_checks(bundle: Path, manifest: Manifest, ref) -> list[Check]:
     return checks
 
 
+def _cuda_checks(bundle: Path, manifest: Manifest, ref) -> list[Check]:
+    """ONNX Runtime's CUDA EP (onnxruntime-gpu) on the same reference feeds; no TensorRT
+    involved. Skipped, saying why, without onnxruntime-gpu or when the CUDA EP does not load."""
+    import onnxruntime as ort
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+
+    if CUDA_EP not in ort.get_available_providers():
+        return _skipped(CUDA_BACKEND, manifest, "onnxruntime-gpu not installed")
+    checks = []
+    for role, entry in manifest.models.items():
+        tol = tolerance_for(manifest, precision(entry))
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(str(bundle / entry.file), opts, providers=[CUDA_EP, "CPUExecutionProvider"])
+        if session.get_providers()[0] != CUDA_EP:
+            note = "the CUDA EP did not load (CUDA / cuDNN libraries)"
+            checks.append(Check(CUDA_BACKEND, role, entry.dtype, "-", None, tol, note))
+            continue
+        outputs = _run_polygraphy(OnnxrtRunner(session, name=f"{CUDA_BACKEND}-{role}"), reference_feeds(ref, entry))
+        checks += compare_outputs(outputs, ref, entry, (CUDA_BACKEND, tol))
+    return checks
+
+
 def _skipped(backend: str, manifest: Manifest, note: str) -> list[Check]:
     return [
         Check(backend, role, e.dtype, "-", None, tolerance_for(manifest, precision(e)), note)
@@ -169,7 +195,8 @@ def validate_bundle(bundle: str | Path) -> list[Check]:
     missing = [f"{r}.logits" for r in manifest.models if f"{r}.logits" not in ref]
     if missing:
         raise StagedxError(f"reference.npz lacks {missing}; re-export the bundle")
-    return _onnxrt_checks(bundle, manifest, ref) + _tensorrt_checks(bundle, manifest, ref)
+    checks = _onnxrt_checks(bundle, manifest, ref) + _cuda_checks(bundle, manifest, ref)
+    return checks + _tensorrt_checks(bundle, manifest, ref)
 
 
 def format_table(checks: list[Check]) -> str:

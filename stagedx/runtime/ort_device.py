@@ -64,17 +64,29 @@ def gather_model(n_tensors: int, dtype, row_shape: tuple[int, int]) -> bytes:
     return _int(1, 8) + _msg(7, graph) + _msg(8, opset)
 
 
-class DeviceKV:
-    """KV store as device OrtValues, bound by pointer; same protocol as ``HostKV``."""
+def gather_providers(providers) -> list:
+    """The gather graph's providers: the model session's own, with their options (the
+    ``device_id`` above all: the gather must run on the GPU that holds the cache), minus
+    TensorRT (a Gather needs no engine build, and TensorRT may be absent: CUDA EP runs it)."""
+    return [p for p in providers if (p if isinstance(p, str) else p[0]) != "TensorrtExecutionProvider"]
 
-    def __init__(self, shape: KVShape, binder):
+
+class DeviceKV:
+    """KV store as device OrtValues, bound by pointer; same protocol as ``HostKV``.
+    ``providers``: the model session's providers list as it was asked for (names with
+    options); by default the names the session reports."""
+
+    def __init__(self, shape: KVShape, binder, providers=None):
         self.shape = shape
         self.where, self.dev_id = binder.device_type, binder.device_id
         full = (shape.n_layers, shape.rows, shape.n_heads, shape.head_dim)
-        self._host_zeros = np.zeros(full, shape.np_dtype)  # CPU OrtValues alias it: keep it alive
-        self.keys = ort.OrtValue.ortvalue_from_numpy(self._host_zeros, self.where, self.dev_id)
-        self._host_zeros_v = np.zeros(full, shape.np_dtype)
-        self.values = ort.OrtValue.ortvalue_from_numpy(self._host_zeros_v, self.where, self.dev_id)
+        # Zero-filled (masked rows must hold finite values). A GPU OrtValue is a copy of the
+        # zeros, which are then dropped; a CPU OrtValue aliases them, so they are kept alive.
+        zeros_k = np.zeros(full, shape.np_dtype)
+        zeros_v = np.zeros(full, shape.np_dtype) if self.where == "cpu" else zeros_k
+        self.keys = ort.OrtValue.ortvalue_from_numpy(zeros_k, self.where, self.dev_id)
+        self.values = ort.OrtValue.ortvalue_from_numpy(zeros_v, self.where, self.dev_id)
+        self._host_alias = (zeros_k, zeros_v) if self.where == "cpu" else ()
         self.row_bytes = shape.n_heads * shape.head_dim * np.dtype(shape.np_dtype).itemsize
         layer_bytes = shape.rows * self.row_bytes
         self._k_ptr = [self.keys.data_ptr() + i * layer_bytes for i in range(shape.n_layers)]
@@ -84,8 +96,7 @@ class DeviceKV:
         model = gather_model(2 * shape.n_layers, shape.np_dtype, (shape.n_heads, shape.head_dim))
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        providers = binder.session.get_providers()
-        providers = [p for p in providers if p != "TensorrtExecutionProvider"]  # Gather: CUDA EP
+        providers = gather_providers(binder.session.get_providers() if providers is None else providers)
         self._gather = ort.InferenceSession(model, sess_options=opts, providers=providers)
         self._gbind = type(binder)(self._gather, self.where, self.dev_id)
 

@@ -229,7 +229,7 @@ class OrtRunner:
         shape = KVShape(a.n_layers, a.n_kv_heads, a.head_dim, self.max_context, self.reserved, entry.dtype)
         self._dtype = NP_DTYPES[entry.dtype]
         self._binder = Binder(self.session, "cpu" if choice.kind == "cpu" else "cuda", choice.index)
-        self._kv = HostKV(shape) if choice.kind == "cpu" else _device_kv(shape, self._binder)
+        self._kv = HostKV(shape) if choice.kind == "cpu" else _device_kv(shape, self._binder, choice.providers)
         self._cap = 0  # tokens per call the buffers below hold
         self._out_key = self._in_key = None  # what the bound outputs / ids and positions fit
         self._grow(16)
@@ -339,7 +339,7 @@ def _f32(a: np.ndarray | None) -> np.ndarray | None:
     return a if a is None or a.dtype == np.float32 else a.astype(np.float32)
 
 
-def _device_kv(shape: KVShape, binder: Binder):
+def _device_kv(shape: KVShape, binder: Binder, providers):
     from .ort_device import DeviceKV  # only GPU sessions need it
 
-    return DeviceKV(shape, binder)
+    return DeviceKV(shape, binder, providers)

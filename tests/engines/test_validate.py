@@ -132,3 +132,27 @@ def test_rel_error():
     assert rel_error(ref[:1], ref) == float("inf")
     assert rel_error(np.zeros((0, 3)), np.zeros((0, 3))) == 0.0
     assert rel_error(np.zeros(2), np.zeros(2)) == 0.0 and rel_error(np.ones(2), np.zeros(2)) == float("inf")
+
+
+def test_the_cuda_ep_rows_say_why_they_are_skipped(tiny_bundle, monkeypatch):
+    import onnxruntime as ort
+
+    from stagedx.engines.validate import CUDA_BACKEND, validate_bundle
+
+    def cuda_rows():
+        return [c for c in validate_bundle(tiny_bundle) if c.backend == CUDA_BACKEND]
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        rows = cuda_rows()
+        assert len(rows) == 2 and all(c.skipped and c.note == "onnxruntime-gpu not installed" for c in rows)
+    # onnxruntime-gpu present but its CUDA EP cannot load (no GPU / libraries): ORT falls back to
+    # the CPU, which must not be reported as a CUDA comparison
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    real = ort.InferenceSession
+
+    def cpu_only(*args, providers=None, **kw):
+        return real(*args, providers=["CPUExecutionProvider"], **kw)
+
+    monkeypatch.setattr(ort, "InferenceSession", cpu_only)
+    rows = cuda_rows()
+    assert len(rows) == 2 and all(c.skipped and "CUDA EP did not load" in c.note for c in rows)
