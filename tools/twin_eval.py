@@ -17,7 +17,7 @@ from stagedx.bench.costs import interp
 from stagedx.bench.prompts import load_prompts
 from stagedx.manifest import load_manifest
 from stagedx.runtime import Generator, SamplingConfig
-from stagedx.runtime.trees import TreeChoice, sampling_mode
+from stagedx.runtime.shapes import TreeChoice, sampling_mode
 
 KEY = "cpu|onnxruntime|2"
 

@@ -297,7 +297,7 @@ def _tree_record(gen, sampling: str) -> dict:
 
 def _tree_source(gen, sampling: str) -> str:
     from ..runtime import SamplingConfig
-    from ..runtime.trees import sampling_mode
+    from ..runtime.shapes import sampling_mode
 
     if gen.tree is not None:
         return "explicit"

@@ -131,7 +131,7 @@ def bench(
     cfg = BenchConfig(methods_t, samplings_t, max_new_tokens, repeats, warmup, seed)
     req = BenchRequest(bundle, prompts, limit or None, cfg, threads, device, peers)
 
-    from ..runtime.ort_runner import process_owner_thread_pool
+    from ..runtime.backends.ort import process_owner_thread_pool
 
     process_owner_thread_pool(threads)
     bar_state: dict = {}
@@ -214,7 +214,7 @@ def _load_bench_json(path) -> dict:
 def tune(bundle, calibration, limit, max_new_tokens, sampling, passes, threads, device, acceptance_from, reuse_curves):
     """Measure this device and store the best tree shape in BUNDLE's manifest."""
     from ..runtime import Generator, SamplingConfig
-    from ..runtime.ort_runner import process_owner_thread_pool
+    from ..runtime.backends.ort import process_owner_thread_pool
     from .tune import TuneConfig, tune_bundle
 
     if max_new_tokens < 1 or passes < 0 or threads < 1:

@@ -274,7 +274,7 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print, twin=None
     from ..files import utc_now
     from ..manifest import TuningEntry, load_manifest, update_manifest
     from ..runtime.sampling import SamplingConfig
-    from ..runtime.trees import sampling_mode
+    from ..runtime.shapes import sampling_mode
     from .prompts import load_prompts
 
     prompts = load_prompts(tune.calibration, tune.limit)
@@ -332,7 +332,7 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print, twin=None
 def _starts(gen, mode: str) -> list:
     """Starting points: the runtime default, a draft chain (what speculative does), a
     three-stage tree; for sampled modes a drawn chain and a drawn tree too."""
-    from ..runtime.trees import DEFAULT_TREES, FAN10, THREE_STAGE_TREES, TreeConfig
+    from ..runtime.shapes import DEFAULT_TREES, FAN10, THREE_STAGE_TREES, TreeConfig
 
     starts = [DEFAULT_TREES[mode], THREE_STAGE_TREES[mode]]
     if mode == "greedy":
@@ -362,7 +362,7 @@ def is_three_stage(tree: dict, draft2_kind: str) -> bool:
 def search_mode(gen, prompts, tune: TuneConfig, curves: tuple, echo: Callable, factors: dict | None = None) -> dict:
     """Coordinate search for one sampling mode; returns its entry (TreeConfig fields + evidence)."""
     from ..runtime.sampling import SamplingConfig
-    from ..runtime.trees import sampling_mode
+    from ..runtime.shapes import sampling_mode
 
     sampling = tune.samplings[0]
     mode = sampling_mode(SamplingConfig.parse(sampling))

@@ -106,9 +106,9 @@ def generate(
             prompt = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         except UnicodeDecodeError as exc:
             raise StagedxError(f"the prompt on stdin is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    from .backends.ort import process_owner_thread_pool
     from .device import available_cores, check_threads
     from .generator import Generator
-    from .ort_runner import process_owner_thread_pool
     from .sampling import SamplingConfig
 
     cfg = SamplingConfig.parse(sampling, temperature)

@@ -11,8 +11,8 @@ import numpy as np
 from ..errors import StagedxError
 from . import STRATEGIES
 from .sampling import SamplingConfig
+from .shapes import TreeConfig
 from .tokenizer import Tokenizer
-from .trees import TreeConfig
 
 
 def _is_count(x) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from stagedx.runtime import Generator, SamplingConfig
-from stagedx.runtime.trees import CHEAP_DRAFT_TREES, NO_DRAFT2_TREES
+from stagedx.runtime.shapes import CHEAP_DRAFT_TREES, NO_DRAFT2_TREES
 
 GOLDEN = Path(__file__).with_name("golden_outputs.json")
 PROMPTS = (

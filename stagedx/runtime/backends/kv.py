@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ContractError, StagedxError
-from ..manifest import NUMPY_DTYPE
+from ...errors import ContractError, StagedxError
+from ...manifest import NUMPY_DTYPE
 
 NP_DTYPES = {name: np.dtype(np_name).type for name, np_name in NUMPY_DTYPE.items()}  # the runtime's one copy
 

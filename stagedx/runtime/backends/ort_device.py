@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import ContractError, StagedxError
+from ...errors import ContractError, StagedxError
 from .kv import KVShape
 
 ONNX_ELEM = {np.dtype(np.float32): 1, np.dtype(np.int64): 7, np.dtype(np.float16): 10}

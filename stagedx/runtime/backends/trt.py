@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ContractError, StagedxError
-from ..manifest import EngineEntry, Manifest, ModelEntry, load_manifest
+from ...errors import ContractError, StagedxError
+from ...manifest import EngineEntry, Manifest, ModelEntry, load_manifest
+from ..runner import FETCH_LOGITS, FETCH_TOPK, RunOutput
 from .kv import NP_DTYPES
-from .runner import FETCH_LOGITS, FETCH_TOPK, RunOutput
 
 BACKEND = "tensorrt"
 INSTALL_HINT = (

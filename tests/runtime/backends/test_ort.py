@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from stagedx.errors import ContractError, StagedxError
+from stagedx.runtime.backends.ort import OrtRunner
+from stagedx.runtime.backends.ort_device import DeviceKV, gather_model
 from stagedx.runtime.bundle import make_runner, open_bundle
 from stagedx.runtime.device import check_providers, resolve_device
-from stagedx.runtime.ort_device import DeviceKV, gather_model
-from stagedx.runtime.ort_runner import OrtRunner
 from stagedx.runtime.runner import FETCH_LOGITS, FETCH_TOPK, Runner, chain_mask
 
 Factory = Callable[..., Runner]  # (bundle_dir, manifest, role, max_context=None) -> Runner

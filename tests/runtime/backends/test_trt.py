@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from stagedx.errors import ContractError, StagedxError
 from stagedx.manifest import ArchDims, EngineEntry, ModelEntry
-from stagedx.runtime import trt_runner as tr
+from stagedx.runtime.backends import trt as tr
 from stagedx.runtime.runner import chain_mask
 
 GPU = tr.GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
@@ -479,7 +479,7 @@ def test_runner_guards_context_commit_and_truncate(setup):
 
 
 def test_closed_runners_of_both_backends_raise_the_same_contract_error(setup):
-    from stagedx.runtime.ort_runner import OrtRunner
+    from stagedx.runtime.backends.ort import OrtRunner
 
     (setup.bundle / "draft.onnx").write_bytes((setup.bundle / "engines" / "draft.plan").read_bytes())
     runners = (

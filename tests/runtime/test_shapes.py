@@ -1,10 +1,10 @@
-"""Tree-shape choice (``runtime/trees.py``): explicit > tuned > built-in default, per mode."""
+"""Tree-shape choice (``runtime/shapes.py``): explicit > tuned > built-in default, per mode."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from stagedx.runtime.trees import (
+from stagedx.runtime.shapes import (
     CHEAP_DRAFT_TREES,
     DEFAULT_TREES,
     NO_DRAFT2_TREES,

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stagedx.errors import ContractError, StagedxError
-from stagedx.runtime.kv import KVCache, KVShape
+from stagedx.runtime.backends.kv import KVCache, KVShape
 
 L, H, D = 2, 2, 3
 

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import ContractError, StagedxError
-from ..manifest import GraphIO, ModelEntry
-from .device import DeviceChoice, check_providers, resolve_device
+from ...errors import ContractError, StagedxError
+from ...manifest import GraphIO, ModelEntry
+from ..device import DeviceChoice, check_providers, resolve_device
+from ..runner import FETCH_LOGITS, FETCH_TOPK, RunOutput
 from .kv import NP_DTYPES, KVCache, KVShape
-from .runner import FETCH_LOGITS, FETCH_TOPK, RunOutput
 
 BACKEND = "onnxruntime"
 
