@@ -343,7 +343,7 @@ def _starts(gen, mode: str) -> list:
             TreeConfig(budget=11, max_depth=6, fanouts=FAN10, draft_calls=1, widths=(3, 1, 1, 1)),
             TreeConfig(budget=6, max_depth=4, fanouts=(2, 1, 1), draft_calls=1, widths=(1, 1, 1, 1), lookahead=3),
         ]
-    if getattr(gen.draft2, "kind", "none") == "none":  # draft2-only trees propose nothing
+    if not gen.draft2.active:  # draft2-only trees propose nothing
         starts = [dataclasses.replace(s, lookahead=0) for s in starts if s.draft_calls > 0 or s.widths]
     return list(dict.fromkeys(starts))
 
@@ -398,7 +398,7 @@ def search_mode(gen, prompts, tune: TuneConfig, curves: tuple, echo: Callable, f
         f"best for {sampling}: {_describe(best_ev)} "
         f"(predicted {best_ev.predicted_tokens_per_s:.1f} tokens/s, {best_ev.tokens_per_round:.2f} tokens/round)"
     )
-    kind = getattr(gen.draft2, "kind", "none")
+    kind = gen.draft2.kind
     three = [e for e in evals if is_three_stage(e.tree, kind)]
     out = {
         **best_cfg.to_dict(),
