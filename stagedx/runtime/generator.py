@@ -167,48 +167,27 @@ class Generator:
         return self.trees.three_stage(sampling_mode(sampling))
 
     def generate(
-        self,
-        prompt: str | Sequence[int],
-        *,
-        max_new_tokens: int = 128,
-        sampling: str | SamplingConfig = "greedy",
-        seed: int | None = None,
-        stop: str | Sequence[str] = (),
-        strategy: str | None = None,
-        ignore_eos: bool = False,
-        truncate: bool = False,
-        tree: TreeConfig | None = None,
+        self, prompt: str | Sequence[int], *, options: DecodeOptions | None = None, **keywords
     ) -> GenerationResult:
-        """Decode a continuation of ``prompt`` (a str or token ids). ``sampling``: "greedy",
-        "topk:50", ... or a SamplingConfig; ``truncate``: drop the prompt's start when it does
-        not fit; ``tree``: the tree shape for this call only (see ``DecodeOptions``)."""
-        opts = DecodeOptions(max_new_tokens, sampling, seed, stop, strategy, ignore_eos, truncate, tree)
-        req = self._request(prompt, opts)
+        """Decode a continuation of ``prompt`` (a str or token ids). Options, as keywords or as
+        ``options=DecodeOptions(...)`` (keywords override its fields): ``max_new_tokens``
+        (128), ``sampling`` ("greedy", "topk:50", "topp:0.9", ... or a SamplingConfig),
+        ``seed``, ``stop`` (strings), ``strategy`` (default: the Generator's), ``ignore_eos``,
+        ``truncate`` (drop the prompt's start when it does not fit), ``tree`` (the tree shape
+        for this call only); see ``DecodeOptions``."""
+        req = self._request(prompt, DecodeOptions.build(options, keywords))
         with self._exclusive():
             st = self._start(req)
             for _ in self._rounds(req, st):
                 pass
             return self._result(req, st)
 
-    def stream(
-        self,
-        prompt: str | Sequence[int],
-        *,
-        max_new_tokens: int = 128,
-        sampling: str | SamplingConfig = "greedy",
-        seed: int | None = None,
-        stop: str | Sequence[str] = (),
-        strategy: str | None = None,
-        ignore_eos: bool = False,
-        truncate: bool = False,
-        tree: TreeConfig | None = None,
-    ) -> Stream:
-        """Like ``generate``, as a ``Stream``: iterate it for the text as it is accepted (never
-        splitting a UTF-8 character); its ``result`` is set once it is exhausted. The options
-        are checked here; the Generator's lock is held from the first item until the stream
-        ends or is closed."""
-        opts = DecodeOptions(max_new_tokens, sampling, seed, stop, strategy, ignore_eos, truncate, tree)
-        return Stream(self._pieces(self._request(prompt, opts)))
+    def stream(self, prompt: str | Sequence[int], *, options: DecodeOptions | None = None, **keywords) -> Stream:
+        """Like ``generate`` (same options), as a ``Stream``: iterate it for the text as it is
+        accepted (never splitting a UTF-8 character); its ``result`` is set once it is
+        exhausted. The options are checked here; the Generator's lock is held from the first
+        item until the stream ends or is closed."""
+        return Stream(self._pieces(self._request(prompt, DecodeOptions.build(options, keywords))))
 
     def _pieces(self, req: Request) -> Coroutine[str, None, GenerationResult]:
         with self._exclusive():

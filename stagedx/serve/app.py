@@ -25,7 +25,7 @@ from .chat import ChatTemplate
 from .metrics import Metrics
 from .responses import DONE, Reply, event
 from .schemas import ApiError, DecodeParams, Limits, chat_params, completion_params, parse_body
-from .worker import DecodeWorker, Job
+from .worker import DecodeWorker, Event, Job
 
 log = logging.getLogger("stagedx.serve")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -167,9 +167,8 @@ class Server:
     # -- one decode --------------------------------------------------------------------------
     async def _decode(self, request: Request, params: DecodeParams, ids: tuple, reply: Reply) -> Response:
         max_tokens = params.max_tokens or (self.limits.context - len(ids))
-        options = {"sampling": params.sampling, "seed": params.seed, "stop": params.stop}
         t0 = time.monotonic()
-        job = Job(ids, max_tokens, options, t0 + self.config.timeout_s, asyncio.get_running_loop())
+        job = Job(ids, params.options(max_tokens), t0 + self.config.timeout_s, asyncio.get_running_loop())
         self.worker.submit(job)
         watcher = asyncio.create_task(_watch_disconnect(request, job))
         streaming = False  # once the EventStream owns the job, it cancels it
@@ -245,7 +244,7 @@ async def _watch_disconnect(request: Request, job: Job) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             job.cancel()
-            job.events.put_nowait(("gone", None))
+            job.events.put_nowait(Event("gone"))
             return
 
 
