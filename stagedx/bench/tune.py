@@ -325,7 +325,7 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print, twin=None
     )
     tuning[key] = TuningEntry.from_dict(entry, key)
     update_manifest(bundle, tuning=tuning)
-    echo(f"stored tuning[{key!r}] for {', '.join(tuning[key].modes())}")
+    echo(f"stored tuning[{key!r}]: one tree for greedy decoding, one for sampled modes ({', '.join(tune.samplings)})")
     return tuning[key]
 
 
@@ -371,19 +371,7 @@ def search_mode(gen, prompts, tune: TuneConfig, curves: tuple, echo: Callable, f
         f"{tune.max_new_tokens} tokens each, {sampling} ..."
     )
 
-    def show(ev: Evaluation) -> None:
-        t = ev.tree
-        shape = (
-            f"widths={tuple(t['widths'])} extra={t['extra']} lookahead={t.get('lookahead', 0)}"
-            + (f" fanouts={tuple(t['fanouts'])}" if t.get("lookahead") else "")
-            if t["widths"]
-            else f"fanouts={tuple(t['fanouts'])} calls={t['draft_calls']} stop_p={t['stop_p']} batch={t['draft_batch']}"
-        )
-        echo(
-            f"  budget={t['budget']:<3} depth={t['max_depth']:<3} {shape} -> {ev.tokens_per_round:.2f} tok/round, "
-            f"predicted {ev.predicted_tokens_per_s:.1f} tok/s"
-        )
-
+    show = lambda ev: None  # noqa: E731  (candidates are summed up below, not printed one by one)
     space = SEARCH_SPACE if mode == "greedy" else SAMPLED_SPACE
     cache: dict = {}
     best_ev = best_cfg = None
@@ -394,6 +382,7 @@ def search_mode(gen, prompts, tune: TuneConfig, curves: tuple, echo: Callable, f
         if best_ev is None or ev.predicted_tokens_per_s > best_ev.predicted_tokens_per_s:
             best_ev, best_cfg = ev, cfg
     evals = list(cache.values())
+    echo(f"  {len(evals)} tree shapes evaluated")
     echo(
         f"best for {sampling}: {_describe(best_ev)} "
         f"(predicted {best_ev.predicted_tokens_per_s:.1f} tokens/s, {best_ev.tokens_per_round:.2f} tokens/round)"
@@ -420,7 +409,9 @@ def search_mode(gen, prompts, tune: TuneConfig, curves: tuple, echo: Callable, f
 
 
 def _describe(ev: Evaluation) -> str:
-    return " ".join(f"{k}={tuple(v) if isinstance(v, list) else v}" for k, v in ev.tree.items())
+    from ..runtime.shapes import TreeConfig, describe
+
+    return describe(TreeConfig.from_dict(ev.tree))
 
 
 def tuning_key(gen) -> str:

@@ -89,6 +89,35 @@ class TreeConfig:
         return d
 
 
+def _runs(values: tuple) -> str:
+    """(2, 1, 1, 1) -> "2, 1x3": a level list as people read it."""
+    out: list = []
+    for v in values:
+        if out and out[-1][0] == v:
+            out[-1][1] += 1
+        else:
+            out.append([v, 1])
+    return ", ".join(f"{v}x{n}" if n > 1 else str(v) for v, n in out) or "none"
+
+
+def describe(tree: TreeConfig) -> str:
+    """One short line for people: the kind of tree and the fields that matter for that kind."""
+    if tree.budget == 0:
+        return "no speculation (budget 0)"
+    if tree.widths:
+        kind = f"sampled tree: drawn widths {_runs(tree.widths)}, {tree.extra} extra root leaves"
+        if tree.lookahead:
+            kind += f", draft2 lookahead {tree.lookahead} level(s)"
+    elif tree.draft_calls == 0:
+        kind = f"draft2 tree: fan-outs {_runs(tree.fanouts)}"
+    else:
+        kind = f"draft tree: {tree.draft_calls} draft call(s) of up to {tree.draft_batch} tokens"
+        kind += f", draft2 fan-outs {_runs(tree.fanouts)}" if tree.fanouts else ", no draft2"
+        if tree.stop_p:
+            kind += f", stop below path p {tree.stop_p:g}"
+    return f"{kind}; {tree.budget} nodes, depth <= {tree.max_depth}; speculative chain {tree.spec_k}"
+
+
 GREEDY, SAMPLE = "greedy", "sample"  # the sampling modes a tree shape is chosen for
 
 

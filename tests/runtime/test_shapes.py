@@ -52,3 +52,13 @@ def test_cheap_draft_share():
     assert cheap_draft(oracle_weight_bytes=3_116_439_552, draft_weight_bytes=170_075_136)  # GPT-2-L cost pair
     assert not cheap_draft(oracle_weight_bytes=56_745_984, draft_weight_bytes=10_638_336)  # vendored pair
     assert cheap_draft(oracle_weight_bytes=762_000_000 * 2, draft_weight_bytes=40_000_000 * 2)  # the paper's
+
+
+def test_describe_names_the_kind_of_tree_in_one_short_line():
+    from stagedx.runtime.shapes import describe
+
+    assert describe(TreeConfig()) == "draft2 tree: fan-outs 2, 1x14; 16 nodes, depth <= 15; speculative chain 4"
+    assert describe(TreeConfig(budget=0)) == "no speculation (budget 0)"
+    line = describe(TreeConfig(budget=5, max_depth=3, fanouts=(2, 1), draft_calls=1, widths=(1, 1, 1), lookahead=2))
+    assert line.startswith("sampled tree: drawn widths 1x3, 0 extra root leaves, draft2 lookahead 2")
+    assert "draft tree: 6 draft call(s)" in describe(TreeConfig(fanouts=(), draft_calls=6, stop_p=0.05))
