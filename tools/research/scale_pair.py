@@ -34,7 +34,7 @@ Subcommands:
   a few HumanEval prompts, and every graph's initializer bytes equal 4 x its parameter count
   (nothing merged, nothing dropped).
 
-tools/build_gpt2l_cost.sh builds the GPT-2-L-cost pair with both.
+tools/research/build_gpt2l_cost.sh builds the GPT-2-L-cost pair with both.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

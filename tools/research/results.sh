@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Reproduce docs/results/: stagedx bench of the vendored pair and of the GPT-2-L-cost pair
-# (tools/build_gpt2l_cost.sh), each untuned (the runtime defaults) and, with TUNE=1, tuned on a
+# (tools/research/build_gpt2l_cost.sh), each untuned (the runtime defaults) and, with TUNE=1, tuned on a
 # scratch copy of the bundle. Every run records its exact command in command.txt beside
 # bench.json / bench.txt / bench.png / figure1.png. Timing runs hold /tmp/stagedx-timing.lock,
 # runs of the large pair also /tmp/stagedx-bigmem.lock (~4-7 GB RSS).
-#   tools/results.sh [small|big|all]       (default all)
+#   tools/research/results.sh [small|big|all]       (default all)
 # Environment: PY, SMALL_BUNDLE, BIG_BUNDLE, LIMIT (prompts, default 10), TOKENS (default 128),
 # BIG_LIMIT / BIG_TOKENS (default LIMIT / TOKENS), TUNE=1, TUNE_LIMIT / TUNE_TOKENS (calibration),
 # SCRATCH (tuned copies), THREADS (default 2).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 SMALL_BUNDLE=${SMALL_BUNDLE:-bundles/stdlib-code-pair}
 BIG_BUNDLE=${BIG_BUNDLE:-bundles/gpt2l-cost}
@@ -23,8 +23,8 @@ TUNE_LIMIT=${TUNE_LIMIT:-8}
 TUNE_TOKENS=${TUNE_TOKENS:-64}
 SCRATCH=${SCRATCH:-/tmp/stagedx-results}
 WHAT=${1:-all}
-SMALL_OUT=docs/results/cpu-2core
-BIG_OUT=docs/results/gpt2l-cost-cpu-2core
+SMALL_OUT=${SMALL_OUT:-docs/results/small-pair-untuned}
+BIG_OUT=${BIG_OUT:-docs/results/gpt2l-cost-untuned}
 TIMING=(flock /tmp/stagedx-timing.lock)
 BIGMEM=(flock /tmp/stagedx-bigmem.lock)
 

@@ -1,4 +1,4 @@
-"""tools/scale_pair.py: a tiny random GPT-2 scaled R=2 with extra identity layers computes the
+"""tools/research/scale_pair.py: a tiny random GPT-2 scaled R=2 with extra identity layers computes the
 same function (logits and greedy output), and its export keeps every weight."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FACTOR, LAYERS = 2, 4  # the tiny pair has 2 layers: 2 exact identity layers are added
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("scale_pair", ROOT / "tools" / "scale_pair.py")
+    spec = importlib.util.spec_from_file_location("scale_pair", ROOT / "tools" / "research" / "scale_pair.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

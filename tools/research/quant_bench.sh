@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # fp32 vs int8 vs int4 on one model pair: export the int8 and int4 bundles like the fp32 one
 # (tools/demo.sh's arguments), bench the three back to back, write the table.
-#   PAIR=pairs/gpt2l-cost FP32=bundles/gpt2l-cost NAME=gpt2l-cost tools/quant_bench.sh
+#   PAIR=pairs/gpt2l-cost FP32=bundles/gpt2l-cost NAME=gpt2l-cost tools/research/quant_bench.sh
 # Environment: PY, PAIR (checkpoints oracle/ and draft/), FP32 (its fp32 bundle), NAME,
 # BUNDLES (where the quantized bundles go), BENCH_ARGS, HELDOUT_TOKENS, LOCK_BIGMEM / LOCK_TIMING
 # (set to "flock /tmp/stagedx-bigmem.lock" etc. on a shared machine).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 PAIR=${PAIR:-models/stdlib-code-pair}
 FP32=${FP32:-bundles/stdlib-code-pair}
@@ -30,4 +30,4 @@ for b in "$FP32:fp32" "$BUNDLES/quant-$NAME-int8:int8" "$BUNDLES/quant-$NAME-int
   ${LOCK_TIMING:-} $PY -m stagedx bench "${b%%:*}" "${BENCH_ARGS[@]}" --out "$OUT/${b##*:}" > /dev/null
   runs+=("${b##*:}=$OUT/${b##*:}/bench.json")
 done
-$PY tools/quant_table.py "${runs[@]}" | tee "$OUT/table.md"
+$PY tools/research/quant_table.py "${runs[@]}" | tee "$OUT/table.md"

@@ -1,6 +1,6 @@
 """Markdown table of fp32 vs int8 vs int4 bench runs (one bench.json per bundle).
 
-    python tools/quant_table.py fp32=OUT1/bench.json int8=OUT2/bench.json int4=OUT3/bench.json
+    python tools/research/quant_table.py fp32=OUT1/bench.json int8=OUT2/bench.json int4=OUT3/bench.json
 
 Baseline speedups are over the first run's baseline; staged speedups over each run's own
 baseline; agreement and logit error are the oracle's, from its manifest record.

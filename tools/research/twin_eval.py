@@ -1,9 +1,9 @@
 """Acceptance of every method on the bench prompts, run on a small twin, priced at a big
-bundle's cost (issue 8: "acceptance statistics gathered on the small model, priced with the
-large one's measured cost curve"). Not a benchmark: the tokens/s claim still comes from
+bundle's cost (acceptance statistics gathered on the small model, priced with the large
+one's measured cost curve). Not a benchmark: the tokens/s claim still comes from
 ``stagedx bench`` on the big bundle itself.
 
-usage: python tools/twin_eval.py BIG TWIN [LIMIT] [NEW_TOKENS] [--untuned]
+usage: python tools/research/twin_eval.py BIG TWIN [LIMIT] [NEW_TOKENS] [--untuned]
 
 BIG's manifest supplies the tuned trees and the latency curves stored by ``stagedx tune``
 (for ``cpu|onnxruntime|2``); TWIN (same functions, e.g. the pair BIG was scaled from) runs the
