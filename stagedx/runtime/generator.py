@@ -38,11 +38,11 @@ from .proposal import Proposal, oracle_fetch, verify
 from .proposers import Proposers, Round, choose
 from .request import DecodeOptions, Request, check_strategy, fit_prompt, prompt_ids
 from .results import GenerationResult, Stats, Stream
-from .runner import chain_mask
+from .runner import RunOutput, chain_mask
 from .sampling import SamplingConfig
 from .shapes import TreeChoice, TreeConfig, cheap_draft, sampling_mode, tuned_trees
 from .tokenizer import StreamDecoder, Tokenizer
-from .tree import STAGE_NAMES, ancestor_mask
+from .tree import STAGE_NAMES, OracleTree, ancestor_mask
 
 
 @dataclass
@@ -252,14 +252,7 @@ class Generator:
                 break
             proposal = self._propose(req, st, room).fit(room + 1)  # the oracle's free KV rows
             s.add_draft(proposal.cost)
-            tree = proposal.tree
-            t0 = time.perf_counter()
-            out = self.oracle.run(
-                tree.tokens, n - 1 + tree.depth, ancestor_mask(tree.parents), oracle_fetch(req.sampling)
-            )
-            s.time_s["oracle"] += time.perf_counter() - t0
-            s.oracle_calls += 1
-            s.count_calls("oracle", (len(tree.tokens),))
+            out = self._score(proposal.tree, n, req.sampling, s)
             verdict = verify(proposal, out, req.sampling, st.rng)
             kept = self._commit(req, st, proposal, verdict)
             s.rounds += 1
@@ -267,6 +260,15 @@ class Generator:
                 yield kept
         s.time_s["total"] = time.perf_counter() - t_start + s.time_s["prefill"]
         s.time_s["other"] = s.time_s["total"] - sum(s.time_s[k] for k in ("prefill", "draft2", "draft", "oracle"))
+
+    def _score(self, tree: OracleTree, n: int, sampling: SamplingConfig, s: Stats) -> RunOutput:
+        """One oracle call over the tree; its root sits at row ``n - 1``, the first the oracle lacks."""
+        t0 = time.perf_counter()
+        out = self.oracle.run(tree.tokens, n - 1 + tree.depth, ancestor_mask(tree.parents), oracle_fetch(sampling))
+        s.time_s["oracle"] += time.perf_counter() - t0
+        s.oracle_calls += 1
+        s.count_calls("oracle", (len(tree.tokens),))
+        return out
 
     def _propose(self, req: Request, st: DecodeState, room: int) -> Proposal:
         """This round's proposal. The kind comes from the fixed rule ``proposers.choose`` (by
