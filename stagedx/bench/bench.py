@@ -261,11 +261,15 @@ def _benchmark(gen, req: BenchRequest, prompts: list, progress: Callable | None,
         methods += make_peers(gen, Path(req.bundle), req.threads, cfg.max_new_tokens)
     total = n_runs(methods, len(prompts), cfg)
     started, load_before = time.time(), load_average()
-    records = run_bench(methods, prompts, cfg, (lambda rec: progress(rec, total)) if progress else None)
-    load_after = load_average()
-    busy = busy_warning(max(load_before or 0.0, load_after or 0.0), available_cores())
+    busy = busy_warning(load_before, available_cores())
     if busy:
         echo(busy)
+    records = run_bench(methods, prompts, cfg, (lambda rec: progress(rec, total)) if progress else None)
+    load_after = load_average()
+    if busy is None:  # the machine got busy during the run
+        busy = busy_warning(load_after, available_cores())
+        if busy:
+            echo(busy)
     ours = [r for r in records if r["family"] == "stagedx"]
     weights = {"oracle": int(gen.oracle_weight_bytes), "draft": int(gen.draft_weight_bytes)}
     result = {

@@ -54,10 +54,9 @@ def machine_options(f):
 
 def check_run(threads: int, samplings: str) -> tuple:
     """Checks shared by bench and tune, before anything is loaded: the thread count and every
-    sampling mode. Warns (one line) when the machine is already busy. Returns the modes."""
+    sampling mode. Returns the modes."""
     from ..runtime import SamplingConfig
     from ..runtime.device import check_threads
-    from .bench import available_cores, busy_warning, load_average
 
     check_threads(threads, "--threads")
     modes = _csv(samplings)
@@ -65,9 +64,6 @@ def check_run(threads: int, samplings: str) -> tuple:
         raise StagedxError("--sampling needs at least one mode")
     for mode in modes:
         SamplingConfig.parse(mode)  # fail early on a bad mode
-    busy = busy_warning(load_average(), available_cores())
-    if busy:
-        click.echo(busy, err=True)
     return modes
 
 
@@ -265,6 +261,11 @@ def tune(bundle, calibration, limit, max_new_tokens, sampling, passes, threads, 
             gen = load(bundle)
             if twin is not None and twin.manifest.tokenizer.sha256 != gen.manifest.tokenizer.sha256:
                 raise StagedxError(f"--acceptance-from {acceptance_from}: its tokenizer differs from {bundle}'s")
+        from .bench import available_cores, busy_warning, load_average
+
+        busy = busy_warning(load_average(), available_cores())  # once the input is known good
+        if busy:
+            click.echo(busy, err=True)
         tune_bundle(bundle, gen, cfg, echo=click.echo, twin=twin)
 
 
