@@ -16,6 +16,10 @@ from pathlib import Path
 
 from .errors import StagedxError
 
+# The file that makes a folder a stagedx bundle (``stagedx.manifest`` reads and writes it): the
+# only kind of non-empty folder ``AtomicFolder`` may replace.
+MANIFEST_NAME = "manifest.json"
+
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -143,8 +147,6 @@ class AtomicFolder:
 
 def _check_replaceable(target: Path) -> None:
     """``--force`` may replace an empty folder or a stagedx bundle, nothing else."""
-    from .manifest import MANIFEST_NAME  # manifest imports this module
-
     if target.is_dir() and not target.is_symlink():
         names = {p.name for p in target.iterdir()}
         if not names or _holds_manifest(target):
@@ -156,8 +158,6 @@ def _check_replaceable(target: Path) -> None:
 
 
 def _holds_manifest(folder: Path) -> bool:
-    from .manifest import MANIFEST_NAME  # manifest imports this module
-
     try:
         data = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -1,4 +1,4 @@
-"""Class 11 of issue 10: the docs tell the truth. The CLI reference (README table and
+"""The docs tell the truth. The CLI reference (README table and
 docs/cli.md) is generated from the click definitions and must be current; install lines
 work from a checkout; every option `--help` shows is documented."""
 

@@ -166,6 +166,33 @@ def n_runs(methods: Sequence[Method], n_prompts: int, cfg: BenchConfig) -> int:
     return cells * (cfg.warmup + cfg.repeats * n_prompts)
 
 
+BUSY_LOAD_SHARE = 0.5  # a 1-minute load average above this share of the cores skews timings
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # not on this platform
+        return None
+
+
+def busy_warning(load: float | None, cores: int) -> str | None:
+    """One line when the machine is busy enough to skew timings, else None."""
+    if load is None or load <= BUSY_LOAD_SHARE * cores:
+        return None
+    return (
+        f"warning: the machine is busy (load average {load:g} on {cores} cores): "
+        "timings will be low and noisy; rerun on an idle machine for figures to quote"
+    )
+
+
 def environment(gen, threads: int) -> dict:
     """Device, backend, threads and versions, recorded with every result."""
     import numpy
@@ -178,10 +205,7 @@ def environment(gen, threads: int) -> dict:
         ort = None
     from .. import __version__
 
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
+    cores = available_cores()
     return {
         "device": gen.device,
         "backend": gen.backend,
@@ -237,8 +261,16 @@ def _benchmark(gen, req: BenchRequest, prompts: list, progress: Callable | None,
         peer_methods, families = make_peers(gen, req, prompts, echo)
         methods += peer_methods
     total = n_runs(methods, len(prompts), cfg)
-    started = time.time()
+    started, load_before = time.time(), load_average()
+    busy = busy_warning(load_before, available_cores())
+    if busy:
+        echo(busy)
     records = run_bench(methods, prompts, cfg, (lambda rec: progress(rec, total)) if progress else None)
+    load_after = load_average()
+    if busy is None:  # the machine got busy during the run
+        busy = busy_warning(load_after, available_cores())
+        if busy:
+            echo(busy)
     ours = [r for r in records if r["family"] == "stagedx"]
     weights = {"oracle": int(gen.oracle_weight_bytes), "draft": int(gen.draft_weight_bytes)}
     result = {
@@ -260,7 +292,13 @@ def _benchmark(gen, req: BenchRequest, prompts: list, progress: Callable | None,
             "tree": {s: _tree_record(gen, s) for s in cfg.samplings},
             "tree_source": {s: _tree_source(gen, s) for s in cfg.samplings},
         },
-        "environment": {**environment(gen, req.threads), "started_unix": started, "duration_s": time.time() - started},
+        "environment": {
+            **environment(gen, req.threads),
+            "started_unix": started,
+            "duration_s": time.time() - started,
+            "load_average": {"before": load_before, "after": load_after},  # 1-minute, from os.getloadavg
+            "busy": busy is not None,
+        },
         "weights_bytes": weights,
         "quantization": {role: _quant_record(e.quantization) for role, e in gen.manifest.models.items()},
         "records": ours,
@@ -298,7 +336,7 @@ def _tree_record(gen, sampling: str) -> dict:
 
 def _tree_source(gen, sampling: str) -> str:
     from ..runtime import SamplingConfig
-    from ..runtime.trees import sampling_mode
+    from ..runtime.shapes import sampling_mode
 
     if gen.tree is not None:
         return "explicit"

@@ -44,6 +44,29 @@ def check_bundle_writable(bundle) -> None:
         )
 
 
+def machine_options(f):
+    """--threads and --device, shared by bench and tune."""
+    f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | tensorrt")(f)
+    return click.option(
+        "--threads", type=int, default=2, show_default=True, help="threads for every backend (pinned, recorded)"
+    )(f)
+
+
+def check_run(threads: int, samplings: str) -> tuple:
+    """Checks shared by bench and tune, before anything is loaded: the thread count and every
+    sampling mode. Returns the modes."""
+    from ..runtime import SamplingConfig
+    from ..runtime.device import check_threads
+
+    check_threads(threads, "--threads")
+    modes = _csv(samplings)
+    if not modes:
+        raise StagedxError("--sampling needs at least one mode")
+    for mode in modes:
+        SamplingConfig.parse(mode)  # fail early on a bad mode
+    return modes
+
+
 @click.command("bench")
 @click.argument("bundle", type=click.Path())
 @click.option(
@@ -65,8 +88,7 @@ def check_bundle_writable(bundle) -> None:
 @click.option(
     "--sampling", "samplings", default="greedy,topk:50", show_default=True, help="comma-separated sampling modes"
 )
-@click.option("--threads", type=int, default=2, show_default=True, help="threads for every backend (pinned, recorded)")
-@click.option("--device", default="auto", show_default=True)
+@machine_options
 @click.option(
     "--peers",
     is_flag=False,
@@ -133,22 +155,15 @@ def bench(
     from .peers import parse_peers
     from .report import render, write_json, write_png
 
-    methods_t, samplings_t = _csv(methods), _csv(samplings)
+    methods_t = _csv(methods)
     bad = [m for m in methods_t if m not in STAGEDX_METHODS]
     if bad or not methods_t:
         raise StagedxError(f"unknown method(s) {bad}: use a subset of {','.join(STAGEDX_METHODS)}")
-    if not samplings_t:
-        raise StagedxError("--sampling needs at least one mode")
     if max_new_tokens < 1 or repeats < 1 or warmup < 0 or threads < 1:
         raise StagedxError("--max-new-tokens, --repeats and --threads must be >= 1, --warmup >= 0")
     if seed < 0:
         raise StagedxError(f"--seed must be an integer >= 0, got {seed}")
-    from ..runtime import SamplingConfig
-    from ..runtime.device import check_threads
-
-    check_threads(threads, "--threads")
-    for s in samplings_t:
-        SamplingConfig.parse(s)  # fail early on a bad mode
+    samplings_t = check_run(threads, samplings)
     sweep = _context_sweep(contexts, peers)
     others = [_load_bench_json(Path(p)) for p in figure_with]
     out = Path(out_dir)
@@ -159,7 +174,7 @@ def bench(
         raise StagedxError("--gguf is for the llama.cpp peers: add --peers (or --peers llama.cpp)")
     req = BenchRequest(bundle, prompts, limit or None, cfg, threads, device, peer_families, gguf)
 
-    from ..runtime.ort_runner import process_owner_thread_pool
+    from ..runtime.backends.ort import process_owner_thread_pool
 
     process_owner_thread_pool(threads)
     bar_state: dict = {}
@@ -243,8 +258,7 @@ def _load_bench_json(path) -> dict:
     help="comma-separated sampling modes; one tree is tuned per mode (greedy / sampled)",
 )
 @click.option("--passes", type=int, default=1, show_default=True, help="coordinate-ascent passes over the search space")
-@click.option("--threads", type=int, default=2, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@machine_options
 @click.option(
     "--acceptance-from",
     "acceptance_from",
@@ -261,20 +275,13 @@ def _load_bench_json(path) -> dict:
 )
 def tune(bundle, calibration, limit, max_new_tokens, sampling, passes, threads, device, acceptance_from, reuse_curves):
     """Measure this device and store the best tree shape in BUNDLE's manifest."""
-    from ..runtime import Generator, SamplingConfig
-    from ..runtime.ort_runner import process_owner_thread_pool
+    from ..runtime import Generator
+    from ..runtime.backends.ort import process_owner_thread_pool
     from .tune import TuneConfig, tune_bundle
 
     if max_new_tokens < 1 or passes < 0 or threads < 1:
         raise StagedxError("--max-new-tokens and --threads must be >= 1, --passes >= 0 (0: evaluate the starts only)")
-    from ..runtime.device import check_threads
-
-    check_threads(threads, "--threads")
-    samplings = _csv(sampling)
-    if not samplings:
-        raise StagedxError("--sampling needs at least one mode")
-    for mode in samplings:
-        SamplingConfig.parse(mode)
+    samplings = check_run(threads, sampling)
     check_bundle_writable(bundle)  # before the measurement, not after it
     process_owner_thread_pool(threads)
     cfg = TuneConfig(
@@ -302,6 +309,11 @@ def tune(bundle, calibration, limit, max_new_tokens, sampling, passes, threads, 
             gen = load(bundle)
             if twin is not None and twin.manifest.tokenizer.sha256 != gen.manifest.tokenizer.sha256:
                 raise StagedxError(f"--acceptance-from {acceptance_from}: its tokenizer differs from {bundle}'s")
+        from .bench import available_cores, busy_warning, load_average
+
+        busy = busy_warning(load_average(), available_cores())  # once the input is known good
+        if busy:
+            click.echo(busy, err=True)
         tune_bundle(bundle, gen, cfg, echo=click.echo, twin=twin)
 
 

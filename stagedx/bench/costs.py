@@ -95,7 +95,7 @@ def stored_curves(entry, key: str) -> tuple:
 def in_loop_factors(gen, prompt, curves: tuple, new_tokens: int = 24) -> dict:
     """Phase time inside the decode loop over the isolated curves' price of the same calls, for
     the oracle and the draft, from one short greedy run of a tree that uses both models."""
-    from ..runtime.trees import TreeConfig
+    from ..runtime.shapes import TreeConfig
 
     res = gen.generate(
         prompt.text,

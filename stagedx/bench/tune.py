@@ -274,7 +274,7 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print, twin=None
     from ..files import utc_now
     from ..manifest import TuningEntry, load_manifest, update_manifest
     from ..runtime.sampling import SamplingConfig
-    from ..runtime.trees import sampling_mode
+    from ..runtime.shapes import sampling_mode
     from .prompts import load_prompts, render_chat
 
     prompts = render_chat(load_prompts(tune.calibration, tune.limit), gen.manifest, gen.tokenizer)
@@ -325,14 +325,14 @@ def tune_bundle(bundle, gen, tune: TuneConfig, echo: Callable = print, twin=None
     )
     tuning[key] = TuningEntry.from_dict(entry, key)
     update_manifest(bundle, tuning=tuning)
-    echo(f"stored tuning[{key!r}] for {', '.join(tuning[key].modes())}")
+    echo(f"stored tuning[{key!r}]: one tree for greedy decoding, one for sampled modes ({', '.join(tune.samplings)})")
     return tuning[key]
 
 
 def _starts(gen, mode: str) -> list:
     """Starting points: the runtime default, a draft chain (what speculative does), a
     three-stage tree; for sampled modes a drawn chain and a drawn tree too."""
-    from ..runtime.trees import DEFAULT_TREES, FAN10, THREE_STAGE_TREES, TreeConfig
+    from ..runtime.shapes import DEFAULT_TREES, FAN10, THREE_STAGE_TREES, TreeConfig
 
     starts = [DEFAULT_TREES[mode], THREE_STAGE_TREES[mode]]
     if mode == "greedy":
@@ -343,7 +343,7 @@ def _starts(gen, mode: str) -> list:
             TreeConfig(budget=11, max_depth=6, fanouts=FAN10, draft_calls=1, widths=(3, 1, 1, 1)),
             TreeConfig(budget=6, max_depth=4, fanouts=(2, 1, 1), draft_calls=1, widths=(1, 1, 1, 1), lookahead=3),
         ]
-    if getattr(gen.draft2, "kind", "none") == "none":  # draft2-only trees propose nothing
+    if not gen.draft2.active:  # draft2-only trees propose nothing
         starts = [dataclasses.replace(s, lookahead=0) for s in starts if s.draft_calls > 0 or s.widths]
     return list(dict.fromkeys(starts))
 
@@ -362,7 +362,7 @@ def is_three_stage(tree: dict, draft2_kind: str) -> bool:
 def search_mode(gen, prompts, tune: TuneConfig, curves: tuple, echo: Callable, factors: dict | None = None) -> dict:
     """Coordinate search for one sampling mode; returns its entry (TreeConfig fields + evidence)."""
     from ..runtime.sampling import SamplingConfig
-    from ..runtime.trees import sampling_mode
+    from ..runtime.shapes import sampling_mode
 
     sampling = tune.samplings[0]
     mode = sampling_mode(SamplingConfig.parse(sampling))
@@ -371,19 +371,7 @@ def search_mode(gen, prompts, tune: TuneConfig, curves: tuple, echo: Callable, f
         f"{tune.max_new_tokens} tokens each, {sampling} ..."
     )
 
-    def show(ev: Evaluation) -> None:
-        t = ev.tree
-        shape = (
-            f"widths={tuple(t['widths'])} extra={t['extra']} lookahead={t.get('lookahead', 0)}"
-            + (f" fanouts={tuple(t['fanouts'])}" if t.get("lookahead") else "")
-            if t["widths"]
-            else f"fanouts={tuple(t['fanouts'])} calls={t['draft_calls']} stop_p={t['stop_p']} batch={t['draft_batch']}"
-        )
-        echo(
-            f"  budget={t['budget']:<3} depth={t['max_depth']:<3} {shape} -> {ev.tokens_per_round:.2f} tok/round, "
-            f"predicted {ev.predicted_tokens_per_s:.1f} tok/s"
-        )
-
+    show = lambda ev: None  # noqa: E731  (candidates are summed up below, not printed one by one)
     space = SEARCH_SPACE if mode == "greedy" else SAMPLED_SPACE
     cache: dict = {}
     best_ev = best_cfg = None
@@ -394,11 +382,12 @@ def search_mode(gen, prompts, tune: TuneConfig, curves: tuple, echo: Callable, f
         if best_ev is None or ev.predicted_tokens_per_s > best_ev.predicted_tokens_per_s:
             best_ev, best_cfg = ev, cfg
     evals = list(cache.values())
+    echo(f"  {len(evals)} tree shapes evaluated")
     echo(
         f"best for {sampling}: {_describe(best_ev)} "
         f"(predicted {best_ev.predicted_tokens_per_s:.1f} tokens/s, {best_ev.tokens_per_round:.2f} tokens/round)"
     )
-    kind = getattr(gen.draft2, "kind", "none")
+    kind = gen.draft2.kind
     three = [e for e in evals if is_three_stage(e.tree, kind)]
     out = {
         **best_cfg.to_dict(),
@@ -420,7 +409,9 @@ def search_mode(gen, prompts, tune: TuneConfig, curves: tuple, echo: Callable, f
 
 
 def _describe(ev: Evaluation) -> str:
-    return " ".join(f"{k}={tuple(v) if isinstance(v, list) else v}" for k, v in ev.tree.items())
+    from ..runtime.shapes import TreeConfig, describe
+
+    return describe(TreeConfig.from_dict(ev.tree))
 
 
 def tuning_key(gen) -> str:

@@ -22,7 +22,7 @@ from ..manifest import (
     load_manifest,
     update_manifest,
 )
-from ..runtime.trt_runner import GpuInfo, gpu_info, import_cudart, import_tensorrt
+from ..runtime.backends.trt import GpuInfo, gpu_info, import_cudart, import_tensorrt
 from .profiles import ProfileSpec, check_spec, profile_shapes, shapes_as_dict
 
 ENGINES_DIR = "engines"

@@ -147,7 +147,7 @@ def _skipped(backend: str, manifest: Manifest, note: str) -> list[Check]:
 def _tensorrt_checks(bundle: Path, manifest: Manifest, ref) -> list[Check]:
     if not manifest.engines:
         return _skipped("tensorrt", manifest, "no engines in the bundle")
-    from ..runtime.trt_runner import gpu_info, import_cudart, import_tensorrt, select_engine
+    from ..runtime.backends.trt import gpu_info, import_cudart, import_tensorrt, select_engine
     from .profiles import fits_profile
 
     try:

@@ -80,17 +80,7 @@ register(ArchSpec("gpt2", ("gpt2",), "GPT2LMHeadModel", _gpt2_dims, _build_gpt2)
 
 def _decoder_dims(family: str) -> Callable[[dict], ArchDims]:
     def dims(cfg: dict) -> ArchDims:
-        d = decoder_dims(cfg, family)
-        return ArchDims(
-            family=family,
-            n_layers=d.n_layers,
-            n_heads=d.n_heads,
-            n_kv_heads=d.n_kv_heads,
-            head_dim=d.head_dim,
-            hidden=d.hidden,
-            vocab_size=d.vocab_size,
-            max_positions=d.max_positions,
-        )
+        return decoder_dims(cfg, family).arch()
 
     return dims
 

@@ -199,8 +199,9 @@ def summarize(bundle: Path) -> tuple[str, str | None]:
             f"({a.n_kv_heads} kv) x {a.head_dim}, hidden {a.hidden}, vocab {a.vocab_size}, "
             f"max positions {a.max_positions}"
         )
+        precision = f"{e.quantization.kind} weights, {e.dtype} activations" if e.quantization else e.dtype
         lines.append(
-            f"{'':<10} {e.n_params:,} params, {_fmt_bytes(e.weight_bytes)} weights, {e.dtype}, "
+            f"{'':<10} {e.n_params:,} params, {_fmt_bytes(e.weight_bytes)} weights, {precision}, "
             f"topk {e.topk}, opset {e.opset}, from {e.source.get('checkpoint')}"
             + (f", external data {e.external_data.file}" if e.external_data else "")
         )
@@ -210,8 +211,10 @@ def summarize(bundle: Path) -> tuple[str, str | None]:
             lines.append(f"{'':<10} quantized {describe(e)}")
         if e.verify:
             what = "fp32 graph verified before quantization" if e.quantization else "verified"
+            scale = e.verify.get("max_abs_logit")
+            of = f" of max|logit| {scale:.3g}" if scale is not None else " of the largest |logit|"
             lines.append(
-                f"{'':<10} {what}: max rel logit error {e.verify['max_rel_error']:.2e} "
+                f"{'':<10} {what}: max logit error {e.verify['max_rel_error']:.2e}{of} "
                 f"(tolerance {e.verify['tolerance']:g})"
             )
         else:

@@ -13,9 +13,11 @@ place decides what is supported, so the early refusal and the graph can never di
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..errors import StagedxError
+from ..manifest import ArchDims
 
 ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -114,6 +116,10 @@ class DecoderDims:
     mlp_bias: bool
     tied: bool  # lm_head is the embedding matrix
     window: int | None = None  # sliding-window attention: keys at distance >= window are masked
+
+    def arch(self) -> ArchDims:
+        """The manifest's record of these dimensions."""
+        return ArchDims(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ArchDims)})
 
 
 def _int(cfg: dict, key: str, default=None) -> int:

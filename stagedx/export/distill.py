@@ -371,8 +371,10 @@ def distill(
     _check(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    log(f"loading the oracle {cfg.oracle} and the draft ...")
     oracle_ckpt, oracle, draft = _models(cfg)
     eos = oracle_ckpt.special_token("eos_token_id") or 0
+    log(f"tokenizing the corpus ({', '.join(cfg.corpus.paths)}) ...")
     data = load_tokens(cfg.corpus, oracle_ckpt.tokenizer_file, eos, cfg.seq_len + 1)
     contexts = eval_contexts(data.heldout, cfg.eval_contexts, cfg.eval_len)
     log(
@@ -386,6 +388,7 @@ def distill(
     if state is not None and state.get("before"):
         before = state["before"]
     else:
+        log(f"measuring the draft against the oracle on {len(contexts)} held-out contexts before training ...")
         before = evaluate(oracle, draft.eval(), contexts, cfg.seed).as_dict()
     log("before: " + _metrics_line(before))
     sampler = BatchSampler(data.train, cfg.batch, cfg.seq_len, cfg.seed)

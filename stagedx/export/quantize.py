@@ -370,7 +370,7 @@ def describe(entry) -> str:
         f"{q.kind} ({q.method}, block {q.block_size}, accuracy level {q.accuracy_level}): "
         f"{entry.weight_bytes / 1e6:.1f} MB weights (fp32 {q.fp32_weight_bytes / 1e6:.1f} MB); "
         f"greedy agreement with fp32 {q.agreement:.1%} on {q.n_tokens} held-out tokens "
-        f"(min {q.min_agreement:.1%}), max logit error {q.max_rel_error:.2e} relative to max|logit|"
+        f"(min {q.min_agreement:.1%}), max logit error {q.max_rel_error:.2e} of the fp32 graph's largest |logit|"
     )
 
 

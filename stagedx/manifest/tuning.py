@@ -1,6 +1,6 @@
 """Tuning entries: what ``stagedx tune`` stores per device, backend and thread count, the one
 builder and parser of their keys (``"<device>|<backend>|<threads>"``) and the lookup a
-Generator makes. The trees inside stay JSON objects here; ``runtime/trees.py`` validates them
+Generator makes. The trees inside stay JSON objects here; ``runtime/shapes.py`` validates them
 into ``TreeConfig`` (the runtime owns tree shapes, the manifest only carries them)."""
 
 from __future__ import annotations

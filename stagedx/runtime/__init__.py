@@ -19,7 +19,7 @@ _EXPORTS = {
     "Stats": ".results",
     "Stream": ".results",
     "SamplingConfig": ".sampling",
-    "TreeConfig": ".trees",
+    "TreeConfig": ".shapes",
 }
 
 __all__ = ["STRATEGIES", *_EXPORTS]

@@ -39,7 +39,7 @@ def make_runner(
     kind, index = parse_device(device)
     if _use_engines(manifest, kind):
         return _trt_runner(bundle_dir, manifest, role, max_context, index)
-    from .ort_runner import OrtRunner  # keeps `import stagedx.runtime` light
+    from .backends.ort import OrtRunner  # keeps `import stagedx.runtime` light
 
     check_kv_memory(manifest.models[role], max_context, manifest.reserved_slots("onnxruntime"))
     return OrtRunner(
@@ -63,7 +63,7 @@ def _use_engines(manifest: Manifest, kind: str) -> bool:
     if kind == "tensorrt":
         return True
     try:
-        from .trt_runner import tensorrt_unusable  # TensorRT is optional
+        from .backends.trt import tensorrt_unusable  # TensorRT is optional
     except ImportError:
         return False
     return tensorrt_unusable(manifest) is None
@@ -71,7 +71,7 @@ def _use_engines(manifest: Manifest, kind: str) -> bool:
 
 def _trt_runner(bundle_dir, manifest: Manifest, role: str, max_context: int | None, index: int):
     try:
-        from .trt_runner import TrtRunner  # TensorRT is optional
+        from .backends.trt import TrtRunner  # TensorRT is optional
     except ImportError as exc:
         raise StagedxError(
             f"the TensorRT runner is unavailable in this install ({exc}); use --device cuda or --device cpu"
@@ -112,7 +112,7 @@ def check_kv_memory(entry, max_context: int | None, reserved: int) -> None:
     otherwise end in a MemoryError of terabytes)."""
     import numpy as np
 
-    from .kv import NP_DTYPES
+    from .backends.kv import NP_DTYPES
 
     a = entry.arch
     rows = a.max_positions if max_context is None else max(1, min(int(max_context), a.max_positions))
@@ -136,7 +136,7 @@ def probe_last_position(runner) -> None:
     import numpy as np
     import onnxruntime as ort
 
-    from .kv import NP_DTYPES
+    from .backends.kv import NP_DTYPES
 
     e, last = runner.entry, runner.max_context - 1
     a, io = e.arch, e.graph_io

@@ -129,9 +129,9 @@ def generate(
             prompt = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         except UnicodeDecodeError as exc:
             raise StagedxError(f"the prompt on stdin is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    from .backends.ort import process_owner_thread_pool
     from .device import available_cores, check_threads
     from .generator import Generator
-    from .ort_runner import process_owner_thread_pool
     from .sampling import SamplingConfig
 
     cfg = SamplingConfig.parse(*_sampling_spec(sampling, temperature))
@@ -165,6 +165,12 @@ def generate(
             _stream(gen, prompt, max_new_tokens, opts, stats)
 
 
+def describe(tree) -> str:
+    from .shapes import describe as describe_tree
+
+    return describe_tree(tree)
+
+
 def _stream(gen, prompt, max_new_tokens, opts, stats) -> None:
     with gen.stream(prompt, max_new_tokens=max_new_tokens, **opts) as stream:
         for piece in stream:
@@ -176,7 +182,8 @@ def _stream(gen, prompt, max_new_tokens, opts, stats) -> None:
         click.echo(f"stopped: reached the context limit of {gen.context_limit} tokens", err=True)
     if stats:
         click.echo(
-            f"device: {gen.device} ({gen.backend}); tree: {opts['tree'] or gen.tree_for(opts['sampling'])}", err=True
+            f"device: {gen.device} ({gen.backend}); tree: {describe(opts['tree'] or gen.tree_for(opts['sampling']))}",
+            err=True,
         )
         click.echo(_stats_line(res), err=True)
 
@@ -195,7 +202,8 @@ def _compare(gen, prompt, max_new_tokens, opts) -> None:
     }
     base = results["baseline"]
     tree = opts["tree"] or gen.tree_for(opts["sampling"])
-    click.echo(f"device: {gen.device} ({gen.backend}), sampling {opts['sampling'].label}, tree {tree}")
+    click.echo(f"device: {gen.device} ({gen.backend}), sampling {opts['sampling'].label}")
+    click.echo(f"staged tree: {describe(tree)}")
     for name, res in results.items():
         speed = base.stats.time_s["total"] / max(res.stats.time_s["total"], 1e-9)
         click.echo(f"{name:<12}{_stats_line(res)}  speedup x{speed:.2f}")

@@ -217,6 +217,12 @@ class Draft2:
         self.ngram = ngram if kind in DRAFT2_NGRAM else None
         self.lookup = (lookup or PromptLookup()) if kind in DRAFT2_LOOKUP else None
 
+    @property
+    def active(self) -> bool:
+        """False for the null draft2 (``NO_DRAFT2``, a bundle exported with ``--draft2 none``),
+        which proposes nothing."""
+        return self.kind != "none"
+
     @classmethod
     def from_manifest(cls, bundle_dir: str | Path, manifest) -> Draft2:
         """``manifest``: a ``stagedx.manifest.Manifest`` (its ``draft2`` entry is used)."""
@@ -285,3 +291,6 @@ class Draft2:
         if not tokens:
             return _EMPTY_IDS.copy(), np.zeros(0, np.int32)
         return np.array(tokens, np.int64), np.array(parents, np.int32)
+
+
+NO_DRAFT2 = Draft2("none")  # the null draft2: no candidates, no successors

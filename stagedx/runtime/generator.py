@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Generator as Coroutine
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,26 +34,15 @@ from ..manifest import find_tuning, tuning_key
 from . import accept
 from .bundle import cross_check, make_runner, open_bundle
 from .draft2 import Draft2
+from .proposal import Proposal, oracle_fetch, verify
+from .proposers import Proposers, Round, choose
 from .request import DecodeOptions, Request, check_strategy, fit_prompt, prompt_ids
 from .results import GenerationResult, Stats, Stream
-from .runner import FETCH_LOGITS, FETCH_TOPK, chain_mask
-from .sampled import SampledTree, grow_sampled_tree
-from .sampling import SamplingConfig, rank_logprobs, sample, warp
-from .staged import (
-    SOURCE_DRAFT,
-    SOURCE_DRAFT2,
-    OracleTree,
-    chain_tree,
-    draft2_tree,
-    grow_draft_tree,
-    oracle_tree,
-    root_only,
-)
+from .runner import RunOutput, chain_mask
+from .sampling import SamplingConfig
+from .shapes import TreeChoice, TreeConfig, cheap_draft, sampling_mode, tuned_trees
 from .tokenizer import StreamDecoder, Tokenizer
-from .tree import ancestor_mask
-from .trees import TreeChoice, TreeConfig, cheap_draft, sampling_mode, tuned_trees
-
-STAGE_NAMES = {SOURCE_DRAFT2: "draft2", SOURCE_DRAFT: "draft"}
+from .tree import STAGE_NAMES, OracleTree, ancestor_mask
 
 
 @dataclass
@@ -63,21 +52,10 @@ class DecodeState:
     rng: np.random.Generator
     stats: Stats
     finish: str | None = None
-    draft_q: list = field(default_factory=list)  # [k][V] q of each sampled draft token (speculative)
-    sampled: SampledTree | None = None  # this round's sampled tree (staged, sampled modes)
 
     @property
     def generated(self) -> int:
         return len(self.tokens) - self.n_prompt
-
-
-def fit_tree(tree: OracleTree, rows: int) -> OracleTree:
-    """Near the context limit a wide tree may not fit the oracle's free KV rows (the TensorRT
-    runner writes every new row into its cache): keep its first ``rows`` nodes, which is
-    still a tree because parents come before children."""
-    if len(tree.tokens) <= rows:
-        return tree
-    return OracleTree(tree.tokens[:rows], tree.parents[:rows], tree.depth[:rows], tree.source[:rows])
 
 
 class Generator:
@@ -112,7 +90,7 @@ class Generator:
         # an explicit tree overrides the tuned / default one for every mode; tree_budget only
         # the oracle's node budget, over whichever tree (a call's own tree overrides both)
         cheap = cheap_draft(self.manifest.oracle.weight_bytes, self.manifest.draft.weight_bytes)
-        self.trees = TreeChoice(tree, tree_budget, self.tuned, self.draft2.kind != "none", cheap)
+        self.trees = TreeChoice(tree, tree_budget, self.tuned, self.draft2.active, cheap)
         m = self.manifest
         self.context_limit = min(
             m.oracle.arch.max_positions, m.draft.arch.max_positions, self.oracle.max_context, self.draft.max_context
@@ -122,6 +100,7 @@ class Generator:
         self.oracle_weight_bytes = m.oracle.weight_bytes
         self.draft_weight_bytes = m.draft.weight_bytes
         cross_check(self.bundle_dir, m, self.tokenizer, self.draft2, (self.oracle, self.draft))
+        self.proposers = Proposers(self.draft, self.draft2, self.vocab)
         self._lock = threading.Lock()  # one decode at a time: the runners' KV caches are shared state
         self._owner: int | None = None  # thread id of the decode in progress
         self._closed = False
@@ -188,48 +167,27 @@ class Generator:
         return self.trees.three_stage(sampling_mode(sampling))
 
     def generate(
-        self,
-        prompt: str | Sequence[int],
-        *,
-        max_new_tokens: int = 128,
-        sampling: str | SamplingConfig = "greedy",
-        seed: int | None = None,
-        stop: str | Sequence[str] = (),
-        strategy: str | None = None,
-        ignore_eos: bool = False,
-        truncate: bool = False,
-        tree: TreeConfig | None = None,
+        self, prompt: str | Sequence[int], *, options: DecodeOptions | None = None, **keywords
     ) -> GenerationResult:
-        """Decode a continuation of ``prompt`` (a str or token ids). ``sampling``: "greedy",
-        "topk:50", ... or a SamplingConfig; ``truncate``: drop the prompt's start when it does
-        not fit; ``tree``: the tree shape for this call only (see ``DecodeOptions``)."""
-        opts = DecodeOptions(max_new_tokens, sampling, seed, stop, strategy, ignore_eos, truncate, tree)
-        req = self._request(prompt, opts)
+        """Decode a continuation of ``prompt`` (a str or token ids). Options, as keywords or as
+        ``options=DecodeOptions(...)`` (keywords override its fields): ``max_new_tokens``
+        (128), ``sampling`` ("greedy", "topk:50", "topp:0.9", ... or a SamplingConfig),
+        ``seed``, ``stop`` (strings), ``strategy`` (default: the Generator's), ``ignore_eos``,
+        ``truncate`` (drop the prompt's start when it does not fit), ``tree`` (the tree shape
+        for this call only); see ``DecodeOptions``."""
+        req = self._request(prompt, DecodeOptions.build(options, keywords))
         with self._exclusive():
             st = self._start(req)
             for _ in self._rounds(req, st):
                 pass
             return self._result(req, st)
 
-    def stream(
-        self,
-        prompt: str | Sequence[int],
-        *,
-        max_new_tokens: int = 128,
-        sampling: str | SamplingConfig = "greedy",
-        seed: int | None = None,
-        stop: str | Sequence[str] = (),
-        strategy: str | None = None,
-        ignore_eos: bool = False,
-        truncate: bool = False,
-        tree: TreeConfig | None = None,
-    ) -> Stream:
-        """Like ``generate``, as a ``Stream``: iterate it for the text as it is accepted (never
-        splitting a UTF-8 character); its ``result`` is set once it is exhausted. The options
-        are checked here; the Generator's lock is held from the first item until the stream
-        ends or is closed."""
-        opts = DecodeOptions(max_new_tokens, sampling, seed, stop, strategy, ignore_eos, truncate, tree)
-        return Stream(self._pieces(self._request(prompt, opts)))
+    def stream(self, prompt: str | Sequence[int], *, options: DecodeOptions | None = None, **keywords) -> Stream:
+        """Like ``generate`` (same options), as a ``Stream``: iterate it for the text as it is
+        accepted (never splitting a UTF-8 character); its ``result`` is set once it is
+        exhausted. The options are checked here; the Generator's lock is held from the first
+        item until the stream ends or is closed."""
+        return Stream(self._pieces(self._request(prompt, DecodeOptions.build(options, keywords))))
 
     def _pieces(self, req: Request) -> Coroutine[str, None, GenerationResult]:
         with self._exclusive():
@@ -292,107 +250,36 @@ class Generator:
             if room < 0:
                 st.finish = "context"
                 break
-            tree, draft_path = self._propose(req, st, room)
-            tree = fit_tree(tree, self.context_limit - n + 1)  # the oracle's free KV rows
-            t0 = time.perf_counter()
-            fetch = (FETCH_TOPK,) if req.sampling.greedy else (FETCH_LOGITS,)
-            out = self.oracle.run(tree.tokens, n - 1 + tree.depth, ancestor_mask(tree.parents), fetch)
-            s.time_s["oracle"] += time.perf_counter() - t0
-            s.oracle_calls += 1
-            s.count_calls("oracle", (len(tree.tokens),))
-            verdict = self._verify(req, st, tree, out)
-            kept = self._commit(req, st, tree, verdict, draft_path)
+            proposal = self._propose(req, st, room).fit(room + 1)  # the oracle's free KV rows
+            s.add_draft(proposal.cost)
+            out = self._score(proposal.tree, n, req.sampling, s)
+            verdict = verify(proposal, out, req.sampling, st.rng)
+            kept = self._commit(req, st, proposal, verdict)
             s.rounds += 1
             if kept:
                 yield kept
         s.time_s["total"] = time.perf_counter() - t_start + s.time_s["prefill"]
         s.time_s["other"] = s.time_s["total"] - sum(s.time_s[k] for k in ("prefill", "draft2", "draft", "oracle"))
 
-    def _propose(self, req: Request, st: DecodeState, room: int) -> tuple[OracleTree, list]:
-        """Returns the tree for the oracle and the draft's speculative path (tokens below the root)."""
-        if req.strategy == "baseline":  # before the O(context) history array below
-            return root_only(st.tokens[-1]), []
-        history = np.asarray(st.tokens, np.int64)
-        if req.strategy == "speculative" and min(req.tree.spec_k, room) > 0:
-            drafted = self._draft_chain(req, st, history, min(req.tree.spec_k, room))
-            return chain_tree(np.concatenate([history[-1:], drafted])), drafted.tolist()[:-1]
-        limit = min(req.tree.max_depth, room)
-        st.sampled = None
-        if req.strategy != "staged" or limit == 0 or req.tree.budget == 0:
-            return root_only(st.tokens[-1]), []
-        if req.tree.widths and not req.sampling.greedy:
-            return self._sampled_tree(req, st, history, limit)
-        if req.tree.draft_calls == 0:
-            t0 = time.perf_counter()
-            tree = draft2_tree(self.draft2, history, req.tree, limit)
-            st.stats.time_s["draft2"] += time.perf_counter() - t0
-            return tree, []
-        cfg, tau = req.sampling, req.tree.tau
-        dtree = grow_draft_tree(self.draft, self.draft2, history, req.tree, lambda v: rank_logprobs(v, cfg, tau), limit)
-        st.stats.draft_calls += dtree.calls
-        st.stats.count_calls("draft", dtree.sizes)
-        st.stats.time_s["draft2"] += dtree.time_draft2
-        st.stats.time_s["draft"] += dtree.time_draft
-        return oracle_tree(dtree, req.tree.budget, limit, self.vocab), dtree.path
-
-    def _sampled_tree(self, req: Request, st: DecodeState, history: np.ndarray, limit: int) -> tuple[OracleTree, list]:
-        """Children drawn from the draft's q (``sampled.py``), cut to the node budget."""
-        sp = grow_sampled_tree(self.draft, self.draft2, history, req.tree, req.sampling, st.rng, limit)
-        st.stats.draft_calls += sp.calls
-        st.stats.count_calls("draft", sp.sizes)
-        st.stats.time_s["draft"] += sp.time_draft
-        st.stats.time_s["draft2"] += sp.time_draft2
-        st.sampled = sp
-        return fit_tree(sp.tree, req.tree.budget + 1), sp.path
-
-    def _draft_chain(self, req: Request, st: DecodeState, history: np.ndarray, k: int) -> np.ndarray:
-        """Classic drafting: k sequential draft calls; sampled drafts keep q for verification."""
+    def _score(self, tree: OracleTree, n: int, sampling: SamplingConfig, s: Stats) -> RunOutput:
+        """One oracle call over the tree; its root sits at row ``n - 1``, the first the oracle lacks."""
         t0 = time.perf_counter()
-        chain = history[self.draft.length :]
-        drafted, st.draft_q = [], []
-        st.stats.count_calls("draft", [len(chain)] + [1] * (k - 1))
-        fetch = (FETCH_TOPK,) if req.sampling.greedy else (FETCH_LOGITS,)
-        for _ in range(k):
-            out = self.draft.run(chain, self.draft.length + np.arange(len(chain)), chain_mask(len(chain)), fetch)
-            self.draft.commit(np.arange(len(chain)))
-            if req.sampling.greedy:
-                x = int(out.topk_indices[-1, 0])
-            else:
-                q = warp(out.logits[-1], req.sampling)
-                x = sample(q, st.rng)
-                st.draft_q.append(q)
-            drafted.append(x)
-            chain = np.asarray([x], np.int64)
-        st.stats.draft_calls += k
-        st.stats.time_s["draft"] += time.perf_counter() - t0
-        return np.asarray(drafted, np.int64)  # the last one has no draft KV row yet
+        out = self.oracle.run(tree.tokens, n - 1 + tree.depth, ancestor_mask(tree.parents), oracle_fetch(sampling))
+        s.time_s["oracle"] += time.perf_counter() - t0
+        s.oracle_calls += 1
+        s.count_calls("oracle", (len(tree.tokens),))
+        return out
 
-    def _verify(self, req: Request, st: DecodeState, tree: OracleTree, out) -> accept.Verdict:
-        if req.sampling.greedy:
-            return accept.walk_tree(tree.parents, tree.tokens, accept.greedy_draw(out.topk_indices[:, 0]))
-        if st.sampled is not None:
-            sp = st.sampled
-            return accept.verify_sampled(
-                tree.parents,
-                tree.tokens,
-                sp.drawn[: len(tree.tokens)],
-                sp.q.__getitem__,
-                lambda v: warp(out.logits[v], req.sampling),
-                st.rng,
-            )
-        if req.strategy == "speculative" and len(tree.tokens) > 1:
-            p = warp(out.logits, req.sampling)  # [k+1, V]
-            emitted = accept.verify_chain(tree.tokens[1:], np.stack(st.draft_q), p, st.rng)
-            return accept.Verdict(np.arange(len(emitted)), emitted)
-        return accept.walk_tree(
-            tree.parents, tree.tokens, accept.sampled_draw(lambda v: warp(out.logits[v], req.sampling), st.rng)
-        )
+    def _propose(self, req: Request, st: DecodeState, room: int) -> Proposal:
+        """This round's proposal. The kind comes from the fixed rule ``proposers.choose`` (by
+        strategy and tree shape); a planner may choose kind and shape here instead, from the
+        committed tokens and the stats of past rounds."""
+        kind, limit = choose(req.strategy, req.tree, req.sampling.greedy, room)
+        return self.proposers.build(kind, Round(st.tokens, req.tree, req.sampling, st.rng, limit))
 
-    def _commit(
-        self, req: Request, st: DecodeState, tree: OracleTree, verdict: accept.Verdict, draft_path: list
-    ) -> list:
+    def _commit(self, req: Request, st: DecodeState, proposal: Proposal, verdict: accept.Verdict) -> list:
         """Keep what the finish rules allow, then commit KV rows and tokens consistently."""
-        s = st.stats
+        s, tree = st.stats, proposal.tree
         emitted = verdict.tokens
         room = req.max_new_tokens - st.generated
         keep, hit_eos = accept.truncate_emitted(emitted, None if req.ignore_eos else self.eos, room)
@@ -403,7 +290,7 @@ class Generator:
         n = len(st.tokens)
         self.oracle.commit(verdict.path[:keep])
         st.tokens.extend(emitted[:keep].tolist())
-        common = accept.common_prefix(np.asarray(draft_path, np.int64), emitted[:keep])
+        common = accept.common_prefix(np.asarray(proposal.draft_path, np.int64), emitted[:keep])
         self.draft.truncate(min(self.draft.length, n + common, len(st.tokens) - 1))
 
         accepted = verdict.path[1 : keep + 1]  # tree nodes among the kept tokens

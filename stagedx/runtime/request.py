@@ -3,6 +3,7 @@ the ``Request`` the decode loop runs (prompt ids that fit, parsed sampling, the 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,8 +12,8 @@ import numpy as np
 from ..errors import StagedxError
 from . import STRATEGIES
 from .sampling import SamplingConfig
+from .shapes import TreeConfig
 from .tokenizer import Tokenizer
-from .trees import TreeConfig
 
 
 def _is_count(x) -> bool:
@@ -21,7 +22,8 @@ def _is_count(x) -> bool:
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    """The keyword options of ``Generator.generate`` / ``stream``, each checked on its own."""
+    """The options of one decode (``Generator.generate`` / ``stream`` take them as keywords or
+    as ``options=``; the server builds one per request), each checked on its own."""
 
     max_new_tokens: int = 128
     sampling: str | SamplingConfig = "greedy"  # "greedy", "topk:50", "topp:0.9", ... or a SamplingConfig
@@ -49,6 +51,18 @@ class DecodeOptions:
             raise StagedxError(f"stop must be a str or a sequence of str, got {stop!r}")
         if stop == "" or (not isinstance(stop, str) and "" in stop):
             raise StagedxError("stop strings must not be empty (an empty string would end every decode at once)")
+
+    @staticmethod
+    def build(options: DecodeOptions | None, keywords: dict) -> DecodeOptions:
+        """``options`` (default: all defaults) with the given keyword options replacing fields."""
+        if options is not None and not isinstance(options, DecodeOptions):
+            raise TypeError(f"options must be a DecodeOptions, got {type(options).__name__}")
+        unknown = sorted(set(keywords) - set(DecodeOptions.__dataclass_fields__))
+        if unknown:
+            names = ", ".join(DecodeOptions.__dataclass_fields__)
+            raise TypeError(f"unexpected decode option {', '.join(map(repr, unknown))}: the options are {names}")
+        base = options or DecodeOptions()
+        return dataclasses.replace(base, **keywords) if keywords else base
 
     def stop_strings(self) -> tuple:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)

@@ -24,6 +24,13 @@ class Stats:
     )
     call_sizes: dict = field(default_factory=lambda: {"oracle": {}, "draft": {}})  # model -> {tokens: calls}
 
+    def add_draft(self, cost) -> None:
+        """Count one proposal's draft work (a ``proposal.DraftCost``)."""
+        self.draft_calls += cost.calls
+        self.count_calls("draft", cost.sizes)
+        self.time_s["draft"] += cost.time_draft
+        self.time_s["draft2"] += cost.time_draft2
+
     def count_calls(self, model: str, sizes) -> None:
         hist = self.call_sizes[model]
         for t in sizes:

@@ -19,14 +19,16 @@ They are verified by the per-node rule on the final residual draw, which keeps t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from .batch import batch_room, candidates, run_batch
+from .draft2 import NO_DRAFT2, Draft2
+from .proposal import DraftCost, Proposal, Rule
 from .runner import FETCH_LOGITS, Runner
 from .sampling import SamplingConfig, warp
-from .staged import SOURCE_DRAFT, SOURCE_DRAFT2, OracleTree, batch_room, candidates, run_batch
-from .tree import ancestor_mask
+from .shapes import TreeConfig
+from .tree import SOURCE_DRAFT, SOURCE_DRAFT2, OracleTree, ancestor_mask
 
 
 def draw_without_replacement(q: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -42,37 +44,22 @@ def draw_without_replacement(q: np.ndarray, k: int, rng: np.random.Generator) ->
     return support[top[np.argsort(-keys[top], kind="stable")]].astype(np.int64)
 
 
-@dataclass
-class SampledTree:
-    """The oracle tree plus what the verifier needs: which children were drawn (in draw
-    order among their siblings) and the draft's q at every node that has drawn children."""
-
-    tree: OracleTree
-    drawn: np.ndarray  # [N] bool, False for the root and deterministic children
-    q: dict = field(default_factory=dict)  # node -> [V] float64
-    path: list = field(default_factory=list)  # tokens committed to the draft below the root
-    calls: int = 0
-    time_draft: float = 0.0
-    time_draft2: float = 0.0
-    sizes: list = field(default_factory=list)  # tokens of each draft call (for tune's cost model)
-
-
 def grow_sampled_tree(
     draft: Runner,
-    draft2,  # stagedx.runtime.draft2.Draft2 | None
+    draft2: Draft2,
     history: np.ndarray,  # [n] committed tokens; history[-1] is the root
-    shape,  # TreeConfig: widths, extra, budget, lookahead, fanouts, draft_batch
+    shape: TreeConfig,  # widths, extra, budget, lookahead, fanouts, draft_batch
     sampling: SamplingConfig,
     rng: np.random.Generator,
     depth_limit: int,
-) -> SampledTree:
-    """Grow level by level; after each level's draws keep only the ``budget - extra`` drawn
-    nodes of highest path probability under q (a node's key is capped by its earlier
+) -> Proposal:
+    """A ``Rule.RECURSIVE`` proposal, grown level by level; after each level's draws keep only
+    the ``budget - extra`` drawn nodes of highest path probability under q (a node's key is capped by its earlier
     siblings', so the kept siblings are always a prefix of the draw order, and by its
     parent's, so the kept set is a tree); pruned nodes are never scored by the draft."""
     t0 = time.perf_counter()
     levels = list(shape.widths[: max(0, depth_limit)])
-    chain = _ChainDraft(draft, draft2 if shape.lookahead > 0 else None, history, shape, sampling)
+    chain = _ChainDraft(draft, draft2 if shape.lookahead > 0 else NO_DRAFT2, history, shape, sampling)
     n = _Nodes(int(history[-1]))
     q = {0: chain.call(history[draft.length :], min(shape.lookahead, len(levels) - 1))}  # catch-up rows + root
     room = max(0, shape.budget - shape.extra)  # drawn nodes the oracle call can take
@@ -113,10 +100,8 @@ def grow_sampled_tree(
     )
     is_drawn = np.arange(len(n.tokens)) < drawn
     is_drawn[0] = False
-    t_draft2 = chain.time_draft2 + (t2 - t1)
-    return SampledTree(
-        tree, is_drawn, q, chain.path, len(chain.sizes), t1 - t0 - chain.time_draft2, t_draft2, chain.sizes
-    )
+    cost = DraftCost(chain.sizes, t1 - t0 - chain.time_draft2, chain.time_draft2 + (t2 - t1))
+    return Proposal(tree, Rule.RECURSIVE, chain.path, cost, q, is_drawn)
 
 
 def _score_level(draft: Runner, n: _Nodes, new: list, committed: int, sampling: SamplingConfig) -> tuple[dict, int]:
@@ -142,9 +127,8 @@ class _ChainDraft:
     acceptance) is exactly that of the speculative chain; only draft calls are saved.
     Rows on the chain are committed to the draft's cache at the next call or at ``flush``."""
 
-    def __init__(self, draft: Runner, draft2, history: np.ndarray, shape, sampling: SamplingConfig):
-        self.draft, self.history, self.shape, self.sampling = draft, history, shape, sampling
-        self.draft2 = draft2 if draft2 is not None and getattr(draft2, "kind", "none") != "none" else None
+    def __init__(self, draft: Runner, draft2: Draft2, history: np.ndarray, shape: TreeConfig, sampling: SamplingConfig):
+        self.draft, self.draft2, self.history, self.shape, self.sampling = draft, draft2, history, shape, sampling
         self.tokens = self.parents = self.logits = None  # the last call's rows (local ids) and logits
         self.row = -1  # local row of the chain's end in the last call
         self.pending: list = []  # local rows on the chain, not yet committed
@@ -158,7 +142,7 @@ class _ChainDraft:
         self.flush()
         draft, t0 = self.draft, time.perf_counter()
         cand, cpar = np.zeros(0, np.int64), np.zeros(0, np.int32)
-        if self.draft2 is not None and ahead > 0:
+        if self.draft2.active and ahead > 0:
             context = np.concatenate([self.history, np.asarray(self.path, np.int64)])  # up to the chain's end
             room = batch_room(draft, self.shape.draft_batch, len(rows))
             cand, cpar = candidates(self.draft2, context, self.shape.fanouts[:ahead], room)  # [C], [C]
@@ -214,12 +198,12 @@ class _Nodes:
         return {slot[g]: v for g, v in q.items() if g in slot}
 
 
-def _add_extras(n: _Nodes, q_root: np.ndarray, draft2, history: np.ndarray, extra: int) -> None:
+def _add_extras(n: _Nodes, q_root: np.ndarray, draft2: Draft2, history: np.ndarray, extra: int) -> None:
     """Deterministic root leaves: draft2's candidates, then the draft's most likely tokens,
     never a token already below the root."""
     taken = {n.tokens[i] for i in range(1, len(n.tokens)) if n.parents[i] == 0}
     picks: list = []
-    if draft2 is not None and getattr(draft2, "kind", "none") != "none":
+    if draft2.active:
         ids, _ = draft2.successors(history, extra + len(taken))
         picks += [(int(t), SOURCE_DRAFT2) for t in ids]
     order = np.argsort(-q_root, kind="stable")[: extra + len(taken)]

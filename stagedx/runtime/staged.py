@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .runner import FETCH_TOPK, Runner
-from .tree import ancestor_mask, depths, select_best_first
-from .trees import TreeConfig
-
-SOURCE_DRAFT2 = 0
-SOURCE_DRAFT = 1
+from .batch import batch_room, candidates, run_batch
+from .draft2 import Draft2
+from .proposal import DraftCost
+from .runner import Runner
+from .shapes import TreeConfig
+from .tree import SOURCE_DRAFT, SOURCE_DRAFT2, OracleTree, depths, select_best_first
 
 
 @dataclass
@@ -41,11 +41,8 @@ class DraftTree:
     topk_ids: list = field(default_factory=list)  # per call: [T_b, K]
     topk_logp: list = field(default_factory=list)  # per call: [T_b, K] ranking log-probs
     path: list = field(default_factory=list)  # tokens of the draft's speculative path below the root
-    calls: int = 0
-    time_draft2: float = 0.0
-    time_draft: float = 0.0
     path_p: float = 1.0  # ranking probability of the draft's path, g included (dynamic depth)
-    sizes: list = field(default_factory=list)  # tokens of each draft call (for tune's cost model)
+    cost: DraftCost = field(default_factory=DraftCost)
 
 
 @dataclass(frozen=True)
@@ -53,7 +50,7 @@ class DraftStage:
     """What stays fixed while one round's draft tree grows."""
 
     draft: Runner
-    draft2: object  # stagedx.runtime.draft2.Draft2
+    draft2: Draft2
     history: np.ndarray  # [n] committed tokens; history[-1] is the root
     cfg: TreeConfig
     rank: Callable[[np.ndarray], np.ndarray]  # topk_values [T, K] -> ranking log-probs
@@ -75,36 +72,6 @@ class DraftBatch:
     depth: int  # depth of the chain end below the root (0: it is the root)
 
 
-def chain_batch(chain: np.ndarray, cand_tokens: np.ndarray, cand_parents: np.ndarray):
-    """Local arrays for one draft call: the chain then draft2's candidates under its end."""
-    m = len(chain)
-    parents = np.concatenate([np.arange(-1, m - 1), np.where(cand_parents < 0, m - 1, cand_parents + m)])  # [T]
-    return np.concatenate([chain, cand_tokens]).astype(np.int64), parents.astype(np.int32)  # [T], [T]
-
-
-def batch_room(draft: Runner, draft_batch: int, m: int) -> int:
-    """draft2 candidates one draft call can carry beside ``m`` chain rows."""
-    return max(0, min(draft_batch, draft.max_context - draft.length) - m)
-
-
-def candidates(draft2, context: np.ndarray, fanouts: tuple, room: int) -> tuple[np.ndarray, np.ndarray]:
-    """draft2's candidate tree below ``context[-1]`` (``Draft2.propose_tree``), cut to ``room``
-    nodes (a prefix keeps parents before children): tokens [C] int64, parents [C] int32."""
-    if not fanouts or room <= 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int32)
-    cand, cpar = draft2.propose_tree(context, fanouts)  # [C], [C]
-    return cand[:room], cpar[:room]
-
-
-def run_batch(draft: Runner, chain: np.ndarray, cand: np.ndarray, cpar: np.ndarray, fetch=(FETCH_TOPK,)):
-    """One draft call over ``chain`` then the candidates below its end, under a tree mask, at
-    positions by depth. Returns (tokens [T], local parents [T], RunOutput)."""
-    tokens, parents = chain_batch(chain, cand, cpar)  # [T], [T]
-    mask = ancestor_mask(parents)  # [T, T]
-    positions = draft.length + mask.sum(axis=1) - 1  # [T] depth = ancestors in the batch
-    return tokens, parents, draft.run(tokens, positions, mask, fetch)
-
-
 def draft_call(stage: DraftStage, tree: DraftTree, chain: np.ndarray, parent: int) -> DraftBatch:
     """Build the batch (``chain`` [m] plus draft2's candidates below its end), run the draft on
     it and register the chain end and the candidates as nodes of ``tree``. ``parent``: global
@@ -120,10 +87,7 @@ def draft_call(stage: DraftStage, tree: DraftTree, chain: np.ndarray, parent: in
     cand, cpar = candidates(stage.draft2, context, cfg.fanouts[:levels], room)  # [C], [C]
     t1 = time.perf_counter()
     tokens, parents, out = run_batch(draft, chain, cand, cpar)
-    tree.time_draft2 += t1 - t0
-    tree.time_draft += time.perf_counter() - t1
-    tree.calls += 1
-    tree.sizes.append(len(tokens))
+    tree.cost.add_call(len(tokens), time.perf_counter() - t1, t1 - t0)
 
     # register the chain end and the candidates as tree nodes (catch-up rows are not)
     m, base = len(chain), len(tree.tokens)
@@ -164,7 +128,7 @@ def commit_greedy_path(stage: DraftStage, tree: DraftTree, batch: DraftBatch) ->
 
 def grow_draft_tree(
     draft: Runner,
-    draft2,  # stagedx.runtime.draft2.Draft2
+    draft2: Draft2,
     history: np.ndarray,  # [n] committed tokens; history[-1] is the root
     cfg: TreeConfig,
     rank: Callable[[np.ndarray], np.ndarray],  # topk_values [T, K] -> ranking log-probs
@@ -179,33 +143,9 @@ def grow_draft_tree(
         batch = draft_call(stage, tree, chain, parent)
         parent, g = commit_greedy_path(stage, tree, batch)
         depth = len(tree.path) + 1  # of g below the root
-        if tree.calls >= cfg.draft_calls or depth >= depth_limit or tree.path_p < cfg.stop_p:
+        if tree.cost.calls >= cfg.draft_calls or depth >= depth_limit or tree.path_p < cfg.stop_p:
             return tree
         chain = np.asarray([g], np.int64)  # [1]
-
-
-@dataclass(frozen=True)
-class OracleTree:
-    """The tree one oracle call verifies; node 0 is the root (the pending token)."""
-
-    tokens: np.ndarray  # [N] int64
-    parents: np.ndarray  # [N] int32, -1 for the root
-    depth: np.ndarray  # [N] int64
-    source: np.ndarray  # [N] SOURCE_* of each node, -1 for the root
-
-
-def root_only(token: int) -> OracleTree:
-    return OracleTree(
-        np.asarray([token], np.int64), np.asarray([-1], np.int32), np.zeros(1, np.int64), np.asarray([-1], np.int64)
-    )
-
-
-def chain_tree(tokens: np.ndarray) -> OracleTree:
-    """A linear chain root -> t1 -> ... (classic speculative decoding)."""
-    n = len(tokens)
-    src = np.full(n, SOURCE_DRAFT, np.int64)
-    src[0] = -1
-    return OracleTree(np.asarray(tokens, np.int64), np.arange(-1, n - 1, dtype=np.int32), np.arange(n), src)
 
 
 def oracle_tree(tree: DraftTree, budget: int, depth_limit: int, vocab: int) -> OracleTree:
@@ -246,7 +186,7 @@ def oracle_tree(tree: DraftTree, budget: int, depth_limit: int, vocab: int) -> O
     )
 
 
-def draft2_tree(draft2, history: np.ndarray, cfg: TreeConfig, depth_limit: int) -> OracleTree:
+def draft2_tree(draft2: Draft2, history: np.ndarray, cfg: TreeConfig, depth_limit: int) -> OracleTree:
     """``draft_calls == 0``: draft2's candidate tree goes to the oracle directly, in its own
     order (level by level along the most likely branch), cut to the budget. Where a draft call
     costs more than the acceptance it adds (small trees on a CPU), `stagedx tune` picks this."""

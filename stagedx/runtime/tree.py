@@ -1,4 +1,5 @@
-"""Token trees as flat NumPy arrays, and best-first selection under a node budget.
+"""Token trees as flat NumPy arrays: the tree one oracle call verifies (``OracleTree``), its
+masks and depths, and best-first selection under a node budget. Pure NumPy, no model.
 
 A tree of N nodes is ``tokens [N] int64`` and ``parents [N] int32`` with ``parents[i] < i``
 (parents before children); ``-1`` marks a node whose parent is the last committed KV row
@@ -10,6 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+# Which stage proposed a tree node (``OracleTree.source``); -1 for the root.
+SOURCE_DRAFT2 = 0
+SOURCE_DRAFT = 1
+STAGE_NAMES = {SOURCE_DRAFT2: "draft2", SOURCE_DRAFT: "draft"}
 
 
 def depths(parents: np.ndarray) -> np.ndarray:
@@ -77,3 +83,34 @@ def select_best_first(
     par = parent[picked]
     batch_parents = np.where(par < 0, 0, slot[np.maximum(par, 0)]).astype(np.int32)
     return Selection(picked, batch_parents)
+
+
+@dataclass(frozen=True)
+class OracleTree:
+    """The tree one oracle call verifies; node 0 is the root (the pending token)."""
+
+    tokens: np.ndarray  # [N] int64
+    parents: np.ndarray  # [N] int32, -1 for the root
+    depth: np.ndarray  # [N] int64
+    source: np.ndarray  # [N] SOURCE_* of each node, -1 for the root
+
+    def head(self, rows: int) -> OracleTree:
+        """The first ``rows`` nodes (still a tree: parents come before children)."""
+        if len(self.tokens) <= rows:
+            return self
+        return OracleTree(self.tokens[:rows], self.parents[:rows], self.depth[:rows], self.source[:rows])
+
+
+def root_only(token: int) -> OracleTree:
+    """No speculation: the oracle scores the pending token alone."""
+    return OracleTree(
+        np.asarray([token], np.int64), np.asarray([-1], np.int32), np.zeros(1, np.int64), np.asarray([-1], np.int64)
+    )
+
+
+def chain_tree(tokens: np.ndarray) -> OracleTree:
+    """A linear chain root -> t1 -> ... (classic speculative decoding)."""
+    n = len(tokens)
+    src = np.full(n, SOURCE_DRAFT, np.int64)
+    src[0] = -1
+    return OracleTree(np.asarray(tokens, np.int64), np.arange(-1, n - 1, dtype=np.int32), np.arange(n), src)

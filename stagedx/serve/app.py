@@ -26,7 +26,7 @@ from .chat import template_for
 from .metrics import CONTENT_TYPE, Metrics
 from .responses import DONE, Reply, event
 from .schemas import ApiError, DecodeParams, Limits, chat_params, completion_params, parse_body
-from .worker import DecodeWorker, Job
+from .worker import DecodeWorker, Event, Job
 
 log = logging.getLogger("stagedx.serve")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -194,8 +194,8 @@ class Server:
         max_tokens = min(params.max_tokens or room, room)
         if params.max_tokens is not None and params.max_tokens > room:  # say so, never cut silently
             reply = dataclasses.replace(reply, max_tokens_cut=(params.max_tokens, room))
-        options = {"sampling": params.sampling, "seed": params.seed, "stop": params.stop}
-        job = Job(ids, max_tokens, options, time.monotonic() + self.config.timeout_s, asyncio.get_running_loop())
+        deadline = time.monotonic() + self.config.timeout_s
+        job = Job(ids, params.options(max_tokens), deadline, asyncio.get_running_loop())
         self.worker.submit(job)
         watcher = asyncio.create_task(_watch_disconnect(request, job))
         streaming = False  # once the EventStream owns the job, it cancels it
@@ -269,7 +269,7 @@ async def _watch_disconnect(request: Request, job: Job) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             job.cancel()
-            job.events.put_nowait(("gone", None))
+            job.events.put_nowait(Event("gone"))
             return
 
 

@@ -138,8 +138,8 @@ def serve(
         from .app import ServeConfig, create_app
     except ImportError as exc:
         raise StagedxError(f"stagedx serve needs the 'serve' extra (pip install 'stagedx[serve]'): {exc}") from None
+    from ..runtime.backends.ort import process_owner_thread_pool
     from ..runtime.generator import Generator
-    from ..runtime.ort_runner import process_owner_thread_pool
 
     process_owner_thread_pool(threads)
     gen = Generator(bundle, device=device, strategy=strategy, threads=threads)

@@ -16,6 +16,8 @@ import json
 import math
 from dataclasses import dataclass
 
+from ..errors import StagedxError
+from ..runtime.request import DecodeOptions
 from ..runtime.sampling import SamplingConfig
 
 MAX_STOP = 4  # OpenAI's limit on stop sequences
@@ -90,6 +92,13 @@ class DecodeParams:
     stop: tuple
     stream: bool
     include_usage: bool
+
+    def options(self, max_tokens: int) -> DecodeOptions:
+        """The Generator's options for this request, ``max_tokens`` resolved by the caller."""
+        try:
+            return DecodeOptions(max_tokens, self.sampling, self.seed, self.stop)
+        except StagedxError as exc:
+            raise ApiError(400, str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The decode slot: one thread runs one decode at a time (batch size 1 by design) from a
 bounded FIFO queue, so the server never calls the ``Generator`` from two threads.
 
-A :class:`Job` talks back to the event loop through an ``asyncio.Queue`` of events:
-``("text", str)`` for each piece the runtime accepts, then one ``("done",
-GenerationResult)`` or ``("error", ApiError)``. A job is cancelled (client gone, server
+A :class:`Job` talks back to the event loop through an ``asyncio.Queue`` of ``Event``s:
+``Event("text", str)`` for each piece the runtime accepts, then one ``Event("done",
+GenerationResult)`` or ``Event("error", ApiError)`` (or ``Event("gone", None)`` when the
+client left). A job is cancelled (client gone, server
 shutting down) by setting its flag: the decode thread checks it after every piece the stream
 yields, closes the stream and takes the next job. The per-request deadline is
 checked at the same points and when a job leaves the queue.
@@ -18,8 +19,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
 
 from ..errors import StagedxError
+from ..runtime.request import DecodeOptions
 from .metrics import Metrics
 from .responses import FINISH
 from .schemas import ApiError
@@ -27,11 +30,22 @@ from .schemas import ApiError
 log = logging.getLogger("stagedx.serve")
 
 
+EventKind = Literal["text", "done", "error", "gone"]
+EVENT_KINDS = ("text", "done", "error", "gone")
+
+
+class Event(NamedTuple):
+    """What a job tells the event loop: its kind and the value of that kind (a text piece, the
+    ``GenerationResult``, the ``ApiError``, or None when the client is gone)."""
+
+    kind: EventKind
+    value: object = None
+
+
 @dataclass
 class Job:
     prompt: tuple  # token ids
-    max_tokens: int
-    options: dict  # Generator options: sampling, seed, stop
+    options: DecodeOptions  # the Generator's decode options (max_new_tokens, sampling, seed, stop)
     deadline: float  # time.monotonic() after which the job is abandoned
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
@@ -41,10 +55,11 @@ class Job:
     def cancel(self) -> None:
         self.cancelled.set()
 
-    def emit(self, kind: str, value) -> None:
+    def emit(self, kind: EventKind, value) -> None:
         """Called from the decode thread."""
+        assert kind in EVENT_KINDS, kind
         try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+            self.loop.call_soon_threadsafe(self.events.put_nowait, Event(kind, value))
         except RuntimeError:  # the event loop has closed: nobody is listening any more
             self.cancel()
 
@@ -194,7 +209,7 @@ class DecodeWorker:
         started = time.monotonic()
         first = last = None
         try:
-            stream = self.generator.stream(list(job.prompt), max_new_tokens=job.max_tokens, **job.options)
+            stream = self.generator.stream(list(job.prompt), options=job.options)
             for piece in stream:
                 if self._must_end(job):
                     return

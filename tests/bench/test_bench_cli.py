@@ -92,6 +92,7 @@ def test_bench_end_to_end(tiny_bundle, tmp_path):
     env = data["environment"]
     assert env["threads"] == 1 and env["device"] and env["backend"] == "onnxruntime"
     assert set(env["versions"]) >= {"python", "numpy", "onnxruntime", "stagedx"}
+    assert set(env["load_average"]) == {"before", "after"} and isinstance(env["busy"], bool)
     assert data["config"]["prompt_ids"] == ["HumanEval/0", "HumanEval/1"]
     recs = data["records"]
     assert (

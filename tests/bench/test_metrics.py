@@ -190,7 +190,7 @@ def test_cost_model():
 
 def test_coordinate_search_finds_the_optimum_of_a_separable_score():
     from stagedx.bench.tune import SEARCH_SPACE
-    from stagedx.runtime.trees import THREE_STAGE_TREES
+    from stagedx.runtime.shapes import THREE_STAGE_TREES
 
     class Ev:
         def __init__(self, v):

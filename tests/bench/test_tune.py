@@ -2,7 +2,7 @@
 shapes count as three-stage."""
 
 from stagedx.bench.tune import SAMPLED_SPACE, coordinate_search, effective, is_three_stage
-from stagedx.runtime.trees import TreeConfig
+from stagedx.runtime.shapes import TreeConfig
 
 
 def test_lookahead_is_cut_to_the_levels_whose_q_can_be_needed():

@@ -24,7 +24,7 @@ from stagedx.manifest import (
     load_manifest,
     write_manifest,
 )
-from stagedx.runtime.trt_runner import GpuInfo, engine_mismatch, select_engine
+from stagedx.runtime.backends.trt import GpuInfo, engine_mismatch, select_engine
 
 GPU = GpuInfo("NVIDIA L40S", "8.9")
 

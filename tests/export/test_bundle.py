@@ -123,7 +123,7 @@ def test_external_data_when_weights_pass_the_limit(tiny_pair, tmp_path, monkeypa
         assert e.verify["max_rel_error"] < 1e-4
     assert _leftovers(tmp_path) == ["b"]
     assert not (out / ".work").exists()
-    # every bundle file is readable by others (issue 11: the external data file was 0600)
+    # every bundle file is readable by others (the external data file was once 0600)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
     assert "oracle.onnx.data" in modes and set(modes.values()) == {0o644}, modes
 

@@ -1,4 +1,4 @@
-"""Helpers of the reliability suite (issue 10): run the CLI in-process, check one-line
+"""Helpers of the reliability suite: run the CLI in-process, check one-line
 errors, copy a bundle and rewrite its manifest."""
 
 from __future__ import annotations

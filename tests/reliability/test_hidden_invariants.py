@@ -15,10 +15,10 @@ from stagedx.files import sha256_file
 from stagedx.manifest import load_manifest
 from stagedx.runtime import DecodeOptions, Generator, SamplingConfig, TreeConfig
 from stagedx.runtime.accept import greedy_draw, verify_chain, walk_tree
-from stagedx.runtime.ort_runner import OrtRunner
+from stagedx.runtime.backends.ort import OrtRunner
 from stagedx.runtime.runner import chain_mask
 from stagedx.runtime.sampling import softmax, warp
-from stagedx.runtime.trees import FAN10
+from stagedx.runtime.shapes import FAN10
 from tests.reliability._util import copy_bundle, edit_manifest
 
 PROMPT = "def add(a, b):\n    return a + b\n\n\ndef"

@@ -15,8 +15,8 @@ from stagedx.errors import StagedxError
 from stagedx.runtime import Generator, SamplingConfig, TreeConfig
 from stagedx.runtime.runner import FETCH_LOGITS, chain_mask
 from stagedx.runtime.sampling import warp
+from stagedx.runtime.shapes import CHEAP_DRAFT_TREES, FAN10, THREE_STAGE_TREES
 from stagedx.runtime.tree import ancestor_mask
-from stagedx.runtime.trees import CHEAP_DRAFT_TREES, FAN10, THREE_STAGE_TREES
 from tests._stats import chi_square_pvalue
 
 PROMPTS = [
@@ -192,26 +192,27 @@ def test_sampled_joint_law_matches_the_oracle(small_vocab, strategy, tree):
 def test_negative_control_biased_verifier_is_detected(small_vocab, monkeypatch):
     """SpecInfer's min(1, p/q) applied to FIXED children (q uniform over them) is biased;
     the same chi-square test must reject it."""
-    from stagedx.runtime import accept
+    from stagedx.runtime import accept, generator
 
     gen, prompt, law = small_vocab
 
-    def biased_verify(req, st, tree, out):
+    def biased_verify(proposal, out, sampling, rng):
+        tree = proposal.tree
         node, path, emitted = 0, [0], []
         while True:
-            p = warp(out.logits[node], req.sampling)
+            p = warp(out.logits[node], sampling)
             kids = np.flatnonzero(tree.parents == node)
             for c in kids:
-                if st.rng.random() < min(1.0, p[tree.tokens[c]] * len(kids)):
+                if rng.random() < min(1.0, p[tree.tokens[c]] * len(kids)):
                     break
             else:
-                emitted.append(int(st.rng.choice(len(p), p=p)))
+                emitted.append(int(rng.choice(len(p), p=p)))
                 return accept.Verdict(np.asarray(path), np.asarray(emitted))
             emitted.append(int(tree.tokens[c]))
             path.append(int(c))
             node = int(c)
 
-    monkeypatch.setattr(gen, "_verify", biased_verify)
+    monkeypatch.setattr(generator, "verify", biased_verify)
     tree = TreeConfig(budget=12, max_depth=4, fanouts=FAN10, draft_calls=1)
     assert pvalue(joint_counts(gen, prompt, "staged", 5000, tree=tree), law) < 1e-6
 

@@ -15,8 +15,8 @@ import pytest
 
 from stagedx.runtime.bundle import open_bundle
 from stagedx.runtime.device import CPU_EP, CUDA_EP, TRT_EP, resolve_device
-from stagedx.runtime.ort_device import DeviceKV, gather_providers
-from stagedx.runtime.ort_runner import OrtRunner
+from stagedx.runtime.backends.ort_device import DeviceKV, gather_providers
+from stagedx.runtime.backends.ort import OrtRunner
 from stagedx.runtime.runner import chain_mask
 
 GPU_EPS = [TRT_EP, CUDA_EP, CPU_EP]  # what onnxruntime-gpu lists, TensorRT libraries or not
@@ -42,7 +42,7 @@ def test_device_kv_builds_its_gather_session_from_the_given_providers(tiny_bundl
 
 
 def test_the_binder_names_the_gpu_for_io_binding(tiny_bundle):
-    from stagedx.runtime.ort_runner import Binder
+    from stagedx.runtime.backends.ort import Binder
 
     bundle_dir, manifest = open_bundle(tiny_bundle)
     runner = OrtRunner(bundle_dir, manifest.models["draft"], "cpu", threads=1)
@@ -106,7 +106,7 @@ def test_device_kv_on_an_fp16_bundle_matches_the_host_kv(fp16_bundle):
 def _cuda_or_skip() -> None:
     import onnxruntime as ort
 
-    from stagedx.runtime.ort_device import gather_model
+    from stagedx.runtime.backends.ort_device import gather_model
 
     if CUDA_EP not in ort.get_available_providers():
         pytest.skip("onnxruntime-gpu is not installed here")

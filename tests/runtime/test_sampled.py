@@ -2,12 +2,12 @@
 
 import numpy as np
 
+from stagedx.runtime.draft2 import NO_DRAFT2
 from stagedx.runtime.runner import RunOutput
 from stagedx.runtime.sampled import draw_without_replacement, grow_sampled_tree
 from stagedx.runtime.sampling import SamplingConfig
-from stagedx.runtime.staged import SOURCE_DRAFT2
-from stagedx.runtime.tree import is_valid_tree
-from stagedx.runtime.trees import TreeConfig
+from stagedx.runtime.shapes import TreeConfig
+from stagedx.runtime.tree import SOURCE_DRAFT2, is_valid_tree
 
 V = 12
 
@@ -36,7 +36,7 @@ class LogitsDraft:
 
 
 class FixedDraft2:
-    kind = "both"
+    kind, active = "both", True
 
     def successors(self, history, k):
         return np.asarray([7, 8, 9][:k], np.int64), np.ones(min(k, 3), np.float32)
@@ -45,7 +45,7 @@ class FixedDraft2:
 SAMPLING = SamplingConfig.parse("topk:6")
 
 
-def grow(shape, seed=0, draft=None, draft2=None):
+def grow(shape, seed=0, draft=None, draft2=NO_DRAFT2):
     draft = draft or LogitsDraft()
     history = np.asarray([1, 2, 3], np.int64)
     sp = grow_sampled_tree(draft, draft2, history, shape, SAMPLING, np.random.default_rng(seed), depth_limit=8)
@@ -57,7 +57,7 @@ def test_a_drawn_chain_commits_each_level_like_speculative():
     t = sp.tree
     assert t.parents.tolist() == [-1, 0, 1, 2, 3] and sp.drawn.tolist() == [False, True, True, True, True]
     assert [len(c[0]) for c in draft.calls] == [3, 1, 1, 1]  # one token per call after the catch-up
-    assert draft.length == 3 + 3 and sp.path == t.tokens[1:4].tolist()
+    assert draft.length == 3 + 3 and sp.draft_path == t.tokens[1:4].tolist()
     for d in range(3):  # q of every node with a drawn child is its own draft call's warp
         assert np.isclose(sp.q[d].sum(), 1.0) and sp.q[d][t.tokens[d + 1]] > 0
 
@@ -103,7 +103,7 @@ class SuccessorDraft2:
     """Proposes the stand-in draft's favourite successors: t + 1, t + 2, ... (mod V) after t,
     along a spine (the first successor heads the next level), like ``Draft2.propose_tree``."""
 
-    kind = "ngram"
+    kind, active = "ngram", True
 
     def __init__(self):
         self.contexts = []
@@ -128,13 +128,13 @@ def test_lookahead_draws_the_same_chain_with_fewer_draft_calls():
         look, b = grow(
             TreeConfig(budget=8, widths=(1,) * 6, fanouts=(2, 1, 1), lookahead=3), seed, draft2=SuccessorDraft2()
         )
-        assert b.tree.tokens.tolist() == a.tree.tokens.tolist() and b.path == a.path
+        assert b.tree.tokens.tolist() == a.tree.tokens.tolist() and b.draft_path == a.draft_path
         assert look.length == plain.length == 3 + 5  # catch-up + root, then the chain but its last node
         for d in range(5):
             assert np.allclose(b.q[d], a.q[d])
-        plain_calls += a.calls
-        look_calls += b.calls
-        assert b.calls == len(look.calls) <= a.calls == 6
+        plain_calls += a.cost.calls
+        look_calls += b.cost.calls
+        assert b.cost.calls == len(look.calls) <= a.cost.calls == 6
     assert look_calls < 0.75 * plain_calls
 
 
@@ -146,8 +146,8 @@ def test_lookahead_rows_sit_at_their_depth_and_only_the_chain_is_committed():
     assert pos.tolist() == [0, 1, 2, 3, 3, 4, 5] and mask[5, 3] and not mask[5, 4]
     assert d2.contexts[0].tolist() == [1, 2, 3]
     committed = [r for rows in draft.committed for r in rows]
-    assert draft.length == 3 + len(sp.path) and len(committed) == draft.length
-    assert sp.path == sp.tree.tokens[1:4].tolist()
+    assert draft.length == 3 + len(sp.draft_path) and len(committed) == draft.length
+    assert sp.draft_path == sp.tree.tokens[1:4].tolist()
 
 
 def test_lookahead_never_proposes_deeper_than_a_node_whose_q_is_needed():

@@ -4,8 +4,8 @@ commits, and the oracle tree that comes out."""
 import numpy as np
 
 from stagedx.runtime.runner import RunOutput
+from stagedx.runtime.shapes import TreeConfig
 from stagedx.runtime.staged import draft2_tree, grow_draft_tree, oracle_tree
-from stagedx.runtime.trees import TreeConfig
 
 V, K = 50, 4
 
@@ -54,7 +54,7 @@ def test_draft2_is_asked_for_the_successors_of_each_chain_end():
     history = np.asarray([3, 4, 5], np.int64)
     cfg = TreeConfig(max_depth=12, fanouts=(1, 1, 1), draft_calls=3)
     tree = grow_draft_tree(draft, draft2, history, cfg, rank, depth_limit=12)
-    assert tree.calls == 3
+    assert tree.cost.calls == 3
     for (tokens, _, _), ctx in zip(draft.calls, draft2.contexts):
         # draft2's candidates hang below the chain's last token (the batch's first 3 - 3
         # candidates): that token must end the context draft2 was given

@@ -128,3 +128,14 @@ def test_a_deeply_nested_body_is_a_400_not_a_crash():
     with pytest.raises(ApiError) as exc:
         parse_body(raw)
     assert exc.value.status == 400 and exc.value.code == "invalid_json" and "nested" in exc.value.message
+
+
+def test_a_request_becomes_the_generators_decode_options():
+    limits = Limits("m", 64, 100)
+    params = completion_params({"model": "m", "prompt": "x", "seed": 5, "stop": "\n", "top_k": 3}, limits)
+    opts = params.options(10)
+    assert (opts.max_new_tokens, opts.seed, opts.stop_strings()) == (10, 5, ("\n",))
+    assert opts.sampling_config().top_k == 3
+    with pytest.raises(ApiError) as err:
+        params.options(0)  # a prompt that fills the whole context leaves no room
+    assert err.value.status == 400

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from stagedx.runtime.request import DecodeOptions
 from stagedx.runtime.results import GenerationResult, Stats, Stream
 from stagedx.serve.metrics import Metrics
 from stagedx.serve.schemas import ApiError
@@ -29,7 +30,7 @@ class Scripted:
         for _ in range(n):
             self.gate.release()
 
-    def stream(self, prompt, *, max_new_tokens, **options) -> Stream:
+    def stream(self, prompt, *, options: DecodeOptions) -> Stream:
         return Stream(self._pieces(prompt))
 
     def _pieces(self, prompt):
@@ -52,7 +53,7 @@ class Scripted:
 
 
 def job(loop, tag: int, timeout: float = 30.0) -> Job:
-    return Job((tag,), 3, {}, time.monotonic() + timeout, loop)
+    return Job((tag,), DecodeOptions(max_new_tokens=3), time.monotonic() + timeout, loop)
 
 
 async def drain(j: Job) -> list:

@@ -193,7 +193,7 @@ def check_ort(device: str) -> dict:
     import onnxruntime as ort
 
     from stagedx.runtime.device import resolve_device
-    from stagedx.runtime.ort_device import gather_model
+    from stagedx.runtime.backends.ort_device import gather_model
 
     info = {"version": ort.__version__, "file": ort.__file__, "providers": ort.get_available_providers()}
     info["ld_library_path"] = os.environ.get("LD_LIBRARY_PATH", "")

@@ -20,7 +20,7 @@ def kvcheck(bundle: Path, device: str, out: Path, repeats: int = 20, pasts: tupl
     runner: the graph's nodes per execution provider and its Memcpy nodes."""
     import numpy as np
 
-    from stagedx.runtime import ort_runner
+    from stagedx.runtime.backends import ort as ort_runner
     from stagedx.runtime.bundle import open_bundle
     from stagedx.runtime.runner import chain_mask
 
@@ -81,7 +81,7 @@ def _profile(bdir: Path, entry, device: str, out: Path) -> dict:
     import numpy as np
     import onnxruntime as ort
 
-    from stagedx.runtime import ort_runner
+    from stagedx.runtime.backends import ort as ort_runner
     from stagedx.runtime.runner import chain_mask
 
     orig = ort_runner.make_session

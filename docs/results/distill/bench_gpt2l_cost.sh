@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Both drafts at GPT-2-L cost (tools/scale_pair.py twins of the vendored oracle with the shipped
+# Both drafts at GPT-2-L cost (tools/research/scale_pair.py twins of the vendored oracle with the shipped
 # and the distilled draft), same options, back to back on a quiet machine.
-#   bundles: tools/build_gpt2l_cost.sh (shipped draft), then
-#   python tools/scale_pair.py scale models/stdlib-code-pair/draft-distilled pairs/gpt2l-cost/draft-distilled \
+#   bundles: tools/research/build_gpt2l_cost.sh (shipped draft), then
+#   python tools/research/scale_pair.py scale models/stdlib-code-pair/draft-distilled pairs/gpt2l-cost/draft-distilled \
 #       --factor 4 --layers 5 --seed 1 --force
 #   python -m stagedx export pairs/gpt2l-cost/oracle --draft pairs/gpt2l-cost/draft-distilled --draft2 both \
 #       --corpus stdlib --exclude-from models/stdlib-code-pair/val_files.json -o bundles/gpt2l-cost-distilled

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Issue 8, tuned: the GPT-2-L-cost pair with the distilled draft, its draft fp32 or int8, tuned
+# Tuned: the GPT-2-L-cost pair with the distilled draft, its draft fp32 or int8, tuned
 # through the small twin, benched on a quiet machine (nothing else running), 10 HumanEval prompts
 # x 128 tokens, 2 threads. Bundles (BUNDLES=/work/bundles by default):
-#   tools/build_gpt2l_cost.sh                                          # pairs/gpt2l-cost/{oracle,draft}
-#   python tools/scale_pair.py scale models/stdlib-code-pair/draft-distilled pairs/gpt2l-cost/draft-distilled512 \
+#   tools/research/build_gpt2l_cost.sh                                          # pairs/gpt2l-cost/{oracle,draft}
+#   python tools/research/scale_pair.py scale models/stdlib-code-pair/draft-distilled pairs/gpt2l-cost/draft-distilled512 \
 #       --factor 4 --layers 5 --seed 1 --force
 #   E=(--draft2 both --corpus stdlib --exclude-from models/stdlib-code-pair/val_files.json)
 #   python -m stagedx export pairs/gpt2l-cost/oracle --draft pairs/gpt2l-cost/draft-distilled512 "${E[@]}" \
