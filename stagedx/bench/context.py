@@ -46,18 +46,22 @@ def parse_contexts(spec: str) -> tuple[int, ...]:
     return tuple(sorted(set(values)))
 
 
-def long_prompts(tokenizer, prompts: Sequence, n: int) -> list[TokenPrompt]:
-    """Each prompt as exactly ``n`` token ids: the prompts after it (cyclically) as earlier
-    context, then the prompt itself, cut to the last ``n`` tokens."""
-    encoded = [np.asarray(tokenizer.encode(p.text), np.int64) for p in prompts]
-    total = sum(len(e) for e in encoded)
-    if total == 0:
+def long_prompts(tokenizer, prompts: Sequence, n: int, pool: Sequence | None = None) -> list[TokenPrompt]:
+    """Each prompt as exactly ``n`` token ids: the prompts after it in ``pool`` (the whole
+    prompt set, cyclically; default ``prompts``) as earlier context, then the prompt itself,
+    cut to the last ``n`` tokens. A pool of many prompts keeps the context from repeating
+    itself (a repeated context is what prompt lookup predicts best: it would flatter staged)."""
+    pool = list(prompts if pool is None else pool)
+    encoded = [np.asarray(tokenizer.encode(p.text), np.int64) for p in pool]
+    if sum(len(e) for e in encoded) == 0:
         raise StagedxError("--context: the prompts encode to no tokens")
+    index = {p.id: i for i, p in enumerate(pool)}
     out = []
-    for i, p in enumerate(prompts):
+    for p in prompts:
+        i = index[p.id]
         pieces, have, j = [encoded[i]], len(encoded[i]), i
-        while have < n:  # prepend the following prompts, cycling through the set
-            j = (j + 1) % len(prompts)
+        while have < n:  # prepend the following prompts, cycling through the pool
+            j = (j + 1) % len(pool)
             pieces.insert(0, encoded[j])
             have += len(encoded[j])
         ids = np.concatenate(pieces)[-n:]  # [n]
@@ -93,22 +97,25 @@ def summarize_context(records: Sequence[dict], n: int, floor: dict) -> dict:
     return out
 
 
-def run_sweep(gen, methods: Sequence, prompts: Sequence, contexts: Sequence[int], cfg, on_run: Callable | None):
-    """The bench loop at every context that fits; returns (records, skipped contexts)."""
+def run_sweep(gen, methods: Sequence, prompts: tuple, contexts: Sequence[int], cfg, on_run: Callable | None):
+    """The bench loop at every context that fits; ``prompts`` = (measured prompts, pool they
+    draw their earlier context from). Returns (records, skipped contexts)."""
     from .bench import run_bench
 
+    measured, pool = prompts
     records, skipped = [], []
     for n in contexts:
         if n + cfg.max_new_tokens > gen.context_limit:
             skipped.append(n)
             continue
-        for rec in run_bench(methods, long_prompts(gen.tokenizer, prompts, n), cfg, on_run):
+        for rec in run_bench(methods, long_prompts(gen.tokenizer, measured, n, pool), cfg, on_run):
             records.append({**rec, "context": n})
     return records, skipped
 
 
-def context_benchmark(gen, methods: Sequence, prompts: Sequence, contexts: Sequence[int], cfg, on_run=None) -> dict:
-    """The whole sweep: records, per-context summaries, the floor's inputs, the skipped lengths."""
+def context_benchmark(gen, methods: Sequence, prompts: tuple, contexts: Sequence[int], cfg, on_run=None) -> dict:
+    """The whole sweep (``prompts`` as for :func:`run_sweep`): records, per-context summaries,
+    the floor's inputs, the skipped lengths."""
     from .roofline import measure_bandwidth
 
     started = time.time()
@@ -200,14 +207,15 @@ def context_command(req, contexts: Sequence[int], out, progress: Callable | None
     from .prompts import load_prompts
     from .report import write_json
 
-    prompts = load_prompts(req.prompts, req.limit)
+    pool = load_prompts(req.prompts, None)  # the earlier context comes from the whole set
+    prompts = pool[: req.limit] if req.limit else pool
     cfg = req.cfg
     with Generator(req.bundle, device=req.device, strategy="staged", threads=req.threads, tree=None) as gen:
         methods = [StagedxMethod(gen, m, cfg.max_new_tokens) for m in cfg.methods]
         fits = [n for n in contexts if n + cfg.max_new_tokens <= gen.context_limit]
         total = len(fits) * sum(1 for s in cfg.samplings for _ in methods) * (cfg.warmup + cfg.repeats * len(prompts))
         on_run = (lambda r: progress(r, total)) if progress else None
-        result = context_benchmark(gen, methods, prompts, contexts, cfg, on_run)
+        result = context_benchmark(gen, methods, (prompts, pool), contexts, cfg, on_run)
         result["environment"] = environment(gen, req.threads)
     result["config"] = {
         "bundle": str(req.bundle),

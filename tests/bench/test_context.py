@@ -46,6 +46,15 @@ def test_long_prompts_end_with_the_prompt_after_the_following_ones():
     assert ["".join(chr(i) for i in p.ids) for p in short] == ["bc", "fg", "hi"]
 
 
+def test_one_measured_prompt_draws_its_context_from_the_whole_pool():
+    """--limit 1 must not make the context the same prompt over and over."""
+    pool = [Prompt("a", "abc"), Prompt("b", "defg"), Prompt("c", "hi")]
+    (one,) = long_prompts(WordTokenizer(), pool[:1], 8, pool)
+    assert "".join(chr(i) for i in one.ids) == "idefgabc"
+    (alone,) = long_prompts(WordTokenizer(), pool[:1], 8)
+    assert "".join(chr(i) for i in alone.ids) == "bcabcabc"  # without a pool: repeats
+
+
 def test_context_sweep_end_to_end(tiny_bundle, tmp_path):
     from stagedx.manifest import load_manifest
 
