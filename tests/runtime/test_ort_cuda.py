@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stagedx.runtime.backends.ort import OrtRunner
+from stagedx.runtime.backends.ort_device import DeviceKV, gather_providers
 from stagedx.runtime.bundle import open_bundle
 from stagedx.runtime.device import CPU_EP, CUDA_EP, TRT_EP, resolve_device
-from stagedx.runtime.backends.ort_device import DeviceKV, gather_providers
-from stagedx.runtime.backends.ort import OrtRunner
 from stagedx.runtime.runner import chain_mask
 
 GPU_EPS = [TRT_EP, CUDA_EP, CPU_EP]  # what onnxruntime-gpu lists, TensorRT libraries or not

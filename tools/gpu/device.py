@@ -192,8 +192,8 @@ def check_ort(device: str) -> dict:
     import numpy as np
     import onnxruntime as ort
 
-    from stagedx.runtime.device import resolve_device
     from stagedx.runtime.backends.ort_device import gather_model
+    from stagedx.runtime.device import resolve_device
 
     info = {"version": ort.__version__, "file": ort.__file__, "providers": ort.get_available_providers()}
     info["ld_library_path"] = os.environ.get("LD_LIBRARY_PATH", "")
