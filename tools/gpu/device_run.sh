@@ -125,8 +125,8 @@ do_measure() {
   step "kvcheck" 90 "$PY" "$TOOL" kvcheck --bundle "$BUNDLES/pair-$first" --device "$DEVICE" \
     "${KV_ARGS[@]}" --out "$W"
   bench "$first"  # then the GPU tests, then the other dtypes' benches (least needed last)
-  step gpu_tests 150 "$PY" -m pytest -p no:cacheprovider -m gpu -q tests/runtime/test_ort_cuda.py \
-    tests/runtime/test_trt_runner.py
+  step gpu_tests 150 "$PY" -m pytest -p no:cacheprovider -m gpu -q tests/runtime/backends/test_ort_cuda.py \
+    tests/runtime/backends/test_trt.py
   for dt in ${DTYPES//,/ }; do
     [ "$dt" = "$first" ] || bench "$dt"
   done
