@@ -45,7 +45,7 @@ def assert_one_line_error(code, err, *needles):
 
 
 def test_export_command_is_registered_in_the_top_level_cli():
-    assert {c.name for c in export_cli.COMMANDS} == {"export", "inspect", "distill"}
+    assert {c.name for c in export_cli.COMMANDS} == {"export", "inspect", "distill", "distill-targets"}
     src = Path(top.__file__).read_text()
     assert "export import cli as export_cli" in src
 
