@@ -173,7 +173,7 @@ def draft_from_oracle(oracle_path: Path, layers: int):
         draft = transformers.LlamaForCausalLM(conf)
     keep = {}
     with safe_open(str(Path(oracle_path) / "model.safetensors"), "pt") as f:
-        for k in f.keys():
+        for k in f.keys():  # noqa: SIM118 (safe_open is not iterable)
             if not k.startswith("model.layers.") or int(k.split(".")[2]) < layers:
                 keep[k] = f.get_tensor(k).to(torch.float32)
     missing, _unexpected = draft.load_state_dict(keep, strict=False, assign=True)
