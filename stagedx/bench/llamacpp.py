@@ -21,6 +21,7 @@ the last prompt token and yields the first new token; ``oracle_calls`` counts de
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -109,6 +110,7 @@ class LlamaCppModel:
             "system_info": self.module.llama_print_system_info().decode(errors="replace").strip(),
             "n_ctx": self.llm.n_ctx(),
             "threads": self.threads,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # see docs/bench.md: it matters on a busy CPU
         }
 
 
