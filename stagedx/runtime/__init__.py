@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 
 # The decoding strategies, named once: the Generator, every --strategy option and bench use it.
-STRATEGIES = ("baseline", "speculative", "staged")
+# "auto" (the default): the online planner picks each round's proposal (runtime/planner.py).
+STRATEGIES = ("baseline", "speculative", "staged", "auto")
 
 _EXPORTS = {
     "Generator": ".generator",

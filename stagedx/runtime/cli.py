@@ -51,13 +51,21 @@ def _stats_line(res) -> str:
         f"({s.new_tokens / max(t['total'], 1e-9):.1f} tok/s), {s.oracle_calls} oracle calls "
         f"({s.tokens_per_oracle_call:.2f} tokens/call), {s.draft_calls} draft calls, "
         f"accepted {s.accepted_by_stage}, finish={res.finish_reason}"
+        + (f"; planner: {planner_line(s.planner)}" if s.planner is not None else "")
     )
+
+
+def planner_line(p) -> str:
+    """The auto planner's decisions in one line: share of rounds per option, stages' rounds."""
+    rounds = max(1, sum(p.choices.values()))
+    shares = ", ".join(f"{k} {100 * n / rounds:.0f}%" for k, n in sorted(p.choices.items(), key=lambda kv: -kv[1]))
+    return f"{shares}; stages on (rounds) {p.stages}; overhead {1e3 * p.overhead_s / rounds:.3f} ms/round"
 
 
 @click.command("generate")
 @click.argument("bundle", type=click.Path())
 @click.argument("prompt")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="staged", show_default=True)
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="auto", show_default=True)
 @click.option(
     "--sampling",
     default=None,
@@ -195,6 +203,7 @@ def _compare(gen, prompt, max_new_tokens, opts) -> None:
         "baseline": {"strategy": "baseline"},
         "speculative": {"strategy": "speculative"},
         "staged": {"strategy": "staged"},  # the tuned (else default) tree for this device
+        "auto": {"strategy": "auto"},  # the online planner
         "staged3": {"strategy": "staged", "tree": gen.three_stage_tree(opts["sampling"])},
     }
     results = {

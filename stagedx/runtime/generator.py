@@ -34,6 +34,7 @@ from ..manifest import find_tuning, tuning_key
 from . import accept
 from .bundle import cross_check, make_runner, open_bundle
 from .draft2 import Draft2
+from .planner import MAX_DEPTH, Planner, PlannerStats
 from .proposal import Proposal, oracle_fetch, verify
 from .proposers import Proposers, Round, choose
 from .request import DecodeOptions, Request, check_strategy, fit_prompt, prompt_ids
@@ -52,6 +53,7 @@ class DecodeState:
     rng: np.random.Generator
     stats: Stats
     finish: str | None = None
+    plan: tuple | None = None  # auto: (Option, depth limit) of the round in progress
 
     @property
     def generated(self) -> int:
@@ -69,7 +71,7 @@ class Generator:
         self,
         bundle: str | Path,
         device: str = "auto",
-        strategy: str = "staged",
+        strategy: str = "auto",
         threads: int | None = None,
         tree: TreeConfig | None = None,
         max_context: int | None = None,
@@ -101,6 +103,7 @@ class Generator:
         self.draft_weight_bytes = m.draft.weight_bytes
         cross_check(self.bundle_dir, m, self.tokenizer, self.draft2, (self.oracle, self.draft))
         self.proposers = Proposers(self.draft, self.draft2, self.vocab)
+        self.planner = Planner.for_bundle(entry, m, self.draft2.active, self.tuned)  # strategy "auto"
         self._lock = threading.Lock()  # one decode at a time: the runners' KV caches are shared state
         self._owner: int | None = None  # thread id of the decode in progress
         self._closed = False
@@ -230,8 +233,10 @@ class Generator:
         t0 = time.perf_counter()
         self.oracle.truncate(0)
         self.draft.truncate(0)
-        depth = max(req.tree.max_depth, req.tree.spec_k)
+        auto = req.strategy == "auto"
+        depth = max(req.tree.max_depth, req.tree.spec_k, MAX_DEPTH if auto else 0)
         stats = Stats(req.strategy, req.sampling.label, accepted_by_depth=[0] * (depth + 1))
+        stats.planner = PlannerStats() if auto else None
         st = DecodeState(req.prompt.tolist(), len(req.prompt), np.random.default_rng(req.seed), stats)
         n = len(req.prompt)
         if n > 1:
@@ -250,10 +255,13 @@ class Generator:
             if room < 0:
                 st.finish = "context"
                 break
+            t0, t_oracle = time.perf_counter(), s.time_s["oracle"]
             proposal = self._propose(req, st, room).fit(room + 1)  # the oracle's free KV rows
             s.add_draft(proposal.cost)
             out = self._score(proposal.tree, n, req.sampling, s)
             verdict = verify(proposal, out, req.sampling, st.rng)
+            if st.plan is not None:
+                self._observe(req, st, proposal, verdict, (time.perf_counter() - t0, s.time_s["oracle"] - t_oracle))
             kept = self._commit(req, st, proposal, verdict)
             s.rounds += 1
             if kept:
@@ -271,11 +279,26 @@ class Generator:
         return out
 
     def _propose(self, req: Request, st: DecodeState, room: int) -> Proposal:
-        """This round's proposal. The kind comes from the fixed rule ``proposers.choose`` (by
-        strategy and tree shape); a planner may choose kind and shape here instead, from the
-        committed tokens and the stats of past rounds."""
-        kind, limit = choose(req.strategy, req.tree, req.sampling.greedy, room)
-        return self.proposers.build(kind, Round(st.tokens, req.tree, req.sampling, st.rng, limit))
+        """This round's proposal. ``auto``: the planner's choice, from the committed tokens and
+        past rounds only; otherwise the fixed rule ``proposers.choose`` (strategy, tree shape)."""
+        tree = req.tree
+        if req.strategy == "auto":
+            mode = sampling_mode(req.sampling)
+            lag = len(st.tokens) - self.draft.length
+            st.plan = self.planner.choose(mode, room, len(st.tokens), lag, st.stats.planner)
+            (kind, tree), limit = (st.plan[0].kind, st.plan[0].tree), st.plan[1]
+        else:
+            kind, limit = choose(req.strategy, tree, req.sampling.greedy, room)
+        return self.proposers.build(kind, Round(st.tokens, tree, req.sampling, st.rng, limit))
+
+    def _observe(self, req: Request, st: DecodeState, proposal: Proposal, verdict, seconds: tuple) -> None:
+        """Fold the round into the planner: ``seconds`` = (round so far, its oracle call)."""
+        opt, limit = st.plan
+        c = proposal.cost
+        other = seconds[0] - seconds[1] - c.time_draft - c.time_draft2
+        self.planner.observe_timing(len(proposal.tree.tokens), len(st.tokens), seconds[1], other)
+        mode = sampling_mode(req.sampling)
+        self.planner.observe(mode, opt, limit, proposal, len(verdict.path) - 1, st.stats.planner)
 
     def _commit(self, req: Request, st: DecodeState, proposal: Proposal, verdict: accept.Verdict) -> list:
         """Keep what the finish rules allow, then commit KV rows and tokens consistently."""

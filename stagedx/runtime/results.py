@@ -23,6 +23,7 @@ class Stats:
         default_factory=lambda: {"prefill": 0.0, "draft2": 0.0, "draft": 0.0, "oracle": 0.0, "other": 0.0, "total": 0.0}
     )
     call_sizes: dict = field(default_factory=lambda: {"oracle": {}, "draft": {}})  # model -> {tokens: calls}
+    planner: object = None  # strategy "auto": a planner.PlannerStats (choices, stages on, overhead)
 
     def add_draft(self, cost) -> None:
         """Count one proposal's draft work (a ``proposal.DraftCost``)."""
@@ -59,6 +60,7 @@ class Stats:
             "accepted_by_depth": list(self.accepted_by_depth),
             "time_s": dict(self.time_s),
             "call_sizes": {m: {str(t): n for t, n in sorted(h.items())} for m, h in self.call_sizes.items()},
+            **({"planner": self.planner.as_dict()} if self.planner is not None else {}),
         }
 
 

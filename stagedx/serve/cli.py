@@ -117,7 +117,7 @@ def _log_config(uvicorn, access_log: bool) -> dict:
     help="on SIGTERM: seconds in-flight requests may run on before they are cancelled (SIGINT, a 2nd signal: at once)",
 )
 @click.option("--model-name", default=None, help="the model id clients pass (default: the bundle folder's name)")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="staged", show_default=True)
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | tensorrt")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
 @click.option("--access-log", is_flag=True, help="log every request to stderr")

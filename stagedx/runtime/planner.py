@@ -1,0 +1,257 @@
+"""The online planner of ``--strategy auto``: before each round it picks the proposal (no
+speculation, the draft's chain, a draft2 tree of some depth, a draft tree fed by draft2, the
+tuned tree) that maximises expected tokens per second, from what this Generator has measured.
+
+- **Acceptance** per family of proposals (``draft2``, ``chain``, each staged tree, ``tuned``)
+  and per depth: the conditional probability that the walk accepts a node at depth d once it
+  reached depth d - 1, kept as exponentially decayed hit / trial counts over the rounds that
+  ran that family, with a built-in conservative prior (a tuned tree gets a warmer one). A
+  round whose walk stops at depth k < the depth limit is a failed trial at depth k + 1, whether
+  the oracle rejected the children or the tree had none there: the estimate is what a tree of
+  that family really yields.
+- **Cost** (``planner_cost.CostModel``): oracle seconds by tree tokens and past length, draft
+  seconds by batch, draft2 seconds per family, a fixed per-round remainder.
+- **Choice**: expected tokens ``1 + sum_d prod_{j<=d} a_j`` over each candidate's depth,
+  divided by its predicted seconds, for every candidate at once (NumPy over ~30 options);
+  ties go to the earlier (cheaper) option. A family unused for ``PROBE_EVERY`` rounds is
+  re-probed once with its best option, so a stage switched off is tried again at small cost.
+
+Exactness and seeds: the choice reads only past rounds (their accepted depths and timings),
+never the round's own oracle output, so greedy output is token-exact. In sampled modes the
+planner uses deterministic trees only (per-node rule: one draw from the oracle's own
+distribution per emitted token), whose output is the baseline's text seed for seed whatever
+the tree, so a timing-driven choice can never change a seeded request's text. (The
+speculative chain and drawn trees, whose text depends on the tree, stay available through
+``--strategy speculative`` / ``staged``.)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .planner_cost import MAX_TOKENS, CostModel, prior_from
+from .proposers import CHAIN, DRAFT2_TREE, DRAFT_TREE, NONE
+from .shapes import FAN10, GREEDY, NO_DRAFT2_TREES, SAMPLE, THREE_STAGE_TREES, TreeConfig
+
+MAX_DEPTH = 16  # deepest node any option proposes
+PRIOR_WEIGHT = 4.0  # trials the prior counts for
+DECAY = 0.95  # per observation: old counts fade, so acceptance follows the text's character
+PROBE_EVERY = 16  # rounds after which an unused family is tried once more
+# conservative built-in priors: conditional acceptance per depth, by family and mode
+PRIORS = {
+    GREEDY: {"draft2": 0.4, "chain": 0.55, "staged": 0.55, "staged2": 0.55, "tuned": 0.7},
+    SAMPLE: {"draft2": 0.3, "staged": 0.45, "staged2": 0.45, "tuned": 0.5},
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One candidate proposal: the proposer ``kind``, its tree shape and deepest node, and
+    the ``family`` whose acceptance statistics price it."""
+
+    family: str
+    kind: str
+    depth: int
+    tree: TreeConfig
+    label: str
+
+    @property
+    def nodes(self) -> int:  # most tree nodes below the root
+        return self.depth if self.kind == CHAIN else self.tree.budget
+
+
+def menu(mode: str, has_draft2: bool, tuned: TreeConfig | None = None) -> tuple[Option, ...]:
+    """The candidates for a sampling mode (only per-node trees when sampling: see above)."""
+    greedy = mode == GREEDY
+    opts = [Option("none", NONE, 0, TreeConfig(budget=0), "none")]
+    if has_draft2:
+        head = 2 if greedy else 3  # draft2's fan-out at the root, then its best chain
+        for depth in range(1, 16 if greedy else 7):
+            tree = TreeConfig(budget=head + depth - 1, max_depth=depth, fanouts=(head,) + (1,) * (depth - 1))
+            opts.append(Option("draft2", DRAFT2_TREE, depth, tree, f"draft2:{depth}"))
+    if greedy:
+        opts += [Option("chain", CHAIN, k, TreeConfig(spec_k=k), f"chain:{k}") for k in range(1, 9)]
+        staged = THREE_STAGE_TREES[GREEDY] if has_draft2 else NO_DRAFT2_TREES[GREEDY]
+        deeper = TreeConfig(budget=16, max_depth=12, fanouts=FAN10 if has_draft2 else (), draft_calls=2)
+    else:
+        fan = (2, 1) if has_draft2 else ()
+        staged = TreeConfig(budget=4, max_depth=3, fanouts=fan, draft_calls=1)
+        deeper = TreeConfig(budget=8, max_depth=5, fanouts=fan, draft_calls=2)
+    opts.append(Option("staged", DRAFT_TREE, staged.max_depth, staged, "staged"))
+    opts.append(Option("staged2", DRAFT_TREE, deeper.max_depth, deeper, "staged2"))
+    if tuned is not None and tuned.budget > 0 and (greedy or not tuned.widths):
+        kind = DRAFT2_TREE if tuned.draft_calls == 0 else DRAFT_TREE
+        opts.append(Option("tuned", kind, min(tuned.max_depth, MAX_DEPTH), tuned, "tuned"))
+    return tuple(opts)
+
+
+class Acceptance:
+    """Decayed hit / trial counts per family and depth (index 0 unused), with a prior."""
+
+    def __init__(self, priors: dict):
+        self.families = list(priors)
+        f = len(self.families)
+        self.prior = np.asarray([priors[k] for k in self.families], np.float64)[:, None]  # [F, 1]
+        self.hits = np.zeros((f, MAX_DEPTH + 1))
+        self.trials = np.zeros((f, MAX_DEPTH + 1))
+
+    def observe(self, family: str, reached: int, limit: int) -> None:
+        """A round of ``family`` accepted ``reached`` nodes under a depth limit ``limit``."""
+        i = self.families.index(family)
+        d = np.arange(MAX_DEPTH + 1)
+        tried = (d >= 1) & (d <= min(reached + 1, limit))
+        self.hits[i, tried] = DECAY * self.hits[i, tried] + (d[tried] <= reached)
+        self.trials[i, tried] = DECAY * self.trials[i, tried] + 1
+
+    def rates(self) -> np.ndarray:
+        """[F, MAX_DEPTH + 1] conditional acceptance per depth. Depth 1 shrinks to the prior;
+        depth d > 1 to the estimate at depth d - 1 (``a_d = (h_d + W a_{d-1}) / (t_d + W)``),
+        so depths a family has rarely reached are priced like the deepest it has (a copying
+        streak accepted at depth 4 is worth trying at depth 5), in closed form:
+        ``a_d = K_d (p + sum_{j<=d} c_j / K_j)`` with ``k = W / (t + W)``, ``K = cumprod(k)``,
+        ``c = h / (t + W)``."""
+        den = self.trials[:, 1:] + PRIOR_WEIGHT
+        k = np.cumprod(PRIOR_WEIGHT / den, axis=1)
+        a = k * (self.prior + np.cumsum(self.hits[:, 1:] / den / k, axis=1))
+        return np.concatenate([np.ones((len(a), 1)), np.minimum(a, 1.0)], axis=1)
+
+    def expected(self) -> np.ndarray:
+        """[F, MAX_DEPTH + 1]: expected tokens of a round whose deepest node is at depth L."""
+        a = self.rates()
+        return np.cumsum(np.cumprod(a, axis=1), axis=1)  # column 0: the oracle's own token
+
+
+@dataclass
+class PlannerStats:
+    """What ``Stats.planner`` reports for one request."""
+
+    choices: dict = field(default_factory=dict)  # option label -> rounds
+    stages: dict = field(default_factory=lambda: {"draft2": 0, "draft": 0})  # rounds each stage ran
+    probes: int = 0
+    overhead_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "choices": dict(sorted(self.choices.items(), key=lambda kv: -kv[1])),
+            "stages": dict(self.stages),
+            "probes": self.probes,
+            "overhead_s": self.overhead_s,
+        }
+
+
+class ModePlan:
+    """The planner's state for one sampling mode: options, acceptance, fill, draft2 time."""
+
+    def __init__(self, options: tuple[Option, ...], priors: dict):
+        self.options = options
+        fams = list(dict.fromkeys(o.family for o in options if o.family != "none"))
+        self.acc = Acceptance({f: priors[f] for f in fams})
+        fi = {f: i for i, f in enumerate(fams)}
+        self.fam = np.asarray([fi.get(o.family, -1) for o in options])  # -1: none
+        self.fam0 = np.maximum(self.fam, 0)  # for gathers (none's depth 0 reads column 0: 1 token)
+        self.real = self.fam >= 0  # options that speculate
+        self.depth = np.asarray([o.depth for o in options])
+        self.nodes = np.asarray([o.nodes for o in options])
+        self.chain = np.asarray([o.kind == CHAIN for o in options])
+        self.calls = np.asarray([o.tree.draft_calls if o.kind == DRAFT_TREE else 0 for o in options])
+        self.batch = np.asarray([o.tree.draft_batch for o in options])
+        self.draft_rows = (~self.chain).astype(np.int64)  # draft trees: draft2 nodes ride along
+        self.fill = np.ones(len(fams))  # tree nodes proposed / nodes allowed
+        self.draft2_s = np.zeros(len(fams))  # seconds in draft2 per round
+        self.last_used = np.full(len(fams), -1)
+        self.rounds = 0
+
+
+class Planner:
+    """One per Generator: acceptance per sampling mode, costs shared by both modes."""
+
+    def __init__(self, costs: CostModel, menus: dict):
+        self.costs = costs
+        self.plans = {mode: ModePlan(options, PRIORS[mode]) for mode, options in menus.items()}
+
+    @staticmethod
+    def for_bundle(entry, manifest, has_draft2: bool, tuned: dict) -> Planner:
+        """Priors from the manifest's tuning ``entry`` for this device (or None) and its
+        validated trees ``tuned`` ({mode: tree dict}), else the built-in ones."""
+        prior = prior_from(entry, manifest.oracle.weight_bytes, manifest.draft.weight_bytes)
+        menus = {}
+        for mode in (GREEDY, SAMPLE):
+            tree = TreeConfig.from_dict(tuned[mode]) if mode in tuned else None
+            menus[mode] = menu(mode, has_draft2, tree)
+        return Planner(CostModel(prior), menus)
+
+    def observe_timing(self, tokens: int, past: int, oracle_s: float, other_s: float) -> None:
+        """One oracle call of ``tokens`` tree tokens after ``past`` committed rows, and the
+        round's seconds outside the models."""
+        self.costs.observe_oracle(tokens, past, oracle_s)
+        self.costs.observe_other(other_s)
+
+    def choose(self, mode: str, room: int, past: int, lag: int, stats: PlannerStats) -> tuple[Option, int]:
+        """This round's option and depth limit. ``room``: free context rows below the root;
+        ``past``: committed tokens; ``lag``: rows the draft's cache lacks, the root included."""
+        t0 = time.perf_counter()
+        p = self.plans[mode]
+        value = self.values(p, room, past, lag)
+        i = int(np.argmax(value))
+        probe = self._probe(p, value)
+        if probe is not None:
+            i, stats.probes = probe, stats.probes + 1
+        opt = p.options[i]
+        limit = min(opt.depth, room)
+        if limit <= 0:
+            opt, limit = p.options[0], 0
+        p.rounds += 1
+        if p.fam[i] >= 0:
+            p.last_used[p.fam[i]] = p.rounds
+        stats.choices[opt.label] = stats.choices.get(opt.label, 0) + 1
+        stats.overhead_s += time.perf_counter() - t0
+        return opt, limit
+
+    def values(self, p: ModePlan, room: int, past: int, lag: int) -> np.ndarray:
+        """Predicted tokens per second of every option (``-inf`` where it cannot run)."""
+        depth = p.depth if room >= MAX_DEPTH else np.minimum(p.depth, max(room, 0))
+        tokens = p.acc.expected()[p.fam0, depth]  # column 0 (no speculation) is 1 token
+        nodes = np.where(p.chain, depth, np.ceil(p.fill[p.fam0] * np.minimum(p.nodes, room + 1)))
+        cost = self.costs.oracle_curve(past)[np.minimum(1 + nodes, MAX_TOKENS).astype(np.int64)]
+        batch = np.minimum(p.draft_rows * nodes + lag, p.batch).astype(np.int64)
+        more = np.minimum(p.draft_rows * nodes + 1, p.batch).astype(np.int64)
+        calls = np.where(p.chain, depth, p.calls)
+        draft = self.costs.draft_seconds
+        cost += draft(batch) * (calls > 0) + draft(more) * np.maximum(calls - 1, 0)
+        cost += p.draft2_s[p.fam0] * p.real + self.costs.round_other
+        value = tokens / cost
+        if room < MAX_DEPTH:
+            value[(depth == 0) & p.real] = -np.inf
+        return value
+
+    @staticmethod
+    def _probe(p: ModePlan, value: np.ndarray) -> int | None:
+        """Every ``PROBE_EVERY`` rounds: the best option of the family unused the longest, if
+        it has not run for ``PROBE_EVERY`` rounds."""
+        if p.rounds % PROBE_EVERY != PROBE_EVERY - 1 or not len(p.last_used):
+            return None
+        f = int(np.argmin(p.last_used))
+        if p.last_used[f] > p.rounds - PROBE_EVERY:
+            return None
+        candidates = np.where(p.fam == f, value, -np.inf)
+        return int(np.argmax(candidates)) if np.isfinite(candidates.max()) else None
+
+    def observe(self, mode: str, opt: Option, limit: int, proposal, reached: int, stats: PlannerStats) -> None:
+        """Fold one verified round in: ``reached`` tree nodes accepted (before finish rules)."""
+        t0 = time.perf_counter()
+        p = self.plans[mode]
+        if opt.family != "none":
+            f = p.acc.families.index(opt.family)
+            p.acc.observe(opt.family, reached, limit)
+            room = max(1, min(opt.nodes, limit if opt.kind == CHAIN else opt.nodes))
+            p.fill[f] = DECAY * p.fill[f] + (1 - DECAY) * min(1.0, (len(proposal.tree.tokens) - 1) / room)
+            p.draft2_s[f] = DECAY * p.draft2_s[f] + (1 - DECAY) * proposal.cost.time_draft2
+        if proposal.cost.calls:
+            self.costs.observe_draft(proposal.cost.sizes, proposal.cost.time_draft)
+            stats.stages["draft"] += 1
+        if opt.kind in (DRAFT2_TREE, DRAFT_TREE) and opt.tree.fanouts:
+            stats.stages["draft2"] += 1
+        stats.overhead_s += time.perf_counter() - t0

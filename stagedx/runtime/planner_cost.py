@@ -1,0 +1,130 @@
+"""The planner's cost model: seconds of one oracle call as a function of its tree tokens (per
+band of past length), seconds of one draft call as a function of its batch, and the fixed
+per-round overhead (verification, commit, the planner itself).
+
+Seeded from the manifest's tuned latency curves when the bundle has an entry for this device,
+else from a built-in shape (a call's cost grows slowly with its tokens; a draft call costs a
+share of an oracle call set by the weight sizes). Then refined from the calls the decode makes
+anyway: no calibration pass. Every prediction is monotone in the tree size (the running maximum
+of the measured points, gaps filled from the prior's shape scaled to the measurements), so the
+CPU's staircase (T=7 dearer than T=6) is priced as measured and never "learned" backwards.
+Pure NumPy over a few dozen entries: a prediction is a handful of vector operations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_TOKENS = 64  # largest oracle tree / draft batch priced individually (beyond: the last entry)
+PAST_BAND = 512  # oracle costs are kept per band of past length (long pasts make trees dearer)
+MAX_BANDS = 16
+DECAY = 0.9  # weight of the old mean when a point is measured again (tracks drift, damps noise)
+
+
+@dataclass(frozen=True)
+class CostPrior:
+    """Relative costs before anything is measured: ``oracle[T]`` and ``draft[B]`` (index 0
+    unused) in seconds when tuned curves exist, else in units of one 1-token oracle call."""
+
+    oracle: np.ndarray  # [MAX_TOKENS + 1]
+    draft: np.ndarray  # [MAX_TOKENS + 1]
+    tuned: bool = False
+
+
+def _curve(points: dict | None, slope: float, scale: float) -> np.ndarray:
+    """A monotone curve over 0..MAX_TOKENS from ``{str(size): seconds}`` (interpolated, flat
+    beyond the last point), else ``scale * (1 + slope * (size - 1))``."""
+    sizes = np.arange(MAX_TOKENS + 1, dtype=np.float64)
+    if points:
+        xs = np.asarray(sorted(int(k) for k in points), np.float64)
+        ys = np.asarray([float(points[str(int(x))]) for x in xs])
+        out = np.interp(sizes, xs, ys)
+    else:
+        out = scale * (1.0 + slope * (sizes - 1.0))
+    return np.maximum.accumulate(np.maximum(out, 1e-9))
+
+
+def prior_from(entry, oracle_bytes: int, draft_bytes: int) -> CostPrior:
+    """The tuned entry's curves (times its in-loop factors), else the built-in shape."""
+    oc = getattr(entry, "oracle_latency_s", None)
+    dc = getattr(entry, "draft_latency_s", None)
+    if oc and dc:
+        try:
+            f = getattr(entry, "in_loop_factors", None) or {}
+            o = _curve(oc, 0.0, 1.0) * float(f.get("oracle", 1.0))
+            d = _curve(dc, 0.0, 1.0) * float(f.get("draft", 1.0))
+            return CostPrior(o, d, tuned=True)
+        except (TypeError, ValueError):
+            pass  # a malformed curve: fall back to the built-in prior
+    share = draft_bytes / max(1, oracle_bytes)
+    # per-call overhead keeps a small draft from being free: ~0.4 of an oracle call at a weight
+    # share of 0.19 (the vendored pair on a 2-core CPU), ~0.2 at 0.055 (GPT-2-L cost)
+    draft_rel = min(1.0, 0.1 + 1.6 * share)
+    return CostPrior(_curve(None, 0.04, 1.0), _curve(None, 0.03, draft_rel))
+
+
+class CostModel:
+    """Live costs (seconds). Lives as long as its Generator, so what one request measured
+    prices the next."""
+
+    def __init__(self, prior: CostPrior):
+        self.prior = prior
+        n = MAX_TOKENS + 1
+        self.oracle_mean = np.zeros((MAX_BANDS, n))
+        self.oracle_seen = np.zeros((MAX_BANDS, n), bool)
+        self.bands_seen: list = []  # bands with a measurement, in the order first seen
+        self.draft_scale = 1.0  # measured draft time / prior draft time
+        self.draft_seen = False
+        self.round_other = 0.0  # seconds per round outside the models (verify, commit, planner)
+        self._cache: dict = {}
+
+    # -- observations ----------------------------------------------------------------------
+    def observe_oracle(self, tokens: int, past: int, seconds: float) -> None:
+        b, t = self.band(past), min(int(tokens), MAX_TOKENS)
+        m = self.oracle_mean[b]
+        m[t] = DECAY * m[t] + (1 - DECAY) * seconds if self.oracle_seen[b, t] else seconds
+        self.oracle_seen[b, t] = True
+        if b not in self.bands_seen:
+            self.bands_seen.append(b)
+        self._cache.pop(b, None)
+
+    def observe_draft(self, sizes, seconds: float) -> None:
+        """One proposal's draft calls (``DraftCost.sizes``) and their total time."""
+        if not len(sizes) or seconds <= 0:
+            return
+        ratio = seconds / float(self.prior.draft[np.minimum(np.asarray(sizes), MAX_TOKENS)].sum())
+        self.draft_scale = DECAY * self.draft_scale + (1 - DECAY) * ratio if self.draft_seen else ratio
+        self.draft_seen = True
+
+    def observe_other(self, seconds: float) -> None:
+        self.round_other = DECAY * self.round_other + (1 - DECAY) * max(0.0, seconds)
+
+    # -- predictions -----------------------------------------------------------------------
+    @staticmethod
+    def band(past: int) -> int:
+        return min(int(past) // PAST_BAND, MAX_BANDS - 1)
+
+    def oracle_curve(self, past: int) -> np.ndarray:
+        """Predicted seconds of one oracle call of T tokens, ``[MAX_TOKENS + 1]``, monotone in T,
+        for a past of ``past`` tokens: this band's measurements, the prior's shape (scaled to
+        them) where none; a band with none borrows the nearest measured band's curve."""
+        b = self.band(past)
+        if not self.bands_seen:
+            return self.prior.oracle  # tuned: seconds; else relative units until a call is timed
+        if b not in self.bands_seen:
+            b = min(self.bands_seen, key=lambda x: (abs(x - b), x))
+        if b not in self._cache:
+            seen, mean, prior = self.oracle_seen[b], self.oracle_mean[b], self.prior.oracle
+            scale = float(np.median(mean[seen] / prior[seen]))
+            self._cache[b] = np.maximum.accumulate(np.where(seen, mean, prior * scale))
+        return self._cache[b]
+
+    def draft_seconds(self, sizes: np.ndarray) -> np.ndarray:
+        """Predicted seconds of draft calls of these batch sizes."""
+        scale = self.draft_scale
+        if not self.draft_seen and not self.prior.tuned and self.bands_seen:
+            # untuned and the draft never timed: its prior is relative to a 1-token oracle call
+            scale = float(self.oracle_curve(0)[1])
+        return self.prior.draft[np.minimum(np.asarray(sizes), MAX_TOKENS)] * scale
