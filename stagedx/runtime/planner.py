@@ -37,7 +37,7 @@ from .proposers import CHAIN, DRAFT2_TREE, DRAFT_TREE, NONE
 from .shapes import FAN10, GREEDY, NO_DRAFT2_TREES, SAMPLE, THREE_STAGE_TREES, TreeConfig
 
 MAX_DEPTH = 16  # deepest node any option proposes
-PRIOR_WEIGHT = 4.0  # trials the prior counts for
+PRIOR_WEIGHT = 2.0  # trials the prior counts for
 DECAY = 0.95  # per observation: old counts fade, so acceptance follows the text's character
 PROBE_EVERY = 16  # rounds after which an unused family is tried once more
 # conservative built-in priors: conditional acceptance per depth, by family and mode
@@ -194,9 +194,9 @@ class Planner:
         ``past``: committed tokens; ``lag``: rows the draft's cache lacks, the root included."""
         t0 = time.perf_counter()
         p = self.plans[mode]
-        value = self.values(p, room, past, lag)
+        value, seconds = self.values(p, room, past, lag)
         i = int(np.argmax(value))
-        probe = self._probe(p, value)
+        probe = self._probe(p, value, seconds, float(seconds[i]))
         if probe is not None:
             i, stats.probes = probe, stats.probes + 1
         opt = p.options[i]
@@ -210,8 +210,9 @@ class Planner:
         stats.overhead_s += time.perf_counter() - t0
         return opt, limit
 
-    def values(self, p: ModePlan, room: int, past: int, lag: int) -> np.ndarray:
-        """Predicted tokens per second of every option (``-inf`` where it cannot run)."""
+    def values(self, p: ModePlan, room: int, past: int, lag: int) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted tokens per second of every option (``-inf`` where it cannot run), and
+        its predicted seconds."""
         depth = p.depth if room >= MAX_DEPTH else np.minimum(p.depth, max(room, 0))
         tokens = p.acc.expected()[p.fam0, depth]  # column 0 (no speculation) is 1 token
         nodes = np.where(p.chain, depth, np.ceil(p.fill[p.fam0] * np.minimum(p.nodes, room + 1)))
@@ -225,19 +226,23 @@ class Planner:
         value = tokens / cost
         if room < MAX_DEPTH:
             value[(depth == 0) & p.real] = -np.inf
-        return value
+        return value, cost
 
     @staticmethod
-    def _probe(p: ModePlan, value: np.ndarray) -> int | None:
-        """Every ``PROBE_EVERY`` rounds: the best option of the family unused the longest, if
-        it has not run for ``PROBE_EVERY`` rounds."""
+    def _probe(p: ModePlan, value: np.ndarray, seconds: np.ndarray, best_s: float) -> int | None:
+        """Every ``PROBE_EVERY`` rounds, the family unused the longest (if unused for that
+        long) runs once: its deepest option that costs at most twice the best one's round,
+        so the probe measures acceptance deep enough to show what the family can do."""
         if p.rounds % PROBE_EVERY != PROBE_EVERY - 1 or not len(p.last_used):
             return None
         f = int(np.argmin(p.last_used))
         if p.last_used[f] > p.rounds - PROBE_EVERY:
             return None
-        candidates = np.where(p.fam == f, value, -np.inf)
-        return int(np.argmax(candidates)) if np.isfinite(candidates.max()) else None
+        ok = (p.fam == f) & np.isfinite(value) & (seconds <= 2 * best_s)
+        if not ok.any():
+            ok = (p.fam == f) & np.isfinite(value)
+            return int(np.flatnonzero(ok)[np.argmin(seconds[ok])]) if ok.any() else None
+        return int(np.flatnonzero(ok)[np.argmax(p.depth[ok])])
 
     def observe(self, mode: str, opt: Option, limit: int, proposal, reached: int, stats: PlannerStats) -> None:
         """Fold one verified round in: ``reached`` tree nodes accepted (before finish rules)."""

@@ -108,18 +108,28 @@ class CostModel:
 
     def oracle_curve(self, past: int) -> np.ndarray:
         """Predicted seconds of one oracle call of T tokens, ``[MAX_TOKENS + 1]``, monotone in T,
-        for a past of ``past`` tokens: this band's measurements, the prior's shape (scaled to
-        them) where none; a band with none borrows the nearest measured band's curve."""
+        for a past of ``past`` tokens, from this band's measurements (``_fit``); a band with
+        none borrows the nearest measured band's curve."""
         b = self.band(past)
         if not self.bands_seen:
             return self.prior.oracle  # tuned: seconds; else relative units until a call is timed
         if b not in self.bands_seen:
             b = min(self.bands_seen, key=lambda x: (abs(x - b), x))
         if b not in self._cache:
-            seen, mean, prior = self.oracle_seen[b], self.oracle_mean[b], self.prior.oracle
-            scale = float(np.median(mean[seen] / prior[seen]))
-            self._cache[b] = np.maximum.accumulate(np.where(seen, mean, prior * scale))
+            self._cache[b] = self._fit(self.oracle_seen[b], self.oracle_mean[b])
         return self._cache[b]
+
+    def _fit(self, seen: np.ndarray, mean: np.ndarray) -> np.ndarray:
+        """Measured points as measured, linear between them, the prior's shape beyond them
+        (anchored at the nearest measured point); then the running maximum."""
+        ts = np.flatnonzero(seen[1:]) + 1
+        sizes = np.arange(MAX_TOKENS + 1)
+        prior = self.prior.oracle
+        out = np.interp(sizes, ts, mean[ts])
+        out = np.where(sizes < ts[0], mean[ts[0]] * prior / prior[ts[0]], out)
+        out = np.where(sizes > ts[-1], mean[ts[-1]] * prior / prior[ts[-1]], out)
+        out[0] = out[1]
+        return np.maximum.accumulate(out)
 
     def draft_seconds(self, sizes: np.ndarray) -> np.ndarray:
         """Predicted seconds of draft calls of these batch sizes."""

@@ -118,4 +118,5 @@ def stagedx_stats(result) -> dict:
         "finish": result.finish_reason,
         "decode_seconds": round(seconds, 6),
         "tokens_per_second": round(s.new_tokens / seconds, 3) if seconds > 0 else 0.0,
+        **({"planner": s.planner.as_dict()} if s.planner is not None else {}),  # strategy auto
     }

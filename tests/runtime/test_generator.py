@@ -42,6 +42,7 @@ VARIANTS = {
     "speculative": {"strategy": "speculative"},
     "staged": {"strategy": "staged"},
     "staged3": {"strategy": "staged", "tree": THREE_STAGE_TREES["greedy"]},
+    "auto": {"strategy": "auto"},  # the online planner: a shape per round
 }
 
 
@@ -179,6 +180,7 @@ def small_vocab(small_vocab_bundle):
         ("staged", CHEAP_DRAFT_TREES["sample"]),  # the untuned sampled default for a cheap draft
         ("speculative", None),
         ("baseline", None),
+        ("auto", None),  # the planner's per-round choice, learning as the draws go
     ],
 )
 def test_sampled_joint_law_matches_the_oracle(small_vocab, strategy, tree):
@@ -245,6 +247,30 @@ def test_negative_control_sampled_tree_without_residual_is_detected(small_vocab,
     assert pvalue(joint_counts(gen, prompt, "staged", 5000, tree=tree), law) < 1e-6
 
 
+def test_auto_seeds_reproduce_whatever_the_timings(pair_bundle):
+    """A seeded sampled request gives the same text when the planner's timings differ (and so
+    its choices): auto's sampled trees follow the per-node rule, one draw from the oracle per
+    emitted token, so the text is the baseline's, seed for seed."""
+    want = {}
+    choices = []
+    for oracle_ms in (None, lambda t: 1.0 + 0.01 * t, lambda t: 1.0 + 5.0 * t):
+        gen = Generator(pair_bundle, device="cpu", threads=1)
+        if oracle_ms is not None:  # injected timings, as if measured on another machine
+            for t in range(1, 40):
+                gen.planner.costs.observe_oracle(t, 20, oracle_ms(t) * 1e-3)
+        for seed in (3, 4):
+            res = gen.generate(PROMPTS[2], max_new_tokens=40, sampling="topk:20", seed=seed, ignore_eos=True)
+            want.setdefault(
+                seed,
+                gen.generate(
+                    PROMPTS[2], max_new_tokens=40, sampling="topk:20", seed=seed, strategy="baseline", ignore_eos=True
+                ).tokens,
+            )
+            assert res.tokens == want[seed] and res.stats.strategy == "auto"
+            choices.append(res.stats.planner.choices)
+    assert len({str(sorted(c.items())) for c in choices}) > 1  # the timings did change the choices
+
+
 def test_same_seed_same_output(tiny_bundle):
     gen = Generator(tiny_bundle, device="cpu", threads=1)
     a = gen.generate(PROMPTS[0], max_new_tokens=24, sampling="topp:0.9", seed=7, ignore_eos=True)
@@ -269,8 +295,9 @@ def assert_caches_consistent(gen: Generator, prompt, res) -> None:
 
 
 @pytest.mark.parametrize("max_new", [1, 5, 7])
-def test_max_new_tokens_inside_an_accepted_run(self_draft_bundle, max_new):
-    gen = Generator(self_draft_bundle, device="cpu", threads=1)
+@pytest.mark.parametrize("strategy", ["staged", "auto"])
+def test_max_new_tokens_inside_an_accepted_run(self_draft_bundle, max_new, strategy):
+    gen = Generator(self_draft_bundle, device="cpu", threads=1, strategy=strategy)
     res = gen.generate(PROMPTS[1], max_new_tokens=max_new, ignore_eos=True)
     assert len(res.tokens) == max_new and res.finish_reason == "length"
     assert res.stats.new_tokens == max_new

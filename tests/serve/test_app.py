@@ -80,7 +80,8 @@ def test_greedy_text_equals_generator(pair_server, pair_generator):
     assert res.choices[0].finish_reason == {"eos": "stop", "length": "length"}[want.finish_reason]
     assert res.usage.prompt_tokens == want.prompt_tokens and res.usage.completion_tokens == len(want.tokens)
     ext = res.model_extra["stagedx"]
-    assert ext["strategy"] == "staged" and ext["sampling"] == "greedy"
+    assert ext["strategy"] == "auto" and ext["sampling"] == "greedy"
+    assert sum(ext["planner"]["choices"].values()) == ext["rounds"]  # the planner's decisions
     assert ext["tokens_per_oracle_call"] == pytest.approx(len(want.tokens) / ext["oracle_calls"], rel=1e-3)
 
     chunks = list(c.completions.create(model="pair", prompt=PROMPT, max_tokens=40, temperature=0, stream=True))

@@ -1,0 +1,150 @@
+"""The online planner (strategy ``auto``) without a model: its menu, its acceptance estimates,
+and that its choice is a deterministic function of the observed history."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from stagedx.runtime.planner import (
+    MAX_DEPTH,
+    PROBE_EVERY,
+    Acceptance,
+    Planner,
+    PlannerStats,
+    menu,
+)
+from stagedx.runtime.planner_cost import CostModel, prior_from
+from stagedx.runtime.proposal import DraftCost
+from stagedx.runtime.proposers import CHAIN, DRAFT2_TREE, DRAFT_TREE, NONE, SAMPLED_TREE
+from stagedx.runtime.shapes import GREEDY, SAMPLE, TreeConfig
+
+MS = 1e-3
+
+
+def planner(has_draft2: bool = True, tuned: TreeConfig | None = None) -> Planner:
+    menus = {m: menu(m, has_draft2, tuned) for m in (GREEDY, SAMPLE)}
+    return Planner(CostModel(prior_from(None, 100, 20)), menus)
+
+
+def proposal(nodes: int, draft_sizes=(), draft_s: float = 0.0, draft2_s: float = 0.0):
+    """What ``observe`` reads of a proposal: the tree's size and the draft cost."""
+    cost = DraftCost(list(draft_sizes), draft_s, draft2_s)
+    return SimpleNamespace(tree=SimpleNamespace(tokens=np.zeros(nodes + 1, np.int64)), cost=cost)
+
+
+def play(p: Planner, mode: str, rounds: int, accept, oracle_ms, draft_ms: float = 1.0) -> list:
+    """Run ``rounds`` simulated rounds: ``accept(option, limit)`` -> accepted nodes,
+    ``oracle_ms(T)`` -> the oracle call's milliseconds. Returns the labels chosen."""
+    stats, labels = PlannerStats(), []
+    for r in range(rounds):
+        opt, limit = p.choose(mode, 500, 200 + r, 1, stats)
+        labels.append(opt.label)
+        calls = limit if opt.kind == CHAIN else opt.tree.draft_calls if opt.kind == DRAFT_TREE else 0
+        nodes = limit if opt.kind == CHAIN else min(opt.nodes, opt.tree.budget)
+        prop = proposal(nodes, [2] + [1] * (calls - 1) if calls else [], calls * draft_ms * MS, 0.05 * MS)
+        p.observe_timing(nodes + 1, 200 + r, oracle_ms(nodes + 1) * MS, 0.1 * MS)
+        p.observe(mode, opt, limit, prop, min(accept(opt, limit), limit), stats)
+    return labels
+
+
+def flat(ms: float):
+    return lambda t: ms
+
+
+def test_the_menu_offers_no_speculation_and_only_per_node_trees_when_sampling():
+    for has_draft2 in (True, False):
+        greedy = menu(GREEDY, has_draft2)
+        sampled = menu(SAMPLE, has_draft2)
+        assert greedy[0].kind == NONE and sampled[0].kind == NONE
+        assert {o.kind for o in greedy} >= {NONE, CHAIN, DRAFT_TREE}
+        assert (DRAFT2_TREE in {o.kind for o in greedy}) == has_draft2
+        # sampled: the output law must not depend on the tree (seeds reproduce): no drawn
+        # chain, no drawn tree, only deterministic trees under the per-node rule
+        assert all(o.kind in (NONE, DRAFT2_TREE, DRAFT_TREE) and not o.tree.widths for o in sampled)
+        assert all(o.depth <= MAX_DEPTH for o in greedy + sampled)
+    drawn = TreeConfig(budget=4, max_depth=4, draft_calls=1, widths=(1, 1))
+    assert "tuned" not in {o.family for o in menu(SAMPLE, True, drawn)}  # a drawn tuned tree is left out
+    assert "tuned" in {o.family for o in menu(GREEDY, True, drawn)}  # greedy ignores widths
+    assert SAMPLED_TREE not in {o.kind for o in menu(SAMPLE, True, drawn)}
+
+
+def test_acceptance_rates_shrink_to_the_prior_then_to_the_depth_above():
+    acc = Acceptance({"a": 0.4})
+    assert np.allclose(acc.rates()[0, 1:], 0.4)
+    for _ in range(40):
+        acc.observe("a", 3, 8)  # accepted depths 1..3, failed at 4
+    a = acc.rates()[0]
+    assert a[1] > 0.85 and a[2] > 0.95 and a[3] > 0.95 and a[4] < 0.2
+    assert np.allclose(a[5:], a[4])  # never tried below 4: priced like depth 4
+    e = acc.expected()[0]
+    assert e[0] == 1.0 and np.all(np.diff(e) >= 0) and 3.5 < e[3] < 4.0
+
+
+def test_a_stage_that_does_not_pay_is_switched_off_then_probed_again():
+    p = planner()
+    labels = play(p, GREEDY, 120, lambda o, lim: 0, lambda t: 5.0 + 0.2 * t)  # nothing is ever accepted
+    tail = labels[60:]
+    assert tail.count("none") > 0.8 * len(tail)
+    probes = [lab for lab in tail if lab != "none"]
+    assert 0 < len(probes) <= len(tail) // PROBE_EVERY + 1  # re-probed, at small cost
+
+
+def test_deep_acceptance_grows_the_tree_and_long_pasts_shrink_it():
+    def deep(opt, limit):
+        return limit if opt.family == "draft2" else 0  # draft2 copies: every level accepted
+
+    p = planner()
+    labels = play(p, GREEDY, 80, deep, lambda t: 5.0 + 0.05 * t)
+    assert labels[-20:].count("draft2:15") >= 18
+    # the same acceptance, but at a long past every tree token costs as much as a call
+    far = 5000
+    for t in range(1, 17):
+        p.costs.observe_oracle(t, far, (5.0 + 20.0 * (t - 1)) * MS)
+    near = p.choose(GREEDY, 500, 300, 1, PlannerStats())[0]
+    long = p.choose(GREEDY, 500, far, 1, PlannerStats())[0]
+    assert near.label == "draft2:15" and long.nodes < near.nodes
+
+
+def test_the_choice_is_a_deterministic_function_of_the_history():
+    def accept(opt, limit):
+        return {"draft2": 2, "chain": 3}.get(opt.family, 1)
+
+    a = play(planner(), GREEDY, 60, accept, lambda t: 4.0 + 0.3 * t)
+    b = play(planner(), GREEDY, 60, accept, lambda t: 4.0 + 0.3 * t)
+    assert a == b
+    c = play(planner(), GREEDY, 60, accept, flat(50.0), draft_ms=0.1)  # other timings: the draft is cheap
+    assert c != a and a[-1].startswith("draft2:") and c[-1].startswith("chain:")
+
+
+def test_the_round_cannot_go_deeper_than_the_room():
+    p = planner()
+    stats = PlannerStats()
+    for room in (0, 1, 3):
+        opt, limit = p.choose(GREEDY, room, 100, 1, stats)
+        assert limit <= room and (opt.kind == NONE) == (limit == 0)
+    assert sum(stats.choices.values()) == 3 and stats.overhead_s > 0
+
+
+def test_without_draft2_the_draft_or_nothing_is_chosen():
+    p = planner(has_draft2=False)
+    labels = play(p, GREEDY, 40, lambda o, lim: lim if o.kind == CHAIN else 1, flat(5.0), draft_ms=0.2)
+    assert labels[-1].startswith("chain:") and not any(lab.startswith("draft2") for lab in labels)
+
+
+def test_planner_stats_report_choices_stages_and_overhead():
+    p = planner()
+    stats = PlannerStats()
+    opt, limit = p.choose(GREEDY, 500, 10, 1, stats)
+    p.observe(GREEDY, opt, limit, proposal(opt.nodes, [3], 1 * MS, 0.01 * MS), 1, stats)
+    d = stats.as_dict()
+    assert d["choices"] == {opt.label: 1} and d["overhead_s"] > 0 and set(d["stages"]) == {"draft2", "draft"}
+
+
+@pytest.mark.parametrize("mode", [GREEDY, SAMPLE])
+def test_the_default_options_are_priced_finite(mode):
+    p = planner()
+    value, seconds = p.values(p.plans[mode], 500, 100, 1)
+    assert np.all(np.isfinite(value)) and np.all(value > 0) and np.all(seconds > 0)
