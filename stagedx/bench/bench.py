@@ -103,6 +103,7 @@ class StagedxMethod:
             "accepted_by_depth": [int(x) for x in stats["accepted_by_depth"]],
             "prompt_tokens": int(res.prompt_tokens),
             "finish_reason": res.finish_reason,
+            **({"planner": stats["planner"]} if "planner" in stats else {}),  # strategy auto
         }
 
 

@@ -84,7 +84,7 @@ def check_run(threads: int, samplings: str) -> tuple:
 @click.option(
     "--warmup", type=int, default=1, show_default=True, help="unrecorded warm-up runs per method and sampling"
 )
-@click.option("--methods", default="baseline,speculative,staged,staged3", show_default=True)
+@click.option("--methods", default="baseline,speculative,staged,staged3,auto", show_default=True)
 @click.option(
     "--sampling", "samplings", default="greedy,topk:50", show_default=True, help="comma-separated sampling modes"
 )

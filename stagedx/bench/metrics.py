@@ -154,6 +154,8 @@ def summarize_group(records: Sequence[dict], baseline_records: Sequence[dict] | 
         "acceptance_by_stage": acceptance_by_stage(records),
         "acceptance_by_depth": acceptance_by_depth(records),
     }
+    if any("planner" in r for r in records):
+        out["planner"] = planner_summary(records)
     if baseline_records:
         sp = per_prompt_speedups(records, baseline_records)
         out["speedup_per_prompt"] = {str(k): v for k, v in sp.items()}
@@ -161,6 +163,29 @@ def summarize_group(records: Sequence[dict], baseline_records: Sequence[dict] | 
         out["speedup_pooled"] = out["tokens_per_s"] / tokens_per_second(baseline_records)
         out["decode_speedup_pooled"] = out["decode_tokens_per_s"] / decode_tokens_per_second(baseline_records)
     return out
+
+
+def planner_summary(records: Sequence[dict]) -> dict:
+    """Strategy auto: share of rounds per option the planner chose, share of rounds each stage
+    ran, and the planner's own milliseconds per round."""
+    choices: dict = defaultdict(int)
+    stages: dict = defaultdict(int)
+    overhead = 0.0
+    for r in records:
+        p = r.get("planner") or {}
+        for k, n in p.get("choices", {}).items():
+            choices[k] += int(n)
+        for k, n in p.get("stages", {}).items():
+            stages[k] += int(n)
+        overhead += float(p.get("overhead_s", 0.0))
+    rounds = sum(choices.values())
+    share = {k: n / rounds for k, n in sorted(choices.items(), key=lambda kv: -kv[1])} if rounds else {}
+    return {
+        "rounds": rounds,
+        "choice_share": share,
+        "stage_share": {k: n / rounds for k, n in stages.items()} if rounds else {},
+        "overhead_ms_per_round": 1e3 * overhead / rounds if rounds else float("nan"),
+    }
 
 
 def summarize(records: Sequence[dict], weights: dict) -> dict:

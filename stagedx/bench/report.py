@@ -81,14 +81,14 @@ def main_table(summary: dict) -> str:
 def paper_table(summary: dict) -> str:
     """The paper's own layout: relative memory traffic per method, then the staged speedup,
     with the paper's figures beside ours."""
-    lines = ["relative oracle memory traffic (ours | paper)   baseline      speculative   staged        staged3"]
+    lines = ["relative oracle memory traffic (ours | paper)   " + "".join(m.ljust(14) for m in METHOD_ORDER).rstrip()]
     for sampling, cells in summary.items():
         paper = PAPER["relative_traffic"].get(sampling, {})
         vals = [f"{_f(cells.get(m, {}).get('relative_traffic'))} | {_f(paper.get(m))}".ljust(14) for m in METHOD_ORDER]
         lines.append(f"  {sampling_label(sampling):<45} " + "".join(vals))
     for sampling, cells in summary.items():
         sp = cells.get("speculative", {})
-        for name in ("staged", "staged3"):
+        for name in ("staged", "staged3", "auto"):
             st = cells.get(name, {})
             if not st:
                 continue
@@ -115,6 +115,23 @@ def acceptance_lines(summary: dict) -> str:
                 f"{sampling_label(sampling)} {method}: tokens by stage [{stage}]; "
                 f"accepted per call by depth 1.. [{depth}]"
             )
+    return "\n".join(lines)
+
+
+def planner_lines(summary: dict) -> str:
+    """Strategy auto: the shapes its planner chose (share of rounds) and its own cost."""
+    lines = []
+    for sampling, cells in summary.items():
+        p = cells.get("auto", {}).get("planner")
+        if not p or not p["rounds"]:
+            continue
+        top = list(p["choice_share"].items())
+        shown = ", ".join(f"{k} {100 * v:.0f}%" for k, v in top[:6]) + (", ..." if len(top) > 6 else "")
+        stages = ", ".join(f"{k} {100 * v:.0f}%" for k, v in p["stage_share"].items())
+        lines.append(
+            f"{sampling_label(sampling)} auto planner: {shown}; stages on (share of rounds) {stages}; "
+            f"{p['overhead_ms_per_round']:.3f} ms/round planning"
+        )
     return "\n".join(lines)
 
 
@@ -165,6 +182,8 @@ def render(result: dict) -> str:
         "",
         acceptance_lines(result["summary"]),
     ]
+    if planner_lines(result["summary"]):
+        parts += ["", planner_lines(result["summary"])]
     if any((result.get("quantization") or {}).values()):
         parts += ["", _quant_line(result["quantization"], result.get("weights_bytes", {}))]
     if result.get("roofline"):

@@ -95,9 +95,11 @@ def test_bench_end_to_end(tiny_bundle, tmp_path):
     assert set(env["load_average"]) == {"before", "after"} and isinstance(env["busy"], bool)
     assert data["config"]["prompt_ids"] == ["HumanEval/0", "HumanEval/1"]
     recs = data["records"]
-    assert (
-        len(recs) == 4 * 2 * 2 * 2
-    )  # methods (baseline, speculative, staged, staged3) x samplings x prompts x repeats
+    # methods (baseline, speculative, staged, staged3, auto) x samplings x prompts x repeats
+    assert len(recs) == 5 * 2 * 2 * 2
+    auto = data["summary"]["greedy"]["auto"]["planner"]
+    assert auto["rounds"] > 0 and sum(auto["choice_share"].values()) == pytest.approx(1.0)
+    assert "auto planner:" in res.output
     assert all(r["new_tokens"] == NEW and r["finish_reason"] == "length" for r in recs)
     # the same seed for every method on one (prompt, repeat); greedy runs agree on nothing random
     seeds = {(r["prompt_index"], r["repeat"]): set() for r in recs}
