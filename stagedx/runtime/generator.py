@@ -237,6 +237,8 @@ class Generator:
         depth = max(req.tree.max_depth, req.tree.spec_k, MAX_DEPTH if auto else 0)
         stats = Stats(req.strategy, req.sampling.label, accepted_by_depth=[0] * (depth + 1))
         stats.planner = PlannerStats() if auto else None
+        if auto:
+            self.planner.begin(sampling_mode(req.sampling))
         st = DecodeState(req.prompt.tolist(), len(req.prompt), np.random.default_rng(req.seed), stats)
         n = len(req.prompt)
         if n > 1:

@@ -17,12 +17,15 @@ tuned tree) that maximises expected tokens per second, from what this Generator 
   re-probed once with its best option, so a stage switched off is tried again at small cost.
 
 Exactness and seeds: the choice reads only past rounds (their accepted depths and timings),
-never the round's own oracle output, so greedy output is token-exact. In sampled modes the
-planner uses deterministic trees only (per-node rule: one draw from the oracle's own
-distribution per emitted token), whose output is the baseline's text seed for seed whatever
-the tree, so a timing-driven choice can never change a seeded request's text. (The
-speculative chain and drawn trees, whose text depends on the tree, stay available through
-``--strategy speculative`` / ``staged``.)
+never the round's own oracle output, so greedy output is token-exact and sampled output
+follows the oracle's law whatever is chosen. Greedy decisions use everything live: the
+Generator's acceptance and its measured costs, carried from request to request. In sampled
+modes the tree drawn decides which text a seed gives, so there a decision depends only on
+the request itself and the bundle: acceptance starts from the priors at every request and is
+learned from that request's own rounds (a function of its seed), and costs come from a model
+fixed per bundle and device (the manifest's tuned curves, else the built-in prior from the
+weight sizes), never from live timings. The same seeded request therefore gives the same text
+on every call, every launch and under any load.
 """
 
 from __future__ import annotations
@@ -33,8 +36,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .planner_cost import MAX_TOKENS, CostModel, prior_from
-from .proposers import CHAIN, DRAFT2_TREE, DRAFT_TREE, NONE
-from .shapes import FAN10, GREEDY, NO_DRAFT2_TREES, SAMPLE, THREE_STAGE_TREES, TreeConfig
+from .proposers import CHAIN, DRAFT2_TREE, DRAFT_TREE, NONE, SAMPLED_TREE
+from .shapes import (
+    CHEAP_DRAFT_TREES,
+    GREEDY,
+    NO_DRAFT2_TREES,
+    SAMPLE,
+    THREE_STAGE_TREES,
+    TreeConfig,
+)
 
 MAX_DEPTH = 16  # deepest node any option proposes
 PRIOR_WEIGHT = 2.0  # trials the prior counts for
@@ -42,9 +52,10 @@ DECAY = 0.95  # per observation: old counts fade, so acceptance follows the text
 PROBE_EVERY = 16  # rounds after which an unused family is tried once more
 # conservative built-in priors: conditional acceptance per depth, by family and mode
 PRIORS = {
-    GREEDY: {"draft2": 0.4, "chain": 0.55, "staged": 0.55, "staged2": 0.55, "tuned": 0.7},
-    SAMPLE: {"draft2": 0.3, "staged": 0.45, "staged2": 0.45, "tuned": 0.5},
+    GREEDY: {"draft2": 0.4, "chain": 0.55, "staged": 0.55, "staged2": 0.55, "staged4": 0.55, "tuned": 0.7},
+    SAMPLE: {"draft2": 0.3, "chain": 0.5, "drawn": 0.5, "drawn3": 0.5, "staged": 0.4, "tuned": 0.55},
 }
+FAN15 = (2,) + (1,) * 14  # draft2's thin tree: a fork at the root, then its best chain
 
 
 @dataclass(frozen=True)
@@ -62,9 +73,19 @@ class Option:
     def nodes(self) -> int:  # most tree nodes below the root
         return self.depth if self.kind == CHAIN else self.tree.budget
 
+    @property
+    def draft_calls(self) -> int:
+        t = self.tree
+        if self.kind == CHAIN:
+            return self.depth
+        if self.kind == SAMPLED_TREE:  # one call per drawn level, fewer with draft2 lookahead
+            return -(-len(t.widths) // (1 + t.lookahead))
+        return t.draft_calls if self.kind == DRAFT_TREE else 0
+
 
 def menu(mode: str, has_draft2: bool, tuned: TreeConfig | None = None) -> tuple[Option, ...]:
-    """The candidates for a sampling mode (only per-node trees when sampling: see above)."""
+    """The candidates for a sampling mode: no speculation, draft2 trees of every depth, the
+    draft's chain, draft trees fed by draft2 (greedy) or drawn trees (sampled), the tuned tree."""
     greedy = mode == GREEDY
     opts = [Option("none", NONE, 0, TreeConfig(budget=0), "none")]
     if has_draft2:
@@ -72,20 +93,30 @@ def menu(mode: str, has_draft2: bool, tuned: TreeConfig | None = None) -> tuple[
         for depth in range(1, 16 if greedy else 7):
             tree = TreeConfig(budget=head + depth - 1, max_depth=depth, fanouts=(head,) + (1,) * (depth - 1))
             opts.append(Option("draft2", DRAFT2_TREE, depth, tree, f"draft2:{depth}"))
+    opts += [Option("chain", CHAIN, k, TreeConfig(spec_k=k), f"chain:{k}") for k in range(1, 9 if greedy else 7)]
+    fan = FAN15 if has_draft2 else ()
     if greedy:
-        opts += [Option("chain", CHAIN, k, TreeConfig(spec_k=k), f"chain:{k}") for k in range(1, 9)]
-        staged = THREE_STAGE_TREES[GREEDY] if has_draft2 else NO_DRAFT2_TREES[GREEDY]
-        deeper = TreeConfig(budget=16, max_depth=12, fanouts=FAN10 if has_draft2 else (), draft_calls=2)
+        staged = [
+            ("staged", THREE_STAGE_TREES[GREEDY] if has_draft2 else NO_DRAFT2_TREES[GREEDY]),
+            ("staged2", TreeConfig(budget=16, max_depth=15, fanouts=fan, draft_calls=2, stop_p=0.5)),
+            ("staged4", TreeConfig(budget=24, max_depth=15, fanouts=fan, draft_calls=4, stop_p=0.5)),
+        ]
     else:
-        fan = (2, 1) if has_draft2 else ()
-        staged = TreeConfig(budget=4, max_depth=3, fanouts=fan, draft_calls=1)
-        deeper = TreeConfig(budget=8, max_depth=5, fanouts=fan, draft_calls=2)
-    opts.append(Option("staged", DRAFT_TREE, staged.max_depth, staged, "staged"))
-    opts.append(Option("staged2", DRAFT_TREE, deeper.max_depth, deeper, "staged2"))
-    if tuned is not None and tuned.budget > 0 and (greedy or not tuned.widths):
-        kind = DRAFT2_TREE if tuned.draft_calls == 0 else DRAFT_TREE
-        opts.append(Option("tuned", kind, min(tuned.max_depth, MAX_DEPTH), tuned, "tuned"))
+        drawn = CHEAP_DRAFT_TREES[SAMPLE] if has_draft2 else NO_DRAFT2_TREES[SAMPLE]
+        staged = [("drawn", drawn), ("staged", TreeConfig(budget=6, max_depth=4, fanouts=fan[:4], draft_calls=2))]
+        if has_draft2:
+            staged.append(("drawn3", THREE_STAGE_TREES[SAMPLE]))
+    for name, tree in staged:
+        opts.append(Option(name, _kind(tree, greedy), tree.max_depth, tree, name))
+    if tuned is not None and tuned.budget > 0:
+        opts.append(Option("tuned", _kind(tuned, greedy), min(tuned.max_depth, MAX_DEPTH), tuned, "tuned"))
     return tuple(opts)
+
+
+def _kind(tree: TreeConfig, greedy: bool) -> str:
+    if tree.widths and not greedy:
+        return SAMPLED_TREE
+    return DRAFT2_TREE if tree.draft_calls == 0 else DRAFT_TREE
 
 
 class Acceptance:
@@ -156,9 +187,9 @@ class ModePlan:
         self.depth = np.asarray([o.depth for o in options])
         self.nodes = np.asarray([o.nodes for o in options])
         self.chain = np.asarray([o.kind == CHAIN for o in options])
-        self.calls = np.asarray([o.tree.draft_calls if o.kind == DRAFT_TREE else 0 for o in options])
+        self.calls = np.asarray([o.draft_calls for o in options])
         self.batch = np.asarray([o.tree.draft_batch for o in options])
-        self.draft_rows = (~self.chain).astype(np.int64)  # draft trees: draft2 nodes ride along
+        self.draft_rows = np.asarray([o.kind == DRAFT_TREE for o in options], np.int64)  # draft2 nodes ride along
         self.fill = np.ones(len(fams))  # tree nodes proposed / nodes allowed
         self.draft2_s = np.zeros(len(fams))  # seconds in draft2 per round
         self.last_used = np.full(len(fams), -1)
@@ -166,11 +197,22 @@ class ModePlan:
 
 
 class Planner:
-    """One per Generator: acceptance per sampling mode, costs shared by both modes."""
+    """One per Generator. Greedy: acceptance and costs live, kept across requests. Sampled:
+    a fresh plan per request (``begin``) priced by the fixed cost model (see the module)."""
 
     def __init__(self, costs: CostModel, menus: dict):
-        self.costs = costs
+        self.costs = costs  # live: refined by every round's timings
+        self.fixed = CostModel(costs.prior)  # never observed: what sampled decisions are priced with
+        self.menus = menus
         self.plans = {mode: ModePlan(options, PRIORS[mode]) for mode, options in menus.items()}
+
+    def begin(self, mode: str) -> None:
+        """A request starts: sampled modes start again from the priors."""
+        if mode != GREEDY:
+            self.plans[mode] = ModePlan(self.menus[mode], PRIORS[mode])
+
+    def costs_for(self, mode: str) -> CostModel:
+        return self.costs if mode == GREEDY else self.fixed
 
     @staticmethod
     def for_bundle(entry, manifest, has_draft2: bool, tuned: dict) -> Planner:
@@ -194,7 +236,7 @@ class Planner:
         ``past``: committed tokens; ``lag``: rows the draft's cache lacks, the root included."""
         t0 = time.perf_counter()
         p = self.plans[mode]
-        value, seconds = self.values(p, room, past, lag)
+        value, seconds = self.values(p, self.costs_for(mode), (room, past, lag))
         i = int(np.argmax(value))
         probe = self._probe(p, value, seconds, float(seconds[i]))
         if probe is not None:
@@ -210,19 +252,21 @@ class Planner:
         stats.overhead_s += time.perf_counter() - t0
         return opt, limit
 
-    def values(self, p: ModePlan, room: int, past: int, lag: int) -> tuple[np.ndarray, np.ndarray]:
+    @staticmethod
+    def values(p: ModePlan, costs: CostModel, where: tuple) -> tuple[np.ndarray, np.ndarray]:
         """Predicted tokens per second of every option (``-inf`` where it cannot run), and
-        its predicted seconds."""
+        its predicted seconds; ``where`` = (room, past, lag) as ``choose`` takes them."""
+        room, past, lag = where
         depth = p.depth if room >= MAX_DEPTH else np.minimum(p.depth, max(room, 0))
         tokens = p.acc.expected()[p.fam0, depth]  # column 0 (no speculation) is 1 token
         nodes = np.where(p.chain, depth, np.ceil(p.fill[p.fam0] * np.minimum(p.nodes, room + 1)))
-        cost = self.costs.oracle_curve(past)[np.minimum(1 + nodes, MAX_TOKENS).astype(np.int64)]
+        cost = costs.oracle_curve(past)[np.minimum(1 + nodes, MAX_TOKENS).astype(np.int64)]
         batch = np.minimum(p.draft_rows * nodes + lag, p.batch).astype(np.int64)
         more = np.minimum(p.draft_rows * nodes + 1, p.batch).astype(np.int64)
         calls = np.where(p.chain, depth, p.calls)
-        draft = self.costs.draft_seconds
+        draft = costs.draft_seconds
         cost += draft(batch) * (calls > 0) + draft(more) * np.maximum(calls - 1, 0)
-        cost += p.draft2_s[p.fam0] * p.real + self.costs.round_other
+        cost += p.draft2_s[p.fam0] * p.real + costs.round_other
         value = tokens / cost
         if room < MAX_DEPTH:
             value[(depth == 0) & p.real] = -np.inf
@@ -253,10 +297,11 @@ class Planner:
             p.acc.observe(opt.family, reached, limit)
             room = max(1, min(opt.nodes, limit if opt.kind == CHAIN else opt.nodes))
             p.fill[f] = DECAY * p.fill[f] + (1 - DECAY) * min(1.0, (len(proposal.tree.tokens) - 1) / room)
-            p.draft2_s[f] = DECAY * p.draft2_s[f] + (1 - DECAY) * proposal.cost.time_draft2
+            if mode == GREEDY:  # a timing: sampled decisions never read one
+                p.draft2_s[f] = DECAY * p.draft2_s[f] + (1 - DECAY) * proposal.cost.time_draft2
         if proposal.cost.calls:
             self.costs.observe_draft(proposal.cost.sizes, proposal.cost.time_draft)
             stats.stages["draft"] += 1
-        if opt.kind in (DRAFT2_TREE, DRAFT_TREE) and opt.tree.fanouts:
+        if proposal.cost.time_draft2 > 0:
             stats.stages["draft2"] += 1
         stats.overhead_s += time.perf_counter() - t0

@@ -20,6 +20,7 @@ import numpy as np
 MAX_TOKENS = 64  # largest oracle tree / draft batch priced individually (beyond: the last entry)
 PAST_BAND = 512  # oracle costs are kept per band of past length (long pasts make trees dearer)
 MAX_BANDS = 16
+CALL_OVERHEAD_BYTES = 20e6  # one model call's fixed cost (ONNX Runtime, 2-core CPU), in bytes streamed
 DECAY = 0.9  # weight of the old mean when a point is measured again (tracks drift, damps noise)
 
 
@@ -58,10 +59,10 @@ def prior_from(entry, oracle_bytes: int, draft_bytes: int) -> CostPrior:
             return CostPrior(o, d, tuned=True)
         except (TypeError, ValueError):
             pass  # a malformed curve: fall back to the built-in prior
-    share = draft_bytes / max(1, oracle_bytes)
-    # per-call overhead keeps a small draft from being free: ~0.4 of an oracle call at a weight
-    # share of 0.19 (the vendored pair on a 2-core CPU), ~0.2 at 0.055 (GPT-2-L cost)
-    draft_rel = min(1.0, 0.1 + 1.6 * share)
+    # a call streams its weights plus a fixed per-call overhead worth ~CALL_OVERHEAD_BYTES: a
+    # draft call then costs ~0.4 of an oracle call for the vendored pair (10.6 / 56.7 MB) on a
+    # 2-core CPU, ~0.06 at GPT-2-L cost (170 / 3116 MB), as measured there
+    draft_rel = min(1.0, (draft_bytes + CALL_OVERHEAD_BYTES) / (oracle_bytes + CALL_OVERHEAD_BYTES))
     return CostPrior(_curve(None, 0.04, 1.0), _curve(None, 0.03, draft_rel))
 
 

@@ -248,27 +248,21 @@ def test_negative_control_sampled_tree_without_residual_is_detected(small_vocab,
 
 
 def test_auto_seeds_reproduce_whatever_the_timings(pair_bundle):
-    """A seeded sampled request gives the same text when the planner's timings differ (and so
-    its choices): auto's sampled trees follow the per-node rule, one draw from the oracle per
-    emitted token, so the text is the baseline's, seed for seed."""
-    want = {}
-    choices = []
+    """A seeded sampled request gives the same text (and the planner the same choices) on
+    every call and whatever timings the Generator measured before or during it: sampled
+    decisions read the request's own rounds and the bundle's fixed cost model only."""
+    runs = []
     for oracle_ms in (None, lambda t: 1.0 + 0.01 * t, lambda t: 1.0 + 5.0 * t):
         gen = Generator(pair_bundle, device="cpu", threads=1)
         if oracle_ms is not None:  # injected timings, as if measured on another machine
             for t in range(1, 40):
                 gen.planner.costs.observe_oracle(t, 20, oracle_ms(t) * 1e-3)
-        for seed in (3, 4):
-            res = gen.generate(PROMPTS[2], max_new_tokens=40, sampling="topk:20", seed=seed, ignore_eos=True)
-            want.setdefault(
-                seed,
-                gen.generate(
-                    PROMPTS[2], max_new_tokens=40, sampling="topk:20", seed=seed, strategy="baseline", ignore_eos=True
-                ).tokens,
-            )
-            assert res.tokens == want[seed] and res.stats.strategy == "auto"
-            choices.append(res.stats.planner.choices)
-    assert len({str(sorted(c.items())) for c in choices}) > 1  # the timings did change the choices
+        for _ in range(2):  # the second call also sees the first call's live timings
+            res = gen.generate(PROMPTS[2], max_new_tokens=40, sampling="topk:20", seed=3, ignore_eos=True)
+            assert res.stats.strategy == "auto" and len(res.tokens) == 40
+            runs.append((res.tokens, res.stats.planner.choices))
+    assert all(r == runs[0] for r in runs)
+    assert len(runs[0][1]) > 1  # the planner did switch between options during the request
 
 
 def test_same_seed_same_output(tiny_bundle):

@@ -26,7 +26,7 @@ MS = 1e-3
 
 def planner(has_draft2: bool = True, tuned: TreeConfig | None = None) -> Planner:
     menus = {m: menu(m, has_draft2, tuned) for m in (GREEDY, SAMPLE)}
-    return Planner(CostModel(prior_from(None, 100, 20)), menus)
+    return Planner(CostModel(prior_from(None, 56_700_000, 10_600_000)), menus)
 
 
 def proposal(nodes: int, draft_sizes=(), draft_s: float = 0.0, draft2_s: float = 0.0):
@@ -54,21 +54,19 @@ def flat(ms: float):
     return lambda t: ms
 
 
-def test_the_menu_offers_no_speculation_and_only_per_node_trees_when_sampling():
+def test_the_menu_offers_every_kind_of_proposal():
     for has_draft2 in (True, False):
         greedy = menu(GREEDY, has_draft2)
         sampled = menu(SAMPLE, has_draft2)
         assert greedy[0].kind == NONE and sampled[0].kind == NONE
         assert {o.kind for o in greedy} >= {NONE, CHAIN, DRAFT_TREE}
         assert (DRAFT2_TREE in {o.kind for o in greedy}) == has_draft2
-        # sampled: the output law must not depend on the tree (seeds reproduce): no drawn
-        # chain, no drawn tree, only deterministic trees under the per-node rule
-        assert all(o.kind in (NONE, DRAFT2_TREE, DRAFT_TREE) and not o.tree.widths for o in sampled)
+        assert {o.kind for o in sampled} >= {NONE, CHAIN, SAMPLED_TREE, DRAFT_TREE}
         assert all(o.depth <= MAX_DEPTH for o in greedy + sampled)
     drawn = TreeConfig(budget=4, max_depth=4, draft_calls=1, widths=(1, 1))
-    assert "tuned" not in {o.family for o in menu(SAMPLE, True, drawn)}  # a drawn tuned tree is left out
-    assert "tuned" in {o.family for o in menu(GREEDY, True, drawn)}  # greedy ignores widths
-    assert SAMPLED_TREE not in {o.kind for o in menu(SAMPLE, True, drawn)}
+    tuned = {o.family: o for o in menu(SAMPLE, True, drawn)}["tuned"]
+    assert tuned.kind == SAMPLED_TREE and tuned.draft_calls == 2
+    assert {o.family: o for o in menu(GREEDY, True, drawn)}["tuned"].kind == DRAFT_TREE  # greedy ignores widths
 
 
 def test_acceptance_rates_shrink_to_the_prior_then_to_the_depth_above():
@@ -146,5 +144,22 @@ def test_planner_stats_report_choices_stages_and_overhead():
 @pytest.mark.parametrize("mode", [GREEDY, SAMPLE])
 def test_the_default_options_are_priced_finite(mode):
     p = planner()
-    value, seconds = p.values(p.plans[mode], 500, 100, 1)
+    value, seconds = p.values(p.plans[mode], p.costs_for(mode), (500, 100, 1))
     assert np.all(np.isfinite(value)) and np.all(value > 0) and np.all(seconds > 0)
+
+
+def test_sampled_decisions_ignore_live_timings_and_start_afresh_per_request():
+    def accept(opt, limit):
+        return 2 if opt.family == "chain" else 0
+
+    a, b = planner(), planner()
+    for t in range(1, 30):  # b measured very different costs
+        b.observe_timing(t, 100, (1.0 + 4.0 * t) * MS, 2 * MS)
+        b.costs.observe_draft([1], 0.01 * MS)
+    a.begin(SAMPLE)
+    b.begin(SAMPLE)
+    first = play(a, SAMPLE, 40, accept, flat(5.0))
+    assert play(b, SAMPLE, 40, accept, lambda t: 1 + 9 * t) == first
+    assert play(planner(), GREEDY, 40, accept, flat(5.0)) != play(b, GREEDY, 40, accept, flat(5.0))
+    a.begin(SAMPLE)  # a new request: the same choices again
+    assert play(a, SAMPLE, 40, accept, flat(5.0)) == first

@@ -13,11 +13,11 @@ MS = 1e-3
 
 
 def test_the_built_in_prior_grows_slowly_and_prices_the_draft_by_weight_share():
-    small = prior_from(None, 100, 19)  # the vendored pair's weight share
-    cheap = prior_from(None, 1000, 55)  # GPT-2-L cost
+    small = prior_from(None, 56_700_000, 10_600_000)  # the vendored pair's weights
+    cheap = prior_from(None, 3_116_000_000, 170_000_000)  # GPT-2-L cost
     assert not small.tuned and small.oracle[1] == 1.0 and 1.0 < small.oracle[16] < 2.0
     assert np.all(np.diff(small.oracle) >= 0) and np.all(np.diff(small.draft) >= 0)
-    assert 0.3 < small.draft[1] < 0.5 and 0.1 < cheap.draft[1] < 0.25
+    assert 0.3 < small.draft[1] < 0.5 and 0.03 < cheap.draft[1] < 0.1
 
 
 def test_tuned_curves_seed_the_model_in_seconds():
@@ -36,7 +36,7 @@ def test_tuned_curves_seed_the_model_in_seconds():
 
 
 def test_measured_points_are_kept_and_the_staircase_is_never_priced_backwards():
-    costs = CostModel(prior_from(None, 100, 20))
+    costs = CostModel(prior_from(None, 56_700_000, 10_600_000))
     for t, ms in ((1, 4.0), (6, 5.0), (7, 7.0), (8, 6.0)):
         costs.observe_oracle(t, 100, ms * MS)
     curve = costs.oracle_curve(100)
@@ -47,7 +47,7 @@ def test_measured_points_are_kept_and_the_staircase_is_never_priced_backwards():
 
 
 def test_repeated_measurements_are_averaged():
-    costs = CostModel(prior_from(None, 100, 20))
+    costs = CostModel(prior_from(None, 56_700_000, 10_600_000))
     costs.observe_oracle(4, 0, 10 * MS)
     for _ in range(200):
         costs.observe_oracle(4, 0, 4 * MS)
@@ -55,7 +55,7 @@ def test_repeated_measurements_are_averaged():
 
 
 def test_past_bands_are_kept_apart_and_an_unmeasured_band_borrows_the_nearest():
-    costs = CostModel(prior_from(None, 100, 20))
+    costs = CostModel(prior_from(None, 56_700_000, 10_600_000))
     costs.observe_oracle(8, 10, 5 * MS)
     costs.observe_oracle(8, 4 * PAST_BAND, 20 * MS)
     assert np.isclose(costs.oracle_curve(10)[8], 5 * MS)
@@ -65,7 +65,7 @@ def test_past_bands_are_kept_apart_and_an_unmeasured_band_borrows_the_nearest():
 
 
 def test_the_draft_is_priced_from_its_calls_else_from_the_oracle():
-    costs = CostModel(prior_from(None, 100, 20))
+    costs = CostModel(prior_from(None, 56_700_000, 10_600_000))
     costs.observe_oracle(1, 0, 4 * MS)
     guess = costs.draft_seconds(np.asarray([1]))[0]
     assert np.isclose(guess, 4 * MS * costs.prior.draft[1])  # a share of a 1-token oracle call
