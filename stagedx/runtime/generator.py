@@ -296,6 +296,7 @@ class Generator:
     def _observe(self, req: Request, st: DecodeState, proposal: Proposal, verdict, seconds: tuple) -> None:
         """Fold the round into the planner: ``seconds`` = (round so far, its oracle call)."""
         opt, limit = st.plan
+        st.stats.planner.trace.append((st.generated, opt.label, seconds[0]))
         c = proposal.cost
         other = seconds[0] - seconds[1] - c.time_draft - c.time_draft2
         self.planner.observe_timing(len(proposal.tree.tokens), len(st.tokens), seconds[1], other)

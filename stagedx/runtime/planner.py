@@ -163,6 +163,7 @@ class PlannerStats:
     stages: dict = field(default_factory=lambda: {"draft2": 0, "draft": 0})  # rounds each stage ran
     probes: int = 0
     overhead_s: float = 0.0
+    trace: list = field(default_factory=list)  # per round: (tokens generated before it, option label, seconds)
 
     def as_dict(self) -> dict:
         return {
