@@ -189,10 +189,10 @@ def _stream(gen, prompt, max_new_tokens, opts, stats) -> None:
     if res.finish_reason == "context":
         click.echo(f"stopped: reached the context limit of {gen.context_limit} tokens", err=True)
     if stats:
-        click.echo(
-            f"device: {gen.device} ({gen.backend}); tree: {describe(opts['tree'] or gen.tree_for(opts['sampling']))}",
-            err=True,
-        )
+        tree = describe(opts["tree"] or gen.tree_for(opts["sampling"]))
+        if res.stats.strategy == "auto":
+            tree = "chosen per round by the planner"
+        click.echo(f"device: {gen.device} ({gen.backend}); tree: {tree}", err=True)
         click.echo(_stats_line(res), err=True)
 
 

@@ -217,6 +217,8 @@ class Generator:
         ids = fit_prompt(prompt_ids(prompt, self.tokenizer), opts, self.vocab, self.context_limit)
         cfg = opts.sampling_config()
         strategy = check_strategy(opts.strategy or self.strategy)
+        if strategy == "auto" and (opts.tree is not None or self.tree is not None or self.tree_budget is not None):
+            strategy = "staged"  # an explicit tree (or node budget) is run as given, fixed
         return Request(
             ids,
             int(opts.max_new_tokens),

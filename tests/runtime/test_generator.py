@@ -265,6 +265,17 @@ def test_auto_seeds_reproduce_whatever_the_timings(pair_bundle):
     assert len(runs[0][1]) > 1  # the planner did switch between options during the request
 
 
+def test_an_explicit_tree_runs_fixed_under_auto(tiny_bundle):
+    gen = Generator(tiny_bundle, device="cpu", threads=1)
+    fixed = gen.generate(PROMPTS[0], max_new_tokens=8, tree=TreeConfig(budget=4, max_depth=4), ignore_eos=True)
+    assert fixed.stats.strategy == "staged" and fixed.stats.planner is None
+    planned = gen.generate(PROMPTS[0], max_new_tokens=8, ignore_eos=True)
+    assert planned.stats.strategy == "auto" and sum(planned.stats.planner.choices.values()) == planned.stats.rounds
+    assert (
+        Generator(tiny_bundle, device="cpu", threads=1, tree_budget=3).generate(PROMPTS[0]).stats.strategy == "staged"
+    )
+
+
 def test_same_seed_same_output(tiny_bundle):
     gen = Generator(tiny_bundle, device="cpu", threads=1)
     a = gen.generate(PROMPTS[0], max_new_tokens=24, sampling="topp:0.9", seed=7, ignore_eos=True)
