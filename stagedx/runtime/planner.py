@@ -12,20 +12,26 @@ tuned tree) that maximises expected tokens per second, from what this Generator 
 - **Cost** (``planner_cost.CostModel``): oracle seconds by tree tokens and past length, draft
   seconds by batch, draft2 seconds per family, a fixed per-round remainder.
 - **Choice**: expected tokens ``1 + sum_d prod_{j<=d} a_j`` over each candidate's depth,
-  divided by its predicted seconds, for every candidate at once (NumPy over ~30 options);
-  ties go to the earlier (cheaper) option. A family unused for ``PROBE_EVERY`` rounds is
-  re-probed once with its best option, so a stage switched off is tried again at small cost.
+  divided by its predicted seconds, for every candidate at once (NumPy over ~35 options);
+  ties go to the earlier (cheaper) option; a choice is reused while only the timings of
+  unspeculated rounds arrive (``REFRESH``). A family unused for ``PROBE_EVERY`` rounds is
+  probed once (the gap doubles after each probe that does not win it back), so a stage
+  switched off is tried again at small and shrinking cost.
 
 Exactness and seeds: the choice reads only past rounds (their accepted depths and timings),
 never the round's own oracle output, so greedy output is token-exact and sampled output
 follows the oracle's law whatever is chosen. Greedy decisions use everything live: the
-Generator's acceptance and its measured costs, carried from request to request. In sampled
-modes the tree drawn decides which text a seed gives, so there a decision depends only on
-the request itself and the bundle: acceptance starts from the priors at every request and is
-learned from that request's own rounds (a function of its seed), and costs come from a model
-fixed per bundle and device (the manifest's tuned curves, else the built-in prior from the
-weight sizes), never from live timings. The same seeded request therefore gives the same text
-on every call, every launch and under any load.
+Generator's acceptance and its measured costs, carried from request to request. Sampled: which
+text a seed gives depends on the proposal only for drawn ones (the draft's drawn chain or
+tree); per-node trees and no speculation emit the baseline's text seed for seed (one draw
+from the oracle per emitted token). So whether sampled requests may use drawn proposals is
+fixed per bundle and device (the fixed cost model at the prior acceptance: in practice, a
+draft cheap beside its oracle). Without them, the sampled plan is live like greedy's and the
+text is the baseline's. With them, a decision depends only on the request and the bundle:
+acceptance starts from the priors at every request and learns from that request's own rounds,
+and costs come from the fixed model (the manifest's tuned curves, else the built-in prior),
+never from live timings. Either way the same seeded request gives the same text on every call,
+every launch and under any load.
 """
 
 from __future__ import annotations
@@ -49,11 +55,13 @@ from .shapes import (
 MAX_DEPTH = 16  # deepest node any option proposes
 PRIOR_WEIGHT = 2.0  # trials the prior counts for
 DECAY = 0.95  # per observation: old counts fade, so acceptance follows the text's character
-PROBE_EVERY = 16  # rounds after which an unused family is tried once more
+PROBE_EVERY = 16  # rounds after which an unused family is first tried again (doubling while it loses)
+MAX_GAP = 512
+REFRESH = 8  # rounds a choice is reused while only timings of unspeculated rounds arrive
 # conservative built-in priors: conditional acceptance per depth, by family and mode
 PRIORS = {
     GREEDY: {"draft2": 0.4, "chain": 0.55, "staged": 0.55, "staged2": 0.55, "staged4": 0.55, "tuned": 0.7},
-    SAMPLE: {"draft2": 0.3, "chain": 0.5, "drawn": 0.5, "drawn3": 0.5, "staged": 0.4, "tuned": 0.55},
+    SAMPLE: {"draft2": 0.3, "chain": 0.5, "drawn": 0.5, "staged": 0.4, "tuned": 0.55},
 }
 FAN15 = (2,) + (1,) * 14  # draft2's thin tree: a fork at the root, then its best chain
 
@@ -104,8 +112,6 @@ def menu(mode: str, has_draft2: bool, tuned: TreeConfig | None = None) -> tuple[
     else:
         drawn = CHEAP_DRAFT_TREES[SAMPLE] if has_draft2 else NO_DRAFT2_TREES[SAMPLE]
         staged = [("drawn", drawn), ("staged", TreeConfig(budget=6, max_depth=4, fanouts=fan[:4], draft_calls=2))]
-        if has_draft2:
-            staged.append(("drawn3", THREE_STAGE_TREES[SAMPLE]))
     for name, tree in staged:
         opts.append(Option(name, _kind(tree, greedy), tree.max_depth, tree, name))
     if tuned is not None and tuned.budget > 0:
@@ -194,26 +200,29 @@ class ModePlan:
         self.fill = np.ones(len(fams))  # tree nodes proposed / nodes allowed
         self.draft2_s = np.zeros(len(fams))  # seconds in draft2 per round
         self.last_used = np.full(len(fams), -1)
+        self.gap = np.full(len(fams), PROBE_EVERY)  # rounds before the family is probed again
         self.rounds = 0
+        self.changed = True  # something the choice reads changed since it was last computed
+        self.cached: tuple | None = None  # (where, band, option index) of the last full choice
 
 
 class Planner:
-    """One per Generator. Greedy: acceptance and costs live, kept across requests. Sampled:
-    a fresh plan per request (``begin``) priced by the fixed cost model (see the module)."""
+    """One per Generator: the greedy plan and the per-node sampled plan live (acceptance and
+    costs carried across requests); the drawn sampled plan fresh per request (see the module)."""
 
     def __init__(self, costs: CostModel, menus: dict):
         self.costs = costs  # live: refined by every round's timings
-        self.fixed = CostModel(costs.prior)  # never observed: what sampled decisions are priced with
-        self.menus = menus
-        self.plans = {mode: ModePlan(options, PRIORS[mode]) for mode, options in menus.items()}
-
-    def begin(self, mode: str) -> None:
-        """A request starts: sampled modes start again from the priors."""
-        if mode != GREEDY:
-            self.plans[mode] = ModePlan(self.menus[mode], PRIORS[mode])
-
-    def costs_for(self, mode: str) -> CostModel:
-        return self.costs if mode == GREEDY else self.fixed
+        self.fixed = CostModel(costs.prior)  # never observed: prices the drawn sampled plan
+        self.menus = dict(menus)
+        probe = ModePlan(menus[SAMPLE], PRIORS[SAMPLE])
+        value, _ = self.values(probe, self.fixed, (MAX_DEPTH, 200, 1))
+        # drawn proposals (the draft's drawn chain or tree) change which text a seed gives, so
+        # whether sampled requests may use them is fixed per bundle and device: when, priced by
+        # the fixed model at the prior acceptance, the best sampled option is a drawn one
+        self.drawn = probe.options[int(np.argmax(value))].kind in (CHAIN, SAMPLED_TREE)
+        if not self.drawn:
+            self.menus[SAMPLE] = tuple(o for o in menus[SAMPLE] if o.kind not in (CHAIN, SAMPLED_TREE))
+        self.plans = {mode: ModePlan(options, PRIORS[mode]) for mode, options in self.menus.items()}
 
     @staticmethod
     def for_bundle(entry, manifest, has_draft2: bool, tuned: dict) -> Planner:
@@ -226,6 +235,14 @@ class Planner:
             menus[mode] = menu(mode, has_draft2, tree)
         return Planner(CostModel(prior), menus)
 
+    def begin(self, mode: str) -> None:
+        """A request starts: a drawn sampled plan starts again from the priors."""
+        if mode != GREEDY and self.drawn:
+            self.plans[mode] = ModePlan(self.menus[mode], PRIORS[mode])
+
+    def costs_for(self, mode: str) -> CostModel:
+        return self.fixed if mode != GREEDY and self.drawn else self.costs
+
     def observe_timing(self, tokens: int, past: int, oracle_s: float, other_s: float) -> None:
         """One oracle call of ``tokens`` tree tokens after ``past`` committed rows, and the
         round's seconds outside the models."""
@@ -237,11 +254,21 @@ class Planner:
         ``past``: committed tokens; ``lag``: rows the draft's cache lacks, the root included."""
         t0 = time.perf_counter()
         p = self.plans[mode]
-        value, seconds = self.values(p, self.costs_for(mode), (room, past, lag))
-        i = int(np.argmax(value))
-        probe = self._probe(p, value, seconds, float(seconds[i]))
-        if probe is not None:
-            i, stats.probes = probe, stats.probes + 1
+        costs = self.costs_for(mode)
+        key = (min(room, MAX_DEPTH), costs.band(past))
+        probe = self._probe_due(p)
+        if p.changed or probe is not None or p.cached is None or p.cached[0] != key or p.rounds % REFRESH == 0:
+            value, seconds = self.values(p, costs, (room, past, lag))
+            i = int(np.argmax(value))
+            if probe is not None:
+                j = self._probe(p, probe, value, seconds, float(seconds[i]))
+                if j is not None:
+                    i, stats.probes = j, stats.probes + 1
+                    p.gap[probe] = min(MAX_GAP, 2 * p.gap[probe])
+            elif p.fam[i] >= 0:
+                p.gap[p.fam[i]] = PROBE_EVERY  # chosen on its merits: probe it early again once it loses
+            p.cached, p.changed = (key, i), False
+        i = p.cached[1]
         opt = p.options[i]
         limit = min(opt.depth, room)
         if limit <= 0:
@@ -249,6 +276,7 @@ class Planner:
         p.rounds += 1
         if p.fam[i] >= 0:
             p.last_used[p.fam[i]] = p.rounds
+            p.changed = True  # a speculating round: its outcome will move the estimates
         stats.choices[opt.label] = stats.choices.get(opt.label, 0) + 1
         stats.overhead_s += time.perf_counter() - t0
         return opt, limit
@@ -274,20 +302,27 @@ class Planner:
         return value, cost
 
     @staticmethod
-    def _probe(p: ModePlan, value: np.ndarray, seconds: np.ndarray, best_s: float) -> int | None:
-        """Every ``PROBE_EVERY`` rounds, the family unused the longest (if unused for that
-        long) runs once: its deepest option that costs at most twice the best one's round,
-        so the probe measures acceptance deep enough to show what the family can do."""
-        if p.rounds % PROBE_EVERY != PROBE_EVERY - 1 or not len(p.last_used):
+    def _probe_due(p: ModePlan) -> int | None:
+        """The family to probe this round: unused for its gap (``PROBE_EVERY`` rounds, doubled
+        after each probe that did not win it back), the one unused the longest; else None."""
+        if not len(p.last_used):
             return None
-        f = int(np.argmin(p.last_used))
-        if p.last_used[f] > p.rounds - PROBE_EVERY:
+        due = p.rounds - p.last_used >= p.gap
+        if not due.any():
             return None
-        ok = (p.fam == f) & np.isfinite(value) & (seconds <= 2 * best_s)
+        return int(np.flatnonzero(due)[np.argmin(p.last_used[due])])
+
+    @staticmethod
+    def _probe(p: ModePlan, f: int, value: np.ndarray, seconds: np.ndarray, best_s: float) -> int | None:
+        """Family ``f``'s deepest option costing at most 1.5 times the best round (so the probe
+        measures acceptance deep enough to show what the family can do), else its cheapest."""
+        ok = (p.fam == f) & np.isfinite(value)
         if not ok.any():
-            ok = (p.fam == f) & np.isfinite(value)
-            return int(np.flatnonzero(ok)[np.argmin(seconds[ok])]) if ok.any() else None
-        return int(np.flatnonzero(ok)[np.argmax(p.depth[ok])])
+            return None
+        cheap = ok & (seconds <= 1.5 * best_s)
+        if not cheap.any():
+            return int(np.flatnonzero(ok)[np.argmin(seconds[ok])])
+        return int(np.flatnonzero(cheap)[np.argmax(p.depth[cheap])])
 
     def observe(self, mode: str, opt: Option, limit: int, proposal, reached: int, stats: PlannerStats) -> None:
         """Fold one verified round in: ``reached`` tree nodes accepted (before finish rules)."""

@@ -247,13 +247,21 @@ def test_negative_control_sampled_tree_without_residual_is_detected(small_vocab,
     assert pvalue(joint_counts(gen, prompt, "staged", 5000, tree=tree), law) < 1e-6
 
 
-def test_auto_seeds_reproduce_whatever_the_timings(pair_bundle):
-    """A seeded sampled request gives the same text (and the planner the same choices) on
-    every call and whatever timings the Generator measured before or during it: sampled
-    decisions read the request's own rounds and the bundle's fixed cost model only."""
+@pytest.mark.parametrize("cheap_draft", [False, True])
+def test_auto_seeds_reproduce_whatever_the_timings(pair_bundle, cheap_draft):
+    """A seeded sampled request gives the same text on every call, whatever timings the
+    Generator measured before or during it. Per-node plans (the vendored pair): the text is
+    the baseline's. Drawn plans (a draft priced as cheap): the same choices every time."""
+    from stagedx.runtime.planner import Planner, menu
+    from stagedx.runtime.planner_cost import CostModel, prior_from
+
     runs = []
     for oracle_ms in (None, lambda t: 1.0 + 0.01 * t, lambda t: 1.0 + 5.0 * t):
         gen = Generator(pair_bundle, device="cpu", threads=1)
+        if cheap_draft:  # as at GPT-2-L cost: drawn proposals allowed
+            menus = {m: menu(m, gen.draft2.active) for m in ("greedy", "sample")}
+            gen.planner = Planner(CostModel(prior_from(None, 3_116_000_000, 170_000_000)), menus)
+        assert gen.planner.drawn == cheap_draft
         if oracle_ms is not None:  # injected timings, as if measured on another machine
             for t in range(1, 40):
                 gen.planner.costs.observe_oracle(t, 20, oracle_ms(t) * 1e-3)
@@ -261,8 +269,15 @@ def test_auto_seeds_reproduce_whatever_the_timings(pair_bundle):
             res = gen.generate(PROMPTS[2], max_new_tokens=40, sampling="topk:20", seed=3, ignore_eos=True)
             assert res.stats.strategy == "auto" and len(res.tokens) == 40
             runs.append((res.tokens, res.stats.planner.choices))
-    assert all(r == runs[0] for r in runs)
-    assert len(runs[0][1]) > 1  # the planner did switch between options during the request
+    assert all(r[0] == runs[0][0] for r in runs)
+    if cheap_draft:
+        assert all(r[1] == runs[0][1] for r in runs)
+        assert any(k.startswith(("chain:", "drawn")) for k in runs[0][1])  # drawn proposals ran
+    else:
+        base = gen.generate(
+            PROMPTS[2], max_new_tokens=40, sampling="topk:20", seed=3, strategy="baseline", ignore_eos=True
+        )
+        assert runs[0][0] == base.tokens
 
 
 def test_an_explicit_tree_runs_fixed_under_auto(tiny_bundle):
