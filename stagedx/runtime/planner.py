@@ -290,11 +290,15 @@ class Planner:
         tokens = p.acc.expected()[p.fam0, depth]  # column 0 (no speculation) is 1 token
         nodes = np.where(p.chain, depth, np.ceil(p.fill[p.fam0] * np.minimum(p.nodes, room + 1)))
         cost = costs.oracle_curve(past)[np.minimum(1 + nodes, MAX_TOKENS).astype(np.int64)]
-        batch = np.minimum(p.draft_rows * nodes + lag, p.batch).astype(np.int64)
+        # the first draft call carries the rows the draft lacks (catch-up: no batch cap), priced
+        # linearly beyond the curve's last entry
+        first = np.minimum(p.draft_rows * nodes, p.batch) + lag
+        catch_up = np.maximum(1.0, first / MAX_TOKENS)
+        batch = np.minimum(first, MAX_TOKENS).astype(np.int64)
         more = np.minimum(p.draft_rows * nodes + 1, p.batch).astype(np.int64)
         calls = np.where(p.chain, depth, p.calls)
         draft = costs.draft_seconds
-        cost += draft(batch) * (calls > 0) + draft(more) * np.maximum(calls - 1, 0)
+        cost += draft(batch) * catch_up * (calls > 0) + draft(more) * np.maximum(calls - 1, 0)
         cost += p.draft2_s[p.fam0] * p.real + costs.round_other
         value = tokens / cost
         if room < MAX_DEPTH:

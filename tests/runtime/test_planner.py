@@ -188,3 +188,12 @@ def test_a_choice_is_reused_while_nothing_it_reads_changes():
     for _ in range(REFRESH):
         p.choose(GREEDY, 500, 300, 1, stats)
     assert len(calls) < REFRESH // 2
+
+
+def test_a_long_catch_up_makes_the_draft_dear():
+    p = planner(has_draft2=False)
+    play(p, GREEDY, 40, lambda o, lim: lim if o.kind == CHAIN else 1, flat(5.0), draft_ms=0.2)
+    value, seconds = p.values(p.plans[GREEDY], p.costs, (500, 2000, 1))
+    late_value, late_seconds = p.values(p.plans[GREEDY], p.costs, (500, 2000, 1000))  # 1000 rows behind
+    chain = np.asarray([o.kind == CHAIN for o in p.plans[GREEDY].options])
+    assert np.all(late_seconds[chain] > seconds[chain] + 5 * p.costs.draft_seconds(np.asarray([1]))[0])
