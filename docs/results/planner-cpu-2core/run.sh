@@ -24,6 +24,7 @@ case "$1" in
   gpt2l) $PY -m stagedx bench "$B/gpt2l-cost" --limit 5 "${BENCH[@]}" --out $OUT/gpt2l-cost ;;
   gpt2l-distilled) $PY -m stagedx bench "$B/gpt2l-cost-distilled" --limit 5 "${BENCH[@]}" --out $OUT/gpt2l-cost-distilled ;;
   smollm2) $PY -m stagedx bench /work/bundles/smollm2-fp32 --limit 10 "${BENCH[@]}" --out $OUT/smollm2-fp32 ;;
+  pair-tuned) $PY -m stagedx bench "$B/stdlib-code-pair-tuned" --limit 10 "${BENCH[@]}" --out $OUT/pair-tuned ;;  # after: stagedx tune B/stdlib-code-pair-tuned --threads 2 (a copy)
   switch) $PY tools/planner_switch.py "${2:-/work/bundles/smollm2-fp32}" "${@:3}" ;;
   *) echo "unknown run $1" >&2; exit 2 ;;
 esac
