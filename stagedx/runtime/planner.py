@@ -61,7 +61,7 @@ REFRESH = 8  # rounds a choice is reused while only timings of unspeculated roun
 # conservative built-in priors: conditional acceptance per depth, by family and mode
 PRIORS = {
     GREEDY: {"draft2": 0.4, "chain": 0.55, "staged": 0.55, "staged2": 0.55, "staged4": 0.55, "tuned": 0.7},
-    SAMPLE: {"draft2": 0.3, "chain": 0.5, "drawn": 0.5, "staged": 0.4, "tuned": 0.55},
+    SAMPLE: {"draft2": 0.3, "chain": 0.5, "drawn": 0.5, "drawn3": 0.5, "staged": 0.4, "tuned": 0.55},
 }
 FAN15 = (2,) + (1,) * 14  # draft2's thin tree: a fork at the root, then its best chain
 
@@ -112,6 +112,8 @@ def menu(mode: str, has_draft2: bool, tuned: TreeConfig | None = None) -> tuple[
     else:
         drawn = CHEAP_DRAFT_TREES[SAMPLE] if has_draft2 else NO_DRAFT2_TREES[SAMPLE]
         staged = [("drawn", drawn), ("staged", TreeConfig(budget=6, max_depth=4, fanouts=fan[:4], draft_calls=2))]
+        if has_draft2:  # a drawn chain with draft2 scored ahead and two of its candidates as leaves
+            staged.append(("drawn3", THREE_STAGE_TREES[SAMPLE]))
     for name, tree in staged:
         opts.append(Option(name, _kind(tree, greedy), tree.max_depth, tree, name))
     if tuned is not None and tuned.budget > 0:
