@@ -259,13 +259,13 @@ class Generator:
             if room < 0:
                 st.finish = "context"
                 break
-            t0, t_oracle = time.perf_counter(), s.time_s["oracle"]
+            t0 = time.perf_counter()
             proposal = self._propose(req, st, room).fit(room + 1)  # the oracle's free KV rows
             s.add_draft(proposal.cost)
             out = self._score(proposal.tree, n, req.sampling, s)
             verdict = verify(proposal, out, req.sampling, st.rng)
             if st.plan is not None:
-                self._observe(req, st, proposal, verdict, (time.perf_counter() - t0, s.time_s["oracle"] - t_oracle))
+                self._observe(req, st, proposal, verdict, time.perf_counter() - t0)
             kept = self._commit(req, st, proposal, verdict)
             s.rounds += 1
             if kept:
@@ -295,14 +295,14 @@ class Generator:
             kind, limit = choose(req.strategy, tree, req.sampling.greedy, room)
         return self.proposers.build(kind, Round(st.tokens, tree, req.sampling, st.rng, limit))
 
-    def _observe(self, req: Request, st: DecodeState, proposal: Proposal, verdict, seconds: tuple) -> None:
-        """Fold the round into the planner: ``seconds`` = (round so far, its oracle call)."""
+    def _observe(self, req: Request, st: DecodeState, proposal: Proposal, verdict, seconds: float) -> None:
+        """Fold the round (``seconds`` so far: proposal, oracle call, verification) into the planner."""
         opt, limit = st.plan
-        st.stats.planner.trace.append((st.generated, opt.label, seconds[0]))
+        st.stats.planner.trace.append((st.generated, opt.label, seconds))
         c = proposal.cost
-        other = seconds[0] - seconds[1] - c.time_draft - c.time_draft2
-        self.planner.observe_timing(len(proposal.tree.tokens), len(st.tokens), seconds[1], other)
         mode = sampling_mode(req.sampling)
+        rest = seconds - c.time_draft - c.time_draft2  # the oracle call, verification, planning
+        self.planner.observe_timing(mode, len(proposal.tree.tokens), len(st.tokens), rest)
         self.planner.observe(mode, opt, limit, proposal, len(verdict.path) - 1, st.stats.planner)
 
     def _commit(self, req: Request, st: DecodeState, proposal: Proposal, verdict: accept.Verdict) -> list:

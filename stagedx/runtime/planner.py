@@ -9,14 +9,14 @@ tuned tree) that maximises expected tokens per second, from what this Generator 
   round whose walk stops at depth k < the depth limit is a failed trial at depth k + 1, whether
   the oracle rejected the children or the tree had none there: the estimate is what a tree of
   that family really yields.
-- **Cost** (``planner_cost.CostModel``): oracle seconds by tree tokens and past length, draft
-  seconds by batch, draft2 seconds per family, a fixed per-round remainder.
+- **Cost** (``planner_cost.CostModel``): a round's oracle-side seconds (the call, verification,
+  commit, planning) by tree tokens and past length, per sampling mode; draft seconds by batch;
+  draft2 seconds per family.
 - **Choice**: expected tokens ``1 + sum_d prod_{j<=d} a_j`` over each candidate's depth,
   divided by its predicted seconds, for every candidate at once (NumPy over ~35 options);
-  ties go to the earlier (cheaper) option; a choice is reused while only the timings of
-  unspeculated rounds arrive (``REFRESH``). A family unused for ``PROBE_EVERY`` rounds is
-  probed once (the gap doubles after each probe that does not win it back), so a stage
-  switched off is tried again at small and shrinking cost.
+  ties go to the earlier (cheaper) option; a choice is reused for ``REFRESH`` rounds. A
+  family unused for ``PROBE_EVERY`` rounds is probed once (the gap doubles after each probe
+  that does not win it back), so a stage switched off is tried again at shrinking cost.
 
 Exactness and seeds: the choice reads only past rounds (their accepted depths and timings),
 never the round's own oracle output, so greedy output is token-exact and sampled output
@@ -57,7 +57,7 @@ PRIOR_WEIGHT = 2.0  # trials the prior counts for
 DECAY = 0.95  # per observation: old counts fade, so acceptance follows the text's character
 PROBE_EVERY = 16  # rounds after which an unused family is first tried again (doubling while it loses)
 MAX_GAP = 512
-REFRESH = 8  # rounds a choice is reused while only timings of unspeculated rounds arrive
+REFRESH = 4  # rounds a choice is reused (the estimates move little in fewer)
 # conservative built-in priors: conditional acceptance per depth, by family and mode
 PRIORS = {
     GREEDY: {"draft2": 0.4, "chain": 0.55, "staged": 0.55, "staged2": 0.55, "staged4": 0.55, "tuned": 0.7},
@@ -204,7 +204,6 @@ class ModePlan:
         self.last_used = np.full(len(fams), -1)
         self.gap = np.full(len(fams), PROBE_EVERY)  # rounds before the family is probed again
         self.rounds = 0
-        self.changed = True  # something the choice reads changed since it was last computed
         self.cached: tuple | None = None  # (where, band, option index) of the last full choice
 
 
@@ -213,7 +212,8 @@ class Planner:
     costs carried across requests); the drawn sampled plan fresh per request (see the module)."""
 
     def __init__(self, costs: CostModel, menus: dict):
-        self.costs = costs  # live: refined by every round's timings
+        self.costs = costs  # live, greedy rounds (the draft's cost: every round)
+        self.sampled = CostModel(costs.prior)  # live, sampled rounds (verification costs more per node)
         self.fixed = CostModel(costs.prior)  # never observed: prices the drawn sampled plan
         self.menus = dict(menus)
         probe = ModePlan(menus[SAMPLE], PRIORS[SAMPLE])
@@ -243,13 +243,14 @@ class Planner:
             self.plans[mode] = ModePlan(self.menus[mode], PRIORS[mode])
 
     def costs_for(self, mode: str) -> CostModel:
-        return self.fixed if mode != GREEDY and self.drawn else self.costs
+        if mode == GREEDY:
+            return self.costs
+        return self.fixed if self.drawn else self.sampled
 
-    def observe_timing(self, tokens: int, past: int, oracle_s: float, other_s: float) -> None:
-        """One oracle call of ``tokens`` tree tokens after ``past`` committed rows, and the
-        round's seconds outside the models."""
-        self.costs.observe_oracle(tokens, past, oracle_s)
-        self.costs.observe_other(other_s)
+    def observe_timing(self, mode: str, tokens: int, past: int, seconds: float) -> None:
+        """One round's seconds outside the draft and draft2 (its oracle call, verification,
+        commit and planning) for a tree of ``tokens`` tokens after ``past`` committed rows."""
+        (self.costs if mode == GREEDY else self.sampled).observe_oracle(tokens, past, seconds)
 
     def choose(self, mode: str, room: int, past: int, lag: int, stats: PlannerStats) -> tuple[Option, int]:
         """This round's option and depth limit. ``room``: free context rows below the root;
@@ -259,18 +260,18 @@ class Planner:
         costs = self.costs_for(mode)
         key = (min(room, MAX_DEPTH), costs.band(past))
         probe = self._probe_due(p)
-        if p.changed or probe is not None or p.cached is None or p.cached[0] != key or p.rounds % REFRESH == 0:
+        if probe is not None or p.cached is None or p.cached[0] != key or p.rounds % REFRESH == 0:
             value, seconds = self.values(p, costs, (room, past, lag))
             i = int(np.argmax(value))
-            if probe is not None:
-                j = self._probe(p, probe, value, seconds, float(seconds[i]))
-                if j is not None:
-                    i, stats.probes = j, stats.probes + 1
-                    p.gap[probe] = min(MAX_GAP, 2 * p.gap[probe])
-            elif p.fam[i] >= 0:
+            if p.fam[i] >= 0:
                 p.gap[p.fam[i]] = PROBE_EVERY  # chosen on its merits: probe it early again once it loses
-            p.cached, p.changed = (key, i), False
-        i = p.cached[1]
+            p.cached = (key, i)
+            j = None if probe is None else self._probe(p, probe, value, seconds, float(seconds[i]))
+            if j is not None:  # this round only; the cached choice stays
+                i, stats.probes = j, stats.probes + 1
+                p.gap[probe] = min(MAX_GAP, 2 * p.gap[probe])
+        else:
+            i = p.cached[1]
         opt = p.options[i]
         limit = min(opt.depth, room)
         if limit <= 0:
@@ -278,7 +279,6 @@ class Planner:
         p.rounds += 1
         if p.fam[i] >= 0:
             p.last_used[p.fam[i]] = p.rounds
-            p.changed = True  # a speculating round: its outcome will move the estimates
         stats.choices[opt.label] = stats.choices.get(opt.label, 0) + 1
         stats.overhead_s += time.perf_counter() - t0
         return opt, limit
@@ -301,7 +301,7 @@ class Planner:
         calls = np.where(p.chain, depth, p.calls)
         draft = costs.draft_seconds
         cost += draft(batch) * catch_up * (calls > 0) + draft(more) * np.maximum(calls - 1, 0)
-        cost += p.draft2_s[p.fam0] * p.real + costs.round_other
+        cost += p.draft2_s[p.fam0] * p.real
         value = tokens / cost
         if room < MAX_DEPTH:
             value[(depth == 0) & p.real] = -np.inf

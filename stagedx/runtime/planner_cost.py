@@ -1,13 +1,13 @@
-"""The planner's cost model: seconds of one oracle call as a function of its tree tokens (per
-band of past length), seconds of one draft call as a function of its batch, and the fixed
-per-round overhead (verification, commit, the planner itself).
+"""The planner's cost model: seconds of one round's oracle work as a function of its tree tokens
+(per band of past length; the oracle call plus what scales with it: fetching its outputs,
+verification, the planner), and seconds of one draft call as a function of its batch.
 
 Seeded from the manifest's tuned latency curves when the bundle has an entry for this device,
 else from a built-in shape (a call's cost grows slowly with its tokens; a draft call costs a
 share of an oracle call set by the weight sizes). Then refined from the calls the decode makes
 anyway: no calibration pass. Every prediction is monotone in the tree size (the running maximum
-of the measured points, gaps filled from the prior's shape scaled to the measurements), so the
-CPU's staircase (T=7 dearer than T=6) is priced as measured and never "learned" backwards.
+of the measured points, see ``_fit``), so the CPU's staircase (T=7 dearer than T=6) is priced
+about as measured and never "learned" backwards.
 Pure NumPy over a few dozen entries: a prediction is a handful of vector operations.
 """
 
@@ -78,7 +78,6 @@ class CostModel:
         self.bands_seen: list = []  # bands with a measurement, in the order first seen
         self.draft_scale = 1.0  # measured draft time / prior draft time
         self.draft_seen = False
-        self.round_other = 0.0  # seconds per round outside the models (verify, commit, planner)
         self._cache: dict = {}
 
     # -- observations ----------------------------------------------------------------------
@@ -99,9 +98,6 @@ class CostModel:
         self.draft_scale = DECAY * self.draft_scale + (1 - DECAY) * ratio if self.draft_seen else ratio
         self.draft_seen = True
 
-    def observe_other(self, seconds: float) -> None:
-        self.round_other = DECAY * self.round_other + (1 - DECAY) * max(0.0, seconds)
-
     # -- predictions -----------------------------------------------------------------------
     @staticmethod
     def band(past: int) -> int:
@@ -121,8 +117,10 @@ class CostModel:
         return self._cache[b]
 
     def _fit(self, seen: np.ndarray, mean: np.ndarray) -> np.ndarray:
-        """Measured points as measured, linear between them, the prior's shape beyond them
-        (anchored at the nearest measured point); then the running maximum."""
+        """Measured points, linear between them, the prior's shape beyond them (anchored at
+        the nearest measured point); then made monotone robustly: the mean of the running
+        maximum from the left and the running minimum from the right, so one slow outlier at a
+        small T does not lift every larger T (nor a fast one lower every smaller T)."""
         ts = np.flatnonzero(seen[1:]) + 1
         sizes = np.arange(MAX_TOKENS + 1)
         prior = self.prior.oracle
@@ -130,7 +128,7 @@ class CostModel:
         out = np.where(sizes < ts[0], mean[ts[0]] * prior / prior[ts[0]], out)
         out = np.where(sizes > ts[-1], mean[ts[-1]] * prior / prior[ts[-1]], out)
         out[0] = out[1]
-        return np.maximum.accumulate(out)
+        return 0.5 * (np.maximum.accumulate(out) + np.minimum.accumulate(out[::-1])[::-1])
 
     def draft_seconds(self, sizes: np.ndarray) -> np.ndarray:
         """Predicted seconds of draft calls of these batch sizes."""

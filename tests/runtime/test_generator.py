@@ -188,7 +188,8 @@ def test_sampled_joint_law_matches_the_oracle(small_vocab, strategy, tree):
     accepted = Counter()
     assert pvalue(joint_counts(gen, prompt, strategy, 1000, accepted, tree), law) > 1e-3
     if strategy != "baseline":  # speculated tokens were accepted: the accept path ran
-        assert accepted["draft"] + accepted["draft2"] > 0.02 * N_DRAWS
+        # (auto speculates only where its measured costs say it pays: less often on this tiny model)
+        assert accepted["draft"] + accepted["draft2"] > (0.005 if strategy == "auto" else 0.02) * N_DRAWS
 
 
 def test_negative_control_biased_verifier_is_detected(small_vocab, monkeypatch):

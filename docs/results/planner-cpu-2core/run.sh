@@ -21,8 +21,11 @@ case "$1" in
   pair) $PY -m stagedx bench "$B/stdlib-code-pair" --limit 10 "${BENCH[@]}" --out $OUT/pair ;;
   weak) $PY -m stagedx bench "$B/pair-weak-draft2" --limit 10 "${BENCH[@]}" --out $OUT/pair-weak-draft2 ;;
   nod2) $PY -m stagedx bench "$B/pair-no-draft2" --limit 10 "${BENCH[@]}" --out $OUT/pair-no-draft2 ;;
-  gpt2l) $PY -m stagedx bench "$B/gpt2l-cost" --limit 5 "${BENCH[@]}" --out $OUT/gpt2l-cost ;;
-  gpt2l-distilled) $PY -m stagedx bench "$B/gpt2l-cost-distilled" --limit 5 "${BENCH[@]}" --out $OUT/gpt2l-cost-distilled ;;
+  gpt2l-greedy|gpt2l-topk|gpt2l-distilled-greedy|gpt2l-distilled-topk)  # one sampling mode per run (<= 10 min each)
+    name=${1%-*}; mode=${1##*-}; [ "$mode" = topk ] && mode=topk:50
+    bundle=gpt2l-cost${name#gpt2l}
+    $PY -m stagedx bench "$B/$bundle" --limit 5 --max-new-tokens 128 --threads 2 --sampling "$mode" --methods "$M" \
+      --out "$OUT/$bundle-${1##*-}" ;;
   smollm2) $PY -m stagedx bench /work/bundles/smollm2-fp32 --limit 10 "${BENCH[@]}" --out $OUT/smollm2-fp32 ;;
   pair-tuned) $PY -m stagedx bench "$B/stdlib-code-pair-tuned" --limit 10 "${BENCH[@]}" --out $OUT/pair-tuned ;;  # after: stagedx tune B/stdlib-code-pair-tuned --threads 2 (a copy)
   switch) $PY tools/planner_switch.py "${2:-/work/bundles/smollm2-fp32}" "${@:3}" ;;
