@@ -251,13 +251,13 @@ def test_usage_reports_this_requests_speculation_and_metrics_add_it_up(pair_serv
     res = client(pair_server).completions.create(model="pair", prompt=PROMPT, max_tokens=40, temperature=0)
     after = pair_server.metrics()
     spec = res.usage.model_extra["spec_decode"]
-    want = pair_generator.generate(PROMPT, max_new_tokens=40).stats
-    assert spec["num_accepted_tokens_per_pos"] == [n for n in want.accepted_by_depth if n] or all(
-        n == 0 for n in want.accepted_by_depth[len(spec["num_accepted_tokens_per_pos"]) :]
-    )
-    assert spec["num_accepted_tokens"] == sum(spec["num_accepted_tokens_per_pos"]) > 0
-    assert spec["num_accepted_tokens"] == want.accepted_by_stage["draft2"] + want.accepted_by_stage["draft"]
-    assert spec["num_draft_tokens"] > 0 and spec["num_drafts"] <= want.oracle_calls
+    ext = res.model_extra["stagedx"]  # this request's own stats (auto: its trees depend on its timings)
+    per_pos = spec["num_accepted_tokens_per_pos"]
+    assert all(a >= b for a, b in zip(per_pos, per_pos[1:]))  # depth d accepted only below depth d - 1
+    assert spec["num_accepted_tokens"] == sum(per_pos) > 0
+    assert spec["num_accepted_tokens"] == ext["accepted_by_stage"]["draft2"] + ext["accepted_by_stage"]["draft"]
+    assert spec["num_draft_tokens"] > 0 and spec["num_drafts"] <= ext["oracle_calls"]
+    assert res.choices[0].text == pair_generator.generate(PROMPT, max_new_tokens=40).text  # greedy: exact
 
     def delta(name):
         return metric(after, name) - metric(before, name)
