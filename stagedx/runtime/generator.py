@@ -288,8 +288,7 @@ class Generator:
         tree = req.tree
         if req.strategy == "auto":
             mode = sampling_mode(req.sampling)
-            lag = len(st.tokens) - self.draft.length
-            st.plan = self.planner.choose(mode, room, len(st.tokens), lag, st.stats.planner)
+            st.plan = self.planner.choose(mode, room, len(st.tokens), st.stats.planner)
             (kind, tree), limit = (st.plan[0].kind, st.plan[0].tree), st.plan[1]
         else:
             kind, limit = choose(req.strategy, tree, req.sampling.greedy, room)

@@ -217,7 +217,7 @@ class Planner:
         self.fixed = CostModel(costs.prior)  # never observed: prices the drawn sampled plan
         self.menus = dict(menus)
         probe = ModePlan(menus[SAMPLE], PRIORS[SAMPLE])
-        value, _ = self.values(probe, self.fixed, (MAX_DEPTH, 200, 1))
+        value, _ = self.values(probe, self.fixed, (MAX_DEPTH, 200))
         # drawn proposals (the draft's drawn chain or tree) change which text a seed gives, so
         # whether sampled requests may use them is fixed per bundle and device: when, priced by
         # the fixed model at the prior acceptance, the best sampled option is a drawn one
@@ -252,16 +252,16 @@ class Planner:
         commit and planning) for a tree of ``tokens`` tokens after ``past`` committed rows."""
         (self.costs if mode == GREEDY else self.sampled).observe_oracle(tokens, past, seconds)
 
-    def choose(self, mode: str, room: int, past: int, lag: int, stats: PlannerStats) -> tuple[Option, int]:
+    def choose(self, mode: str, room: int, past: int, stats: PlannerStats) -> tuple[Option, int]:
         """This round's option and depth limit. ``room``: free context rows below the root;
-        ``past``: committed tokens; ``lag``: rows the draft's cache lacks, the root included."""
+        ``past``: committed tokens."""
         t0 = time.perf_counter()
         p = self.plans[mode]
         costs = self.costs_for(mode)
         key = (min(room, MAX_DEPTH), costs.band(past))
         probe = self._probe_due(p)
         if probe is not None or p.cached is None or p.cached[0] != key or p.rounds % REFRESH == 0:
-            value, seconds = self.values(p, costs, (room, past, lag))
+            value, seconds = self.values(p, costs, (room, past))
             i = int(np.argmax(value))
             if p.fam[i] >= 0:
                 p.gap[p.fam[i]] = PROBE_EVERY  # chosen on its merits: probe it early again once it loses
@@ -286,21 +286,20 @@ class Planner:
     @staticmethod
     def values(p: ModePlan, costs: CostModel, where: tuple) -> tuple[np.ndarray, np.ndarray]:
         """Predicted tokens per second of every option (``-inf`` where it cannot run), and
-        its predicted seconds; ``where`` = (room, past, lag) as ``choose`` takes them."""
-        room, past, lag = where
+        its predicted seconds; ``where`` = (room, past) as ``choose`` takes them."""
+        room, past = where
         depth = p.depth if room >= MAX_DEPTH else np.minimum(p.depth, max(room, 0))
         tokens = p.acc.expected()[p.fam0, depth]  # column 0 (no speculation) is 1 token
         nodes = np.where(p.chain, depth, np.ceil(p.fill[p.fam0] * np.minimum(p.nodes, room + 1)))
         cost = costs.oracle_curve(past)[np.minimum(1 + nodes, MAX_TOKENS).astype(np.int64)]
-        # the first draft call carries the rows the draft lacks (catch-up: no batch cap), priced
-        # linearly beyond the curve's last entry
-        first = np.minimum(p.draft_rows * nodes, p.batch) + lag
-        catch_up = np.maximum(1.0, first / MAX_TOKENS)
-        batch = np.minimum(first, MAX_TOKENS).astype(np.int64)
+        # the rows the draft lacks (its catch-up after rounds without it) are a one-time cost
+        # that the following rounds share: not charged to one round, which would keep a draft
+        # that was off for a while (or at a request's start) off for good
+        batch = np.minimum(p.draft_rows * nodes + 1, p.batch).astype(np.int64)
         more = np.minimum(p.draft_rows * nodes + 1, p.batch).astype(np.int64)
         calls = np.where(p.chain, depth, p.calls)
         draft = costs.draft_seconds
-        cost += draft(batch) * catch_up * (calls > 0) + draft(more) * np.maximum(calls - 1, 0)
+        cost += draft(batch) * (calls > 0) + draft(more) * np.maximum(calls - 1, 0)
         cost += p.draft2_s[p.fam0] * p.real
         value = tokens / cost
         if room < MAX_DEPTH:
