@@ -78,7 +78,7 @@ class Generator:
         check_strategy(strategy)
         self.bundle_dir, self.manifest = open_bundle(bundle)
         self.strategy = strategy
-        self.tokenizer = Tokenizer(self.bundle_dir / self.manifest.tokenizer.file)
+        self.tokenizer = Tokenizer.for_bundle(self.bundle_dir, self.manifest.tokenizer)
         self.oracle = make_runner(self.bundle_dir, self.manifest, "oracle", device, threads, max_context)
         self.draft = make_runner(self.bundle_dir, self.manifest, "draft", device, threads, max_context)
         self.draft2 = Draft2.from_manifest(self.bundle_dir, self.manifest)
