@@ -97,12 +97,35 @@ class GrammarTokenizer:
     def get(self):
         with self._lock:
             if self._tok is None:
-                text = self.path.read_text(encoding="utf-8")
-                self._tok = _llg().LLTokenizer(text, n_vocab=self.vocab, eos_token=self.eos)
+                llg = _llg()
+                try:  # llguidance reads the usual tokenizer.json kinds (byte-level BPE, ...) itself
+                    self._tok = llg.LLTokenizer(
+                        self.path.read_text(encoding="utf-8"), n_vocab=self.vocab, eos_token=self.eos
+                    )
+                except ValueError:  # others (e.g. a char-level WordLevel): give it each token's text
+                    wrapper = llg.TokenizerWrapper(_TokenTexts(self.path, self.vocab, self.eos))
+                    self._tok = llg.LLTokenizer(wrapper, n_vocab=self.vocab, eos_token=self.eos)
             return self._tok
 
     def guide(self, constraint: Constraint) -> Guide:
         return Guide(_llg().LLMatcher(self.get(), constraint.grammar_text()), self.vocab, self.eos)
+
+
+class _TokenTexts:
+    """The vocabulary as llguidance's ``TokenizerWrapper`` wants it: each token's bytes (its
+    decoded text), the special tokens, and an encoder."""
+
+    def __init__(self, path: Path, vocab: int, eos: int):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self._tok = HFTokenizer.from_file(str(path))
+        special = {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+        self.tokens = [self._tok.decode([i], skip_special_tokens=False).encode("utf-8") for i in range(vocab)]
+        self.special_token_ids = sorted(i for i in special if i < vocab)
+        self.eos_token_id, self.bos_token_id = eos, None
+
+    def __call__(self, text: str) -> list:
+        return self._tok.encode(text, add_special_tokens=False).ids
 
 
 class Guide:
