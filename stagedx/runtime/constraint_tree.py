@@ -143,7 +143,10 @@ def verify_guided(
 
     def allowed(v: int) -> np.ndarray:
         if v not in masks:
-            masks[v] = guide.allowed(paths[v])
+            if paths[v] and paths[v][-1] == guide.eos:  # the text ended: whatever follows is cut
+                masks[v] = np.arange(guide.vocab) == guide.eos
+            else:
+                masks[v] = guide.allowed(paths[v])
         return masks[v]
 
     if sampling.greedy:
