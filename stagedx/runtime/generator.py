@@ -284,6 +284,8 @@ class Generator:
         guided = guided_proposal(st.guide, build, st.tokens[-1], room, req.strategy != "baseline")
         st.stats.add_draft(guided.proposal.cost)
         st.stats.grammar_forced += guided.forced
+        deepest = int(guided.proposal.tree.depth.max())  # forced chains may reach below the tree's depth
+        st.stats.accepted_by_depth += [0] * (deepest + 1 - len(st.stats.accepted_by_depth))
         out = self._score(guided.proposal.tree, len(st.tokens), req.sampling, st.stats, (FETCH_LOGITS,))
         return guided.proposal, verify_guided(guided, out, st.guide, req.sampling, st.rng)
 

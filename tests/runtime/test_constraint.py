@@ -194,10 +194,10 @@ def small_vocab(small_vocab_bundle):
     return gen, prompt, masked_joint3(gen, prompt, allowed)
 
 
-def joint_counts(gen, prompt, strategy, seed0, tree=None, accepted=None) -> Counter:
+def joint_counts(gen, prompt, strategy, seed0, tree=None, accepted=None, draws=N_DRAWS) -> Counter:
     counts = Counter()
     c = Constraint.regex(REGEX)
-    for i in range(N_DRAWS):
+    for i in range(draws):
         res = gen.generate(
             prompt, max_new_tokens=3, sampling=SAMPLING, seed=seed0 + i, strategy=strategy, tree=tree, constraint=c
         )
@@ -238,4 +238,5 @@ def test_negative_control_naive_masking_is_detected(small_vocab, monkeypatch):
     naive fix) is biased: the same chi-square test rejects it."""
     gen, prompt, law = small_vocab
     monkeypatch.setattr(ct, "masked_q", lambda q, allowed: q)
-    assert pvalue(joint_counts(gen, prompt, "speculative", 7000), law) < 1e-6
+    for strategy, tree in (("speculative", None), ("staged", DRAWN)):
+        assert pvalue(joint_counts(gen, prompt, strategy, 7000, tree, draws=4000), law) < 1e-6
