@@ -38,7 +38,7 @@ SCHEMAS = {
         "type": "object",
         "properties": {
             "path": {"type": "string", "maxLength": 32},
-            "size_bytes": {"type": "integer", "minimum": 0},
+            "size_bytes": {"type": "integer", "minimum": 0, "maximum": 1000000000000},
             "kind": {"enum": ["file", "directory", "symlink"]},
             "permissions": {"type": "string", "pattern": "^[r-][w-][x-]{1}$"},
         },
@@ -66,13 +66,13 @@ SCHEMAS = {
     "todo_list": {
         "type": "object",
         "properties": {
-            "title": {"type": "string", "maxLength": 24},
+            "title": {"type": "string", "maxLength": 16},
             "items": {
                 "type": "array",
                 "items": {
                     "type": "object",
                     "properties": {
-                        "task": {"type": "string", "maxLength": 24},
+                        "task": {"type": "string", "maxLength": 16},
                         "done": {"type": "boolean"},
                         "priority": {"enum": ["low", "medium", "high"]},
                     },
@@ -202,7 +202,7 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("bundle")
     ap.add_argument("--out", required=True, help="folder for results.json and summary.md")
     ap.add_argument("--sampling", default="greedy,topk:50", help="comma-separated sampling modes")
-    ap.add_argument("--max-new-tokens", type=int, default=160)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     try:
