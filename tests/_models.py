@@ -199,6 +199,10 @@ def make_decoder_checkpoint(
     model = getattr(transformers, model_name)(cfg)
     _randomise_llama(model, weight_scale, seed)
     _write_tokenizer(path, vocab)
+    if family == "gemma3":  # as Gemma's own tokenizer config says: every text starts with <bos>
+        tok_config = path / "tokenizer_config.json"
+        d = json.loads(tok_config.read_text()) if tok_config.is_file() else {}
+        tok_config.write_text(json.dumps({**d, "add_bos_token": True}))
     model.eval().save_pretrained(path)
     return path
 

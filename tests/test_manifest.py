@@ -116,6 +116,34 @@ def test_bad_manifests_are_refused(tmp_path, change, match):
         load_manifest(tmp_path, check_files=False)
 
 
+def test_add_bos_token_is_written_only_when_true_and_older_manifests_read_false(tmp_path):
+    d = _sample().to_dict()
+    assert "add_bos_token" not in d["tokenizer"]  # a bundle without it reads in older stagedx too
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(d))
+    assert load_manifest(tmp_path, check_files=False).tokenizer.add_bos_token is False
+    m = dataclasses.replace(
+        _sample(), tokenizer=TokenizerEntry("tokenizer.json", "b" * 64, 0, 5, 100, add_bos_token=True)
+    )
+    assert m.to_dict()["tokenizer"]["add_bos_token"] is True
+    write_manifest(tmp_path, m)
+    assert load_manifest(tmp_path, check_files=False) == m
+
+
+@pytest.mark.parametrize(
+    "tokenizer,match",
+    [
+        ({"add_bos_token": "yes", "bos_token_id": 5}, "add_bos_token must be true or false"),
+        ({"add_bos_token": True, "bos_token_id": None}, r"bos_token_id must be a token id \(add_bos_token"),
+    ],
+)
+def test_bad_add_bos_token_is_refused(tmp_path, tokenizer, match):
+    d = _sample().to_dict()
+    d["tokenizer"].update(tokenizer)
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(d))
+    with pytest.raises(StagedxError, match=match):
+        load_manifest(tmp_path, check_files=False)
+
+
 def test_not_a_bundle(tmp_path):
     with pytest.raises(StagedxError, match="not found"):
         load_manifest(tmp_path / "nope")

@@ -28,7 +28,7 @@ if [ -z "${DRAFT:-}" ]; then
   fi
 fi
 BUNDLE=${BUNDLE:-bundles/smollm2}
-MAX_NEW=${MAX_NEW:-64}
+MAX_NEW=${MAX_NEW:-128}
 echo "demo: oracle $GGUF, draft $DRAFT, bundle $BUNDLE"
 made_from() {  # the draft checkpoint an existing bundle was exported from
   $PY -c 'import json, sys; print(json.load(open(sys.argv[1]))["models"]["draft"]["source"]["checkpoint"])' \

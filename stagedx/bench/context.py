@@ -50,9 +50,14 @@ def long_prompts(tokenizer, prompts: Sequence, n: int, pool: Sequence | None = N
     """Each prompt as exactly ``n`` token ids: the prompts after it in ``pool`` (the whole
     prompt set, cyclically; default ``prompts``) as earlier context, then the prompt itself,
     cut to the last ``n`` tokens. A pool of many prompts keeps the context from repeating
-    itself (a repeated context is what prompt lookup predicts best: it would flatter staged)."""
+    itself (a repeated context is what prompt lookup predicts best: it would flatter staged).
+    A tokenizer that leads every prompt with ``<bos>`` (Gemma) gets one, at the start."""
     pool = list(prompts if pool is None else pool)
-    encoded = [np.asarray(tokenizer.encode(p.text), np.int64) for p in pool]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        encoded = [np.asarray(tokenizer.encode(p.text), np.int64) for p in pool]
+    else:  # the pieces without it; the whole context with it
+        encoded = [np.asarray(tokenizer.encode(p.text, add_bos=False), np.int64) for p in pool]
     if sum(len(e) for e in encoded) == 0:
         raise StagedxError("--context: the prompts encode to no tokens")
     index = {p.id: i for i, p in enumerate(pool)}
@@ -65,6 +70,8 @@ def long_prompts(tokenizer, prompts: Sequence, n: int, pool: Sequence | None = N
             pieces.insert(0, encoded[j])
             have += len(encoded[j])
         ids = np.concatenate(pieces)[-n:]  # [n]
+        if bos is not None:
+            ids = np.concatenate([[bos], ids[1:]]).astype(np.int64)
         out.append(TokenPrompt(f"{p.id}@{n}", tokenizer.decode(ids[-64:]), tuple(int(x) for x in ids)))
     return out
 

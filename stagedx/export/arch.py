@@ -190,6 +190,24 @@ class Checkpoint:
             value = value[0] if value else None
         return None if value is None else int(value)
 
+    def add_bos_token(self) -> bool:
+        """Does the model expect ``bos_token_id`` before every text (Gemma does, SmolLM2 does
+        not)? tokenizer_config.json's ``add_bos_token`` when it says (a GGUF file's
+        ``tokenizer.ggml.add_bos_token`` lands there), else what tokenizer.json's
+        post-processor does to a text encoded with special tokens."""
+        bos = self.special_token("bos_token_id")
+        if bos is None or self.tokenizer_file is None:
+            return False
+        config = self.path / "tokenizer_config.json"
+        value = _read_json(config).get("add_bos_token") if config.is_file() else None
+        if isinstance(value, bool):
+            return value
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(self.tokenizer_file))
+        with_special = tok.encode("a", add_special_tokens=True).ids
+        return with_special[:1] == [bos] and with_special != tok.encode("a", add_special_tokens=False).ids
+
     def source(self) -> dict:
         out = {
             "checkpoint": self.name,

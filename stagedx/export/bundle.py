@@ -282,6 +282,7 @@ def _export(config: ExportConfig, kind: str, corpus: list, oracle: Checkpoint, d
                 sha256=sha256_file(tmp / TOKENIZER_FILE),
                 eos_token_id=oracle.special_token("eos_token_id"),
                 bos_token_id=oracle.special_token("bos_token_id"),
+                add_bos_token=oracle.add_bos_token(),
                 vocab_size=len(vocab),
                 chat_template=oracle.chat_template(),
             ),

@@ -191,7 +191,8 @@ def summarize(bundle: Path) -> tuple[str, str | None]:
         f"created {m.created_utc}, batch size {m.batch_size})"
     ]
     t = m.tokenizer
-    lines.append(f"tokenizer  {t.file}: vocab {t.vocab_size}, eos {t.eos_token_id}, bos {t.bos_token_id}")
+    bos = f"bos {t.bos_token_id}" + (" (prepended to prompts)" if t.add_bos_token else "")
+    lines.append(f"tokenizer  {t.file}: vocab {t.vocab_size}, eos {t.eos_token_id}, {bos}")
     for role, e in m.models.items():
         a = e.arch
         lines.append(

@@ -141,6 +141,7 @@ def materialize(path: Path, folder: Path) -> GGUFSource:
     model.safetensors (fp32), tokenizer.json + tokenizer_config.json (+ chat template),
     generation_config.json, and ``gguf_source.json`` (what the file was)."""
     source, reader = read_source(path)
+    add_bos = _bool_field(reader, "tokenizer.ggml.add_bos_token")
     del reader
     _quiet_transformers()
     try:
@@ -168,8 +169,20 @@ def materialize(path: Path, folder: Path) -> GGUFSource:
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     del tensors
     tokenizer.save_pretrained(folder)
+    if add_bos is not None:  # the file's own word on a leading <bos> (Gemma: true), whatever transformers kept
+        tok_config = folder / "tokenizer_config.json"
+        d = json.loads(tok_config.read_text()) if tok_config.is_file() else {}
+        tok_config.write_text(json.dumps({**d, "add_bos_token": add_bos}, indent=2))
     (folder / "gguf_source.json").write_text(json.dumps(source.record(), indent=1))
     return source
+
+
+def _bool_field(reader, key: str) -> bool | None:
+    """A boolean metadata field of the GGUF file, or None when it is absent."""
+    f = reader.fields.get(key)
+    if f is None or not f.data:
+        return None
+    return bool(f.parts[f.data[0]][0])
 
 
 def gguf_record(folder: Path) -> dict | None:

@@ -12,7 +12,8 @@ Schema (version 1), as JSON::
       "created_utc": "2026-11-24T12:00:00Z",
       "batch_size": 1,
       "tokenizer": {"file": "tokenizer.json", "sha256": "...", "eos_token_id": 0,
-                    "bos_token_id": 0, "vocab_size": 8192, "chat_template": "{% for m in messages %}..." | null},
+                    "bos_token_id": 0, "vocab_size": 8192, "chat_template": "{% for m in messages %}..." | null,
+                    "add_bos_token": true (optional; absent = false: prompts get no leading bos)},
       "models": {
         "oracle": ModelEntry, "draft": ModelEntry
       },
@@ -175,6 +176,8 @@ class Manifest:
     # -- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        if not self.tokenizer.add_bos_token:  # written only when true: older readers keep reading the rest
+            del d["tokenizer"]["add_bos_token"]
         d["reference"] = None if self.reference is None else self.reference.to_dict()
         d["engines"] = [e.to_dict() for e in self.engines]
         d["tuning"] = {k: v.to_dict() for k, v in self.tuning.items()}

@@ -48,6 +48,10 @@ def check_manifest(m) -> None:
     for name in ("eos_token_id", "bos_token_id"):
         if getattr(t, name) is not None:
             _int(f"tokenizer.{name}", getattr(t, name), 0, t.vocab_size - 1)
+    if not isinstance(t.add_bos_token, bool):
+        _fail("tokenizer.add_bos_token", "true or false", t.add_bos_token)
+    if t.add_bos_token and t.bos_token_id is None:
+        _fail("tokenizer.bos_token_id", "a token id (add_bos_token is true)", None)
     if not isinstance(m.models, dict) or set(m.models) != set(ROLES):
         _fail("models", f"an object with exactly {', '.join(ROLES)}", m.models)
     for role in ROLES:

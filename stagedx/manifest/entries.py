@@ -123,6 +123,8 @@ class TokenizerEntry:
     bos_token_id: int | None
     vocab_size: int
     chat_template: str | None = None  # Jinja2 source from the checkpoint's tokenizer config
+    # the model expects bos_token_id before every prompt (Gemma); absent in the JSON when false
+    add_bos_token: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """stagedx runtime: staged tree speculation from a bundle, with no PyTorch dependency.
 
-Imports numpy, onnxruntime and tokenizers only (TensorRT / cuda-python lazily, for the
+Imports numpy, onnxruntime, tokenizers and llguidance only (TensorRT / cuda-python lazily, for the
 TensorRT backend). ``from stagedx.runtime import Generator`` is the entry point; names are
 resolved on first use so that importing a single submodule stays cheap.
 """
@@ -14,6 +14,7 @@ import importlib
 STRATEGIES = ("baseline", "speculative", "staged", "auto")
 
 _EXPORTS = {
+    "Constraint": ".constraint",
     "Generator": ".generator",
     "DecodeOptions": ".request",
     "GenerationResult": ".results",

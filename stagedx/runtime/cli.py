@@ -43,6 +43,26 @@ def _sampling_spec(sampling: str | None, temperature: float | None) -> tuple[str
     return sampling or "sample", temperature
 
 
+def _constraint(json_schema, regex, grammar):
+    """At most one of --json-schema FILE, --regex R, --grammar FILE, as a ``Constraint``."""
+    given = [n for n, v in (("--json-schema", json_schema), ("--regex", regex), ("--grammar", grammar)) if v]
+    if len(given) > 1:
+        raise StagedxError(f"give at most one of --json-schema, --regex and --grammar (got {', '.join(given)})")
+    if not given:
+        return None
+    from .constraint import Constraint
+
+    if regex:
+        return Constraint.regex(regex)
+    path = json_schema or grammar
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StagedxError(f"cannot read {given[0]} {path}: {exc}") from None
+    return Constraint.json_schema(text) if json_schema else Constraint.grammar(text)
+
+
 def _stats_line(res) -> str:
     s = res.stats
     t = s.time_s
@@ -98,6 +118,11 @@ def planner_line(p) -> str:
     default=None,
     help="sequential draft calls per round (0: draft2 feeds the oracle directly)",
 )
+@click.option(
+    "--json-schema", default=None, help="FILE: a JSON schema the output must match (JSON with no free whitespace)"
+)
+@click.option("--regex", default=None, help="a regular expression the output must match")
+@click.option("--grammar", default=None, help="FILE: a Lark grammar (llguidance's dialect) the output must match")
 @click.option("--ignore-eos", is_flag=True, help="keep generating past EOS")
 @click.option("--truncate", is_flag=True, help="keep the end of a prompt longer than the context")
 @click.option("--stats", is_flag=True, help="print decoding statistics to stderr")
@@ -124,6 +149,9 @@ def generate(
     max_depth,
     fanouts,
     draft_calls,
+    json_schema,
+    regex,
+    grammar,
     ignore_eos,
     truncate,
     stats,
@@ -148,12 +176,14 @@ def generate(
         raise StagedxError(f"--seed must be an integer >= 0, got {seed}")
     if max_new_tokens < 1:
         raise StagedxError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    constraint = _constraint(json_schema, regex, grammar)
     process_owner_thread_pool(threads or available_cores())
     with Generator(bundle, device=device, strategy=strategy, threads=threads) as gen:
         tree = _tree_config(
             gen, cfg, {"budget": tree_budget, "max_depth": max_depth, "fanouts": fanouts, "draft_calls": draft_calls}
         )
         opts = dict(sampling=cfg, seed=seed, stop=stop, ignore_eos=ignore_eos, truncate=truncate, tree=tree)
+        opts["constraint"] = constraint
         if compare:
             _compare(gen, prompt, max_new_tokens, opts)
         elif as_json:

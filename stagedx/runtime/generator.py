@@ -20,6 +20,7 @@ Who owns what during one ``generate`` call (see also docs/design.md):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Generator as Coroutine
@@ -33,13 +34,15 @@ from ..errors import StagedxError
 from ..manifest import find_tuning, tuning_key
 from . import accept
 from .bundle import cross_check, make_runner, open_bundle
+from .constraint import GrammarTokenizer, Guide
+from .constraint_tree import guided_proposal, verify_guided
 from .draft2 import Draft2
 from .planner import MAX_DEPTH, Planner, PlannerStats
 from .proposal import Proposal, oracle_fetch, verify
 from .proposers import Proposers, Round, choose
 from .request import DecodeOptions, Request, check_strategy, fit_prompt, prompt_ids
 from .results import GenerationResult, Stats, Stream
-from .runner import RunOutput, chain_mask
+from .runner import FETCH_LOGITS, RunOutput, chain_mask
 from .sampling import SamplingConfig
 from .shapes import TreeChoice, TreeConfig, cheap_draft, sampling_mode, tuned_trees
 from .tokenizer import StreamDecoder, Tokenizer
@@ -54,6 +57,7 @@ class DecodeState:
     stats: Stats
     finish: str | None = None
     plan: tuple | None = None  # auto: (Option, depth limit) of the round in progress
+    guide: Guide | None = None  # the grammar state of a constrained request
 
     @property
     def generated(self) -> int:
@@ -80,7 +84,7 @@ class Generator:
         check_strategy(strategy)
         self.bundle_dir, self.manifest = open_bundle(bundle)
         self.strategy = strategy
-        self.tokenizer = Tokenizer(self.bundle_dir / self.manifest.tokenizer.file)
+        self.tokenizer = Tokenizer.for_bundle(self.bundle_dir, self.manifest.tokenizer)
         self.oracle = make_runner(self.bundle_dir, self.manifest, "oracle", device, threads, max_context)
         self.draft = make_runner(self.bundle_dir, self.manifest, "draft", device, threads, max_context)
         self.draft2 = Draft2.from_manifest(self.bundle_dir, self.manifest)
@@ -104,6 +108,7 @@ class Generator:
         cross_check(self.bundle_dir, m, self.tokenizer, self.draft2, (self.oracle, self.draft))
         self.proposers = Proposers(self.draft, self.draft2, self.vocab)
         self.planner = Planner.for_bundle(entry, m, self.draft2.active, self.tuned)  # strategy "auto"
+        self.grammar = GrammarTokenizer(self.bundle_dir / m.tokenizer.file, self.vocab, self.eos)
         self._lock = threading.Lock()  # one decode at a time: the runners' KV caches are shared state
         self._owner: int | None = None  # thread id of the decode in progress
         self._closed = False
@@ -177,7 +182,8 @@ class Generator:
         (128), ``sampling`` ("greedy", "topk:50", "topp:0.9", ... or a SamplingConfig),
         ``seed``, ``stop`` (strings), ``strategy`` (default: the Generator's), ``ignore_eos``,
         ``truncate`` (drop the prompt's start when it does not fit), ``tree`` (the tree shape
-        for this call only); see ``DecodeOptions``."""
+        for this call only), ``constraint`` (a ``Constraint``: JSON schema, regex or grammar
+        the text must match); see ``DecodeOptions``."""
         req = self._request(prompt, DecodeOptions.build(options, keywords))
         with self._exclusive():
             st = self._start(req)
@@ -228,6 +234,7 @@ class Generator:
             strategy,
             bool(opts.ignore_eos),
             opts.tree or self.tree_for(cfg),
+            opts.constraint,
         )
 
     def _start(self, req: Request) -> DecodeState:
@@ -242,6 +249,8 @@ class Generator:
         if auto:
             self.planner.begin(sampling_mode(req.sampling))
         st = DecodeState(req.prompt.tolist(), len(req.prompt), np.random.default_rng(req.seed), stats)
+        if req.constraint is not None:
+            st.guide = self.grammar.guide(req.constraint)
         n = len(req.prompt)
         if n > 1:
             self.oracle.run(req.prompt[:-1], np.arange(n - 1), chain_mask(n - 1))
@@ -260,23 +269,43 @@ class Generator:
                 st.finish = "context"
                 break
             t0 = time.perf_counter()
-            proposal = self._propose(req, st, room).fit(room + 1)  # the oracle's free KV rows
-            s.add_draft(proposal.cost)
-            out = self._score(proposal.tree, n, req.sampling, s)
-            verdict = verify(proposal, out, req.sampling, st.rng)
-            if st.plan is not None:
-                self._observe(req, st, proposal, verdict, time.perf_counter() - t0)
+            if st.guide is None:
+                proposal = self._propose(req, st, room).fit(room + 1)  # the oracle's free KV rows
+                s.add_draft(proposal.cost)
+                out = self._score(proposal.tree, n, req.sampling, s)
+                verdict = verify(proposal, out, req.sampling, st.rng)
+                if st.plan is not None:
+                    self._observe(req, st, proposal, verdict, time.perf_counter() - t0)
+            else:
+                proposal, verdict = self._guided_round(req, st, room)
             kept = self._commit(req, st, proposal, verdict)
             s.rounds += 1
             if kept:
                 yield kept
         s.time_s["total"] = time.perf_counter() - t_start + s.time_s["prefill"]
-        s.time_s["other"] = s.time_s["total"] - sum(s.time_s[k] for k in ("prefill", "draft2", "draft", "oracle"))
+        if st.guide is not None:
+            s.time_s["grammar"], s.grammar_masks = st.guide.seconds, st.guide.masks
+        s.time_s["other"] = s.time_s["total"] - sum(
+            s.time_s[k] for k in ("prefill", "draft2", "draft", "oracle", "grammar")
+        )
 
-    def _score(self, tree: OracleTree, n: int, sampling: SamplingConfig, s: Stats) -> RunOutput:
+    def _guided_round(self, req: Request, st: DecodeState, room: int) -> tuple[Proposal, accept.Verdict]:
+        """A round under the request's grammar (``constraint_tree``): forced tokens first, the
+        usual proposal below them, refused nodes pruned, p and q masked when verifying."""
+        build = lambda extra, depth: self._propose(req, dataclasses.replace(st, tokens=st.tokens + extra), depth)  # noqa: E731
+        guided = guided_proposal(st.guide, build, st.tokens[-1], room, req.strategy != "baseline")
+        st.stats.add_draft(guided.proposal.cost)
+        st.stats.grammar_forced += guided.forced
+        deepest = int(guided.proposal.tree.depth.max())  # forced chains may reach below the tree's depth
+        st.stats.accepted_by_depth += [0] * (deepest + 1 - len(st.stats.accepted_by_depth))
+        out = self._score(guided.proposal.tree, len(st.tokens), req.sampling, st.stats, (FETCH_LOGITS,))
+        return guided.proposal, verify_guided(guided, out, st.guide, req.sampling, st.rng)
+
+    def _score(self, tree: OracleTree, n: int, sampling: SamplingConfig, s: Stats, fetch=None) -> RunOutput:
         """One oracle call over the tree; its root sits at row ``n - 1``, the first the oracle lacks."""
         t0 = time.perf_counter()
-        out = self.oracle.run(tree.tokens, n - 1 + tree.depth, ancestor_mask(tree.parents), oracle_fetch(sampling))
+        fetch = fetch or oracle_fetch(sampling)
+        out = self.oracle.run(tree.tokens, n - 1 + tree.depth, ancestor_mask(tree.parents), fetch)
         s.time_s["oracle"] += time.perf_counter() - t0
         s.oracle_calls += 1
         s.count_calls("oracle", (len(tree.tokens),))
@@ -317,6 +346,8 @@ class Generator:
         n = len(st.tokens)
         self.oracle.commit(verdict.path[:keep])
         st.tokens.extend(emitted[:keep].tolist())
+        if st.guide is not None:
+            st.guide.commit(emitted[:keep].tolist())
         common = accept.common_prefix(np.asarray(proposal.draft_path, np.int64), emitted[:keep])
         self.draft.truncate(min(self.draft.length, n + common, len(st.tokens) - 1))
 

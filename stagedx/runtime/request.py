@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import StagedxError
 from . import STRATEGIES
+from .constraint import Constraint
 from .sampling import SamplingConfig
 from .shapes import TreeConfig
 from .tokenizer import Tokenizer
@@ -33,6 +34,7 @@ class DecodeOptions:
     ignore_eos: bool = False
     truncate: bool = False  # keep the end of a prompt longer than the context
     tree: TreeConfig | None = None  # for this call only; None: the Generator's (explicit, tuned, default)
+    constraint: Constraint | None = None  # the text must match it (JSON schema, regex, grammar)
 
     def __post_init__(self) -> None:
         n = self.max_new_tokens
@@ -44,6 +46,10 @@ class DecodeOptions:
             raise StagedxError(f"sampling must be a str such as 'topk:50' or a SamplingConfig, got {self.sampling!r}")
         if self.tree is not None and not isinstance(self.tree, TreeConfig):
             raise StagedxError(f"tree must be a TreeConfig, got {type(self.tree).__name__}")
+        if self.constraint is not None and not isinstance(self.constraint, Constraint):
+            raise StagedxError(f"constraint must be a Constraint, got {type(self.constraint).__name__}")
+        if self.constraint is not None and self.ignore_eos:
+            raise StagedxError("ignore_eos cannot be combined with a constraint (the grammar ends the text with EOS)")
         stop = self.stop
         if not isinstance(stop, str) and not (
             isinstance(stop, (list, tuple)) and all(isinstance(x, str) for x in stop)
@@ -81,6 +87,7 @@ class Request:
     strategy: str
     ignore_eos: bool
     tree: TreeConfig
+    constraint: Constraint | None = None
 
 
 def check_strategy(strategy: str) -> str:

@@ -17,13 +17,23 @@ class Stats:
     draft_calls: int = 0
     new_tokens: int = 0
     rounds: int = 0
-    accepted_by_stage: dict = field(default_factory=lambda: {"draft2": 0, "draft": 0, "oracle": 0})
+    accepted_by_stage: dict = field(default_factory=lambda: {"draft2": 0, "draft": 0, "grammar": 0, "oracle": 0})
     accepted_by_depth: list = field(default_factory=list)
     time_s: dict = field(
-        default_factory=lambda: {"prefill": 0.0, "draft2": 0.0, "draft": 0.0, "oracle": 0.0, "other": 0.0, "total": 0.0}
+        default_factory=lambda: {
+            "prefill": 0.0,
+            "draft2": 0.0,
+            "draft": 0.0,
+            "oracle": 0.0,
+            "grammar": 0.0,
+            "other": 0.0,
+            "total": 0.0,
+        }
     )
     call_sizes: dict = field(default_factory=lambda: {"oracle": {}, "draft": {}})  # model -> {tokens: calls}
     planner: object = None  # strategy "auto": a planner.PlannerStats (choices, stages on, overhead)
+    grammar_masks: int = 0  # allowed-token masks computed (constrained decoding)
+    grammar_forced: int = 0  # tokens the grammar forced into trees (proposed; accepted: accepted_by_stage)
 
     def add_draft(self, cost) -> None:
         """Count one proposal's draft work (a ``proposal.DraftCost``)."""
@@ -59,6 +69,8 @@ class Stats:
             "accepted_by_stage": dict(self.accepted_by_stage),
             "accepted_by_depth": list(self.accepted_by_depth),
             "time_s": dict(self.time_s),
+            "grammar_masks": self.grammar_masks,
+            "grammar_forced": self.grammar_forced,
             "call_sizes": {m: {str(t): n for t, n in sorted(h.items())} for m, h in self.call_sizes.items()},
             **({"planner": self.planner.as_dict()} if self.planner is not None else {}),
         }

@@ -14,24 +14,39 @@ REPLACEMENT = "\ufffd"  # what a byte-level decode shows for an incomplete UTF-8
 
 
 class Tokenizer:
-    """``encode(text) -> int64 [N]``, ``decode(ids) -> str`` over ``tokenizer.json``."""
+    """``encode(text) -> int64 [N]``, ``decode(ids) -> str`` over ``tokenizer.json``.
 
-    def __init__(self, path: str | os.PathLike):
+    ``bos_token_id``: put before every encoded text that does not already start with it (a
+    chat template that renders ``{{ bos_token }}`` keeps its one); for models trained with a
+    leading ``<bos>`` (Gemma), as the manifest's ``tokenizer.add_bos_token`` says."""
+
+    def __init__(self, path: str | os.PathLike, bos_token_id: int | None = None):
         try:
             self._tok = _HFTokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises plain Exception subclasses
             raise StagedxError(f"cannot load tokenizer {path}: {exc}") from exc
+        self.bos_token_id = bos_token_id
+
+    @classmethod
+    def for_bundle(cls, bundle_dir: str | os.PathLike, entry) -> Tokenizer:
+        """The prompt tokenizer of a bundle: ``entry`` is its manifest's TokenizerEntry."""
+        bos = entry.bos_token_id if getattr(entry, "add_bos_token", False) else None
+        return cls(os.path.join(bundle_dir, entry.file), bos)
 
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str) -> np.ndarray:
+    def encode(self, text: str, add_bos: bool = True) -> np.ndarray:
+        """``text``'s token ids, led by ``bos_token_id`` when set (``add_bos=False``: never)."""
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:  # e.g. a lone surrogate from a mis-decoded argument
             raise StagedxError(f"the prompt is not valid Unicode text ({exc.reason} at position {exc.start})") from exc
-        return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        ids = self._tok.encode(text, add_special_tokens=False).ids
+        if add_bos and self.bos_token_id is not None and ids[:1] != [self.bos_token_id]:
+            ids = [self.bos_token_id, *ids]
+        return np.asarray(ids, dtype=np.int64)
 
     def decode(self, ids: Iterable[int] | np.ndarray) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)

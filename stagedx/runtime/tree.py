@@ -15,7 +15,8 @@ import numpy as np
 # Which stage proposed a tree node (``OracleTree.source``); -1 for the root.
 SOURCE_DRAFT2 = 0
 SOURCE_DRAFT = 1
-STAGE_NAMES = {SOURCE_DRAFT2: "draft2", SOURCE_DRAFT: "draft"}
+SOURCE_GRAMMAR = 2  # a token the grammar forces (constrained decoding): a draft stage that costs nothing
+STAGE_NAMES = {SOURCE_DRAFT2: "draft2", SOURCE_DRAFT: "draft", SOURCE_GRAMMAR: "grammar"}
 
 
 def depths(parents: np.ndarray) -> np.ndarray:

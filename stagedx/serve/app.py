@@ -57,7 +57,7 @@ class Server:
         self.config = config
         self.generator = generator
         bundle, manifest = generator.bundle_dir, generator.manifest
-        self.tokenizer = Tokenizer(bundle / manifest.tokenizer.file)  # a second instance: encode only
+        self.tokenizer = Tokenizer.for_bundle(bundle, manifest.tokenizer)  # a second instance: encode only
         self.limits = Limits(config.model, generator.context_limit, generator.vocab)
         self.chat = template_for(manifest, self.tokenizer)
         self.metrics = Metrics(config.model)

@@ -22,7 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 prometheus_client.disable_created_metrics()  # no *_created samples (as vLLM): half the text, no use here
 
 PREFIX = "stagedx:"
-STAGES = ("draft2", "draft", "oracle")
+STAGES = ("draft2", "draft", "grammar", "oracle")
 OUTCOMES = ("completed", "cancelled", "timeout", "failed")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # seconds: from a few ms (one tiny-model round) to minutes (a long decode of a real model)

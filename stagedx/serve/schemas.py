@@ -7,7 +7,10 @@ OpenAI's API answers ``Unrecognized request argument supplied``: a typo such as
 ``temprature`` must not pass silently), 422 for a well-formed body with a wrong type, range or
 unsupported option, 404 for an unknown model. Options OpenAI defines that batch-size-1
 decoding does not offer (``n``, penalties, ``logprobs``, tools, ...) are accepted only at their
-neutral value; ``user`` is accepted and ignored.
+neutral value; ``user`` is accepted and ignored. Structured output: ``response_format``
+(``text``, ``json_object``, ``json_schema``) and the extension fields ``regex`` and ``grammar``
+(llguidance's Lark dialect), at most one of them; a schema, regex or grammar that does not
+compile is a 400.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import StagedxError
+from ..runtime.constraint import Constraint
 from ..runtime.request import DecodeOptions
 from ..runtime.sampling import SamplingConfig
 
@@ -38,11 +42,12 @@ UNSUPPORTED = {
     "suffix": None,
     "tools": None,
     "functions": None,
-    "response_format": None,
 }
+CONSTRAINT_FIELDS = ("response_format", "regex", "grammar")
 SHARED_FIELDS = frozenset(
     {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stream", "stream_options", "stop", "user"}
     | set(UNSUPPORTED)
+    | set(CONSTRAINT_FIELDS)
 )
 COMPLETION_FIELDS = SHARED_FIELDS | {"prompt"}
 CHAT_FIELDS = SHARED_FIELDS | {"messages", "max_completion_tokens", "tool_choice", "parallel_tool_calls"}
@@ -92,11 +97,12 @@ class DecodeParams:
     stop: tuple
     stream: bool
     include_usage: bool
+    constraint: Constraint | None = None  # response_format / regex / grammar
 
     def options(self, max_tokens: int) -> DecodeOptions:
         """The Generator's options for this request, ``max_tokens`` resolved by the caller."""
         try:
-            return DecodeOptions(max_tokens, self.sampling, self.seed, self.stop)
+            return DecodeOptions(max_tokens, self.sampling, self.seed, self.stop, constraint=self.constraint)
         except StagedxError as exc:
             raise ApiError(400, str(exc)) from None
 
@@ -186,7 +192,47 @@ def _decode_params(body: dict, limits: Limits, prompt, default_max: int | None) 
         sampling = SamplingConfig()
     else:
         sampling = SamplingConfig("sample", temperature, top_k=top_k, top_p=top_p)
-    return DecodeParams(prompt, max_tokens, sampling, seed, _stop(body.get("stop")), stream, include_usage)
+    stop = _stop(body.get("stop"))
+    return DecodeParams(prompt, max_tokens, sampling, seed, stop, stream, include_usage, _constraint(body))
+
+
+def _constraint(body: dict) -> Constraint | None:
+    """``response_format`` (OpenAI's shape) or one of the ``regex`` / ``grammar`` extensions."""
+    fmt = body.get("response_format")
+    if fmt is not None:
+        if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
+            raise invalid("response_format", "must be an object whose type is text, json_object or json_schema")
+        if fmt["type"] == "text":
+            fmt = None
+    given = [
+        name
+        for name, v in (("response_format", fmt), *((n, body.get(n)) for n in CONSTRAINT_FIELDS[1:]))
+        if v is not None
+    ]
+    if len(given) > 1:
+        raise invalid(given[1], f"give at most one of response_format, regex and grammar (got {', '.join(given)})")
+    if not given:
+        return None
+    name = given[0]
+    if name == "response_format":
+        if fmt["type"] == "json_object":
+            build, arg = Constraint.json_object, ()
+        else:
+            spec = fmt.get("json_schema")
+            schema = spec.get("schema") if isinstance(spec, dict) else None
+            if not isinstance(schema, dict):
+                raise invalid("response_format", "json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}")
+            build, arg = Constraint.json_schema, (schema,)
+    else:
+        if not isinstance(body[name], str) or not body[name]:
+            raise invalid(name, "must be a non-empty string")
+        build, arg = (Constraint.regex if name == "regex" else Constraint.grammar), (body[name],)
+    try:
+        return build(*arg)
+    except StagedxError as exc:
+        raise ApiError(
+            400, str(exc), param=name, code="invalid_" + ("schema" if name == "response_format" else name)
+        ) from None
 
 
 def _prompt(value, limits: Limits):

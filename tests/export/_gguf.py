@@ -131,12 +131,17 @@ def _gguf_name(hf: str) -> str:
 
 
 def write_tiny_llama(
-    path: Path, qtype: str = "Q8_0", embed_type: str | None = None, seed: int = 0, arch: str = "llama"
+    path: Path,
+    qtype: str = "Q8_0",
+    embed_type: str | None = None,
+    seed: int = 0,
+    arch: str = "llama",
+    add_bos: bool | None = None,
 ) -> Path:
     """Write the tiny model to ``path``: matrices in ``qtype`` (F32, Q4_0, Q4_1, Q8_0), the
     tied embedding in ``embed_type`` (default: ``qtype``), norms and biases in F32. ``arch``
     "llama" (Q/K rows permuted as llama.cpp stores them) or "qwen2" (q/k/v biases, no
-    permutation)."""
+    permutation). ``add_bos``: the file's ``tokenizer.ggml.add_bos_token`` (None: absent)."""
     import gguf
     from gguf.quants import quantize
 
@@ -161,6 +166,8 @@ def write_tiny_llama(
     w.add_token_merges([" ".join(m) for m in MERGES])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
+    if add_bos is not None:
+        w.add_add_bos_token(add_bos)
     w.add_chat_template(CHATML)
     for hf, value in hf_weights(shape, seed, qkv_bias=arch == "qwen2").items():
         name = _gguf_name(hf)

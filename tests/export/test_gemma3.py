@@ -133,6 +133,37 @@ def test_greedy_staged_identical_to_baseline(gemma3_bundle):
     assert_greedy_exact(gemma3_bundle)  # prompts of 10+ tokens: past the window of 5
 
 
+def test_bos_recorded_at_export_and_led_every_prompt(gemma3_pair, gemma3_bundle, tmp_path):
+    """Gemma expects <bos> first: the manifest records it, generate / serve / bench put it in
+    front of a text prompt (once), and greedy decoding of the text equals that of the ids."""
+    import json
+    import shutil
+
+    from stagedx.bench.context import long_prompts
+    from stagedx.bench.prompts import Prompt
+    from stagedx.export.arch import open_checkpoint
+    from stagedx.runtime import Generator
+    from stagedx.serve.app import ServeConfig, Server
+
+    m = load_manifest(gemma3_bundle)
+    assert m.tokenizer.add_bos_token and m.tokenizer.bos_token_id == 0
+    gen = Generator(gemma3_bundle, device="cpu", threads=1, strategy="baseline")
+    body = [int(t) for t in gen.tokenizer.encode("def add(a, b):", add_bos=False)]
+    assert [int(t) for t in gen.tokenizer.encode("def add(a, b):")] == [0, *body]
+    text = gen.generate("def add(a, b):", max_new_tokens=6, ignore_eos=True)
+    ids = gen.generate([0, *body], max_new_tokens=6, ignore_eos=True)
+    assert text.prompt_tokens == len(body) + 1 and text.tokens == ids.tokens
+    assert Server(gen, ServeConfig("g", warm_up=False))._encode("def add(a, b):") == (0, *body)
+    (ctx,) = long_prompts(gen.tokenizer, [Prompt("p", "def add(a, b):\n    return a + b\n")], 12)
+    assert ctx.ids[0] == 0 and 0 not in ctx.ids[1:] and len(ctx.ids) == 12
+    # negative control: a checkpoint whose tokenizer config says false
+    plain = tmp_path / "plain"
+    shutil.copytree(gemma3_pair[0], plain)
+    config = json.loads((plain / "tokenizer_config.json").read_text())
+    (plain / "tokenizer_config.json").write_text(json.dumps({**config, "add_bos_token": False}))
+    assert open_checkpoint(str(gemma3_pair[0])).add_bos_token() and not open_checkpoint(str(plain)).add_bos_token()
+
+
 def test_defaults_are_transformers_defaults():
     """config.json omits fields equal to transformers' defaults: ours must be theirs."""
     from transformers import Gemma3TextConfig

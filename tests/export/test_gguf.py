@@ -86,6 +86,18 @@ def test_gguf_bundle_equals_transformers(tiny_files, tmp_path):
     assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("add_bos", [True, False, None])
+def test_add_bos_token_comes_from_the_file(tmp_path, add_bos):
+    """``tokenizer.ggml.add_bos_token`` (Gemma's files say true) reaches the checkpoint export
+    reads; absent, what the tokenizer itself does (this one adds nothing)."""
+    from stagedx.export.arch import open_checkpoint
+    from stagedx.export.gguf import materialize
+
+    src = write_tiny_llama(tmp_path / "t.gguf", "F32", add_bos=add_bos)
+    materialize(src, tmp_path / "ck")
+    assert open_checkpoint(str(tmp_path / "ck")).add_bos_token() is bool(add_bos)
+
+
 def test_qwen2_gguf_with_carried_blocks(tmp_path):
     """qwen2 (q/k/v biases, no Q/K permutation in the file): bundle vs transformers on the file."""
     from stagedx.export.quantize import QuantizeOptions
@@ -203,6 +215,7 @@ def test_smollm2_reads_and_answers(smollm2, tmp_path):
     d = ck.dims
     assert (d.family, d.n_layers, d.hidden, d.n_heads, d.n_kv_heads, d.vocab_size) == ("llama", 30, 576, 9, 3, 49152)
     assert "<|im_start|>" in ck.chat_template() and ck.special_token("eos_token_id") == 2
+    assert ck.add_bos_token() is False  # the file says so: chat prompts start with <|im_start|>
     assert json.loads((tmp_path / "ck" / "gguf_source.json").read_text())["sha256"].startswith("b179c952")
     tok = Tokenizer.from_file(str(ck.tokenizer_file))
     prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"

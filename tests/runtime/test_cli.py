@@ -162,3 +162,25 @@ def test_temperature_alone_samples_and_zero_is_greedy(tiny_bundle, capsys):
 def test_contradicting_sampling_options_are_one_line_errors(tiny_bundle, capsys, args, needle):
     code, _, err = run(capsys, ["generate", tiny_bundle, "x", *args])
     assert code == 2 and needle in err and err.count("\n") == 1
+
+
+def test_generate_json_schema_regex_and_bad_constraints(tiny_bundle, tmp_path, capsys):
+    n = {"type": "integer", "minimum": 0, "maximum": 999}
+    schema = {"type": "object", "properties": {"n": n}, "required": ["n"], "additionalProperties": False}
+    (tmp_path / "s.json").write_text(json.dumps(schema))
+    base = ["generate", tiny_bundle, "x =", "--max-new-tokens", "40", "--threads", "1", "--device", "cpu", "--json"]
+    code, out, _ = run(capsys, [*base, "--json-schema", tmp_path / "s.json"])
+    assert code == 0 and isinstance(json.loads(json.loads(out)["text"])["n"], int)
+    code, out, _ = run(capsys, [*base, "--regex", "[0-9]{3}"])
+    assert code == 0 and json.loads(out)["text"].isdigit() and len(json.loads(out)["text"]) == 3
+    (tmp_path / "bad.json").write_text('{"type": "nope"}')
+    (tmp_path / "g.lark").write_text("start: missing")
+    for args, needle in (
+        (["--json-schema", tmp_path / "bad.json"], "invalid json schema"),
+        (["--json-schema", tmp_path / "absent.json"], "cannot read --json-schema"),
+        (["--grammar", tmp_path / "g.lark"], "invalid grammar"),
+        (["--regex", "(x", "--grammar", tmp_path / "g.lark"], "at most one of"),
+        (["--regex", "[0-9]+", "--ignore-eos"], "ignore_eos"),
+    ):
+        code, _, err = run(capsys, [*base, *args])
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err

@@ -471,8 +471,9 @@ def test_bad_requests(tiny_bundle):
 def test_runtime_generates_without_torch(tiny_bundle):
     code = (
         "import sys, json\n"
-        "from stagedx.runtime import Generator\n"
+        "from stagedx.runtime import Constraint, Generator\n"
         f"gen = Generator({str(tiny_bundle)!r}, device='cpu', threads=1)\n"
+        "gen.generate('x =', max_new_tokens=8, constraint=Constraint.json_object())\n"  # llguidance: no torch
         "res = gen.generate('def f(x):', max_new_tokens=8, ignore_eos=True)\n"
         "mods = [m for m in ('torch', 'transformers', 'onnx') if m in sys.modules]\n"
         "print(json.dumps({'n': len(res.tokens), 'mods': mods}))\n"

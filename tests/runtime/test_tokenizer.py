@@ -76,3 +76,15 @@ def test_invalid_unicode_prompt_is_a_clear_error():
 
     with pytest.raises(StagedxError, match="not valid Unicode"):
         Tokenizer(TOKENIZER).encode("abc\ud800")
+
+
+def test_bos_is_prepended_once_when_the_bundle_asks():
+    plain, led = Tokenizer(TOKENIZER), Tokenizer(TOKENIZER, bos_token_id=0)
+    ids = plain.encode("def f(x):")
+    assert plain.bos_token_id is None and ids[0] != 0
+    assert list(led.encode("def f(x):")) == [0, *ids]
+    assert list(led.encode("def f(x):", add_bos=False)) == list(ids)
+    assert list(led.encode("")) == [0]
+    # a text that already starts with it (a chat template rendering {{ bos_token }}) keeps one
+    text = led.decode([0]) + "def f(x):"
+    assert list(led.encode(text)) == list(plain.encode(text)) and led.encode(text)[0] == 0
