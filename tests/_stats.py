@@ -32,3 +32,10 @@ def chi_square_pvalue(counts: np.ndarray, probs: np.ndarray, min_expected: float
     keep = exp > 0
     stat = float(np.sum((obs[keep] - exp[keep]) ** 2 / exp[keep]))
     return chi2_sf(stat, int(keep.sum()) - 1)
+
+
+def law_pvalue(counts, law: dict) -> float:
+    """Chi-square p-value of observed ``counts`` (a Counter of outcomes) against the exact ``law``
+    (outcome -> probability), over every outcome either side names."""
+    cells = sorted(set(law) | set(counts))
+    return chi_square_pvalue([counts.get(c, 0) for c in cells], [law.get(c, 0.0) for c in cells])

@@ -19,7 +19,7 @@ from stagedx.runtime.runner import FETCH_LOGITS, chain_mask
 from stagedx.runtime.sampling import warp
 from stagedx.runtime.shapes import CHEAP_DRAFT_TREES, FAN10, THREE_STAGE_TREES
 from stagedx.runtime.tree import ancestor_mask
-from tests._stats import chi_square_pvalue
+from tests._stats import law_pvalue as pvalue
 
 SCHEMAS = [
     {
@@ -205,11 +205,6 @@ def joint_counts(gen, prompt, strategy, seed0, tree=None, accepted=None, draws=N
         if accepted is not None:
             accepted.update(res.stats.accepted_by_stage)
     return counts
-
-
-def pvalue(counts: Counter, law: dict) -> float:
-    cells = sorted(set(law) | set(counts))
-    return chi_square_pvalue([counts.get(c, 0) for c in cells], [law.get(c, 0.0) for c in cells])
 
 
 DRAWN = TreeConfig(budget=12, max_depth=4, fanouts=FAN10, draft_calls=1, widths=(3, 2, 1), extra=2)
