@@ -57,6 +57,7 @@ PRIOR_WEIGHT = 2.0  # trials the prior counts for
 DECAY = 0.95  # per observation: old counts fade, so acceptance follows the text's character
 PROBE_EVERY = 16  # rounds after which an unused family is first tried again (doubling while it loses)
 MAX_GAP = 512
+SIZE_MARGIN = 0.8  # an option whose call size was never timed is run once if worth this share of the best
 REFRESH = 4  # rounds a choice is reused (the estimates move little in fewer)
 # sampled requests may use drawn proposals (whose text depends on the proposal) only when the
 # fixed cost model at the prior acceptance says they beat every per-node one by this factor:
@@ -217,6 +218,7 @@ class ModePlan:
         self.last_used = np.full(len(fams), -1)
         self.gap = np.full(len(fams), PROBE_EVERY)  # rounds before the family is probed again
         self.rounds = 0
+        self.sized = 0  # round of the last size probe (``Planner._size_probe``)
         self.cached: tuple | None = None  # (where, band, option index) of the last full choice
 
 
@@ -291,6 +293,10 @@ class Planner:
                 p.last_used[probe] = p.rounds + 1  # probed or passed over: due again after its gap
                 if j is not None:  # this round only; the cached choice stays
                     i, stats.probes = j, stats.probes + 1
+            elif self.live(mode) and p.rounds - p.sized >= PROBE_EVERY:
+                j = self._size_probe(p, costs, value, i, (room, past))
+                if j is not None:  # this round only, as a probe
+                    i, p.sized, stats.probes = j, p.rounds, stats.probes + 1
         else:
             i = p.cached[1]
         opt = p.options[i]
@@ -311,7 +317,7 @@ class Planner:
         room, past = where
         depth = Planner._depths(p, room)
         tokens = p.acc.expected()[p.fam0, depth]  # column 0 (no speculation) is 1 token
-        nodes = np.where(p.chain, depth, np.ceil(p.fill[p.fam0] * np.minimum(p.nodes, room + 1)))
+        nodes = Planner._nodes(p, room)
         cost = costs.oracle_curve(past)[np.minimum(1 + nodes, MAX_TOKENS).astype(np.int64)]
         # the rows the draft lacks (its catch-up after rounds without it) are a one-time cost
         # that the following rounds share: not charged to one round, which would keep a draft
@@ -341,6 +347,26 @@ class Planner:
     @staticmethod
     def _depths(p: ModePlan, room: int) -> np.ndarray:
         return p.depth if room >= MAX_DEPTH else np.minimum(p.depth, max(room, 0))
+
+    @staticmethod
+    def _nodes(p: ModePlan, room: int) -> np.ndarray:
+        """Expected tree nodes below the root of every option (a tree fills ``fill`` of its budget)."""
+        depth = Planner._depths(p, room)
+        return np.where(p.chain, depth, np.ceil(p.fill[p.fam0] * np.minimum(p.nodes, room + 1)))
+
+    @staticmethod
+    def _size_probe(p: ModePlan, costs: CostModel, value: np.ndarray, best: int, where: tuple) -> int | None:
+        """An option of the best one's family worth about as much (``SIZE_MARGIN``) whose oracle call size has
+        never been timed at this past: its cost is the prior's shape scaled from other sizes,
+        which can be off by tens of percent (the CPU's staircase), enough to keep the best
+        option from ever being measured. Run once, its size is measured for good."""
+        room, past = where
+        sizes = np.minimum(1 + Planner._nodes(p, room), MAX_TOKENS).astype(np.int64)
+        ok = (p.fam == p.fam[best]) & np.isfinite(value) & (value >= SIZE_MARGIN * value[best])
+        ok &= ~costs.measured(past)[sizes]
+        if not ok.any():
+            return None
+        return int(np.flatnonzero(ok)[np.argmax(value[ok])])
 
     @staticmethod
     def _probe(p: ModePlan, f: int, priced: tuple, best: int, room: int) -> int | None:

@@ -109,6 +109,10 @@ class CostModel:
         self.draft_scale = _update(self.draft_scale, ratio) if self.draft_seen else ratio
         self.draft_seen = True
 
+    def measured(self, past: int) -> np.ndarray:
+        """[MAX_TOKENS + 1] bool: the oracle call sizes timed at least once at this past."""
+        return self.oracle_seen[self.band(past)]
+
     # -- predictions -----------------------------------------------------------------------
     @staticmethod
     def band(past: int) -> int:
