@@ -14,7 +14,8 @@ tuned tree) that maximises expected tokens per second, from what this Generator 
   draft2 seconds per family.
 - **Choice**: expected tokens ``1 + sum_d prod_{j<=d} a_j`` over each candidate's depth,
   divided by its predicted seconds, for every candidate at once (NumPy over ~35 options);
-  ties go to the earlier (cheaper) option; a choice is reused for ``REFRESH`` rounds. A
+  ties go to the earlier (cheaper) option; a choice is reused for ``REFRESH`` rounds (``REFRESH_OFF`` for no
+  speculation). A
   family unused for ``PROBE_EVERY`` rounds is probed once (the gap doubles after each probe
   that does not win it back), so a stage switched off is tried again at shrinking cost.
 
@@ -59,6 +60,7 @@ PROBE_EVERY = 16  # rounds after which an unused family is first tried again (do
 MAX_GAP = 512
 SIZE_MARGIN = 0.8  # an option whose call size was never timed is run once if worth this share of the best
 REFRESH = 4  # rounds a choice is reused (the estimates move little in fewer)
+REFRESH_OFF = 16  # ... when it is no speculation (only the 1-token call's timing is new)
 # sampled requests may use drawn proposals (whose text depends on the proposal) only when the
 # fixed cost model at the prior acceptance says they beat every per-node one by this factor:
 # a margin for what the prior does not see (a sampled draft call fetches and warps the whole
@@ -281,7 +283,8 @@ class Planner:
         costs = self.costs_for(mode)
         key = (min(room, MAX_DEPTH), costs.band(past))
         probe = self._probe_due(p)
-        if probe is not None or p.cached is None or p.cached[0] != key or p.rounds % REFRESH == 0:
+        every = REFRESH_OFF if p.cached is not None and p.fam[p.cached[1]] < 0 else REFRESH
+        if probe is not None or p.cached is None or p.cached[0] != key or p.rounds % every == 0:
             value, seconds = self.values(p, costs, (room, past))
             i = int(np.argmax(value))
             if p.fam[i] >= 0:
