@@ -14,10 +14,11 @@ tuned tree) that maximises expected tokens per second, from what this Generator 
   draft2 seconds per family.
 - **Choice**: expected tokens ``1 + sum_d prod_{j<=d} a_j`` over each candidate's depth,
   divided by its predicted seconds, for every candidate at once (NumPy over ~35 options);
-  ties go to the earlier (cheaper) option; a choice is reused for ``REFRESH`` rounds (``REFRESH_OFF`` for no
-  speculation). A
-  family unused for ``PROBE_EVERY`` rounds is probed once (the gap doubles after each probe
-  that does not win it back), so a stage switched off is tried again at shrinking cost.
+  ties go to the earlier (cheaper) option; a choice is reused for ``REFRESH`` rounds
+  (``REFRESH_OFF`` while it is no speculation). A family unused for ``PROBE_EVERY`` rounds is
+  probed once if it could still beat the best at optimistic acceptance (the gap doubles after
+  each probe that does not win it back), so a stage switched off is tried again at shrinking
+  cost; the best family runs once at each untimed call size that might be worth as much.
 
 Exactness and seeds: the choice reads only past rounds (their accepted depths and timings),
 never the round's own oracle output, so greedy output is token-exact and sampled output
@@ -26,8 +27,8 @@ Generator's acceptance and its measured costs, carried from request to request. 
 text a seed gives depends on the proposal only for drawn ones (the draft's drawn chain or
 tree); per-node trees and no speculation emit the baseline's text seed for seed (one draw
 from the oracle per emitted token). So whether sampled requests may use drawn proposals is
-fixed per bundle and device (the fixed cost model at the prior acceptance: in practice, a
-draft cheap beside its oracle). Without them, the sampled plan is live like greedy's and the
+fixed per bundle and device (the fixed cost model at the prior acceptance, by a clear margin:
+in practice, a draft cheap beside its oracle). Without them, the sampled plan is live like greedy's and the
 text is the baseline's. With them, a decision depends only on the request and the bundle:
 acceptance starts from the priors at every request and learns from that request's own rounds,
 and costs come from the fixed model (the manifest's tuned curves, else the built-in prior),
