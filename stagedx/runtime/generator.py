@@ -274,11 +274,11 @@ class Generator:
                 s.add_draft(proposal.cost)
                 out = self._score(proposal.tree, n, req.sampling, s)
                 verdict = verify(proposal, out, req.sampling, st.rng)
-                if st.plan is not None:
-                    self._observe(req, st, proposal, verdict, time.perf_counter() - t0)
             else:
                 proposal, verdict = self._guided_round(req, st, room)
             kept = self._commit(req, st, proposal, verdict)
+            if st.plan is not None and st.guide is None:  # the whole round, commit included
+                self._observe(req, st, (proposal, verdict, n), time.perf_counter() - t0)
             s.rounds += 1
             if kept:
                 yield kept
@@ -323,14 +323,16 @@ class Generator:
             kind, limit = choose(req.strategy, tree, req.sampling.greedy, room)
         return self.proposers.build(kind, Round(st.tokens, tree, req.sampling, st.rng, limit))
 
-    def _observe(self, req: Request, st: DecodeState, proposal: Proposal, verdict, seconds: float) -> None:
-        """Fold the round (``seconds`` so far: proposal, oracle call, verification) into the planner."""
+    def _observe(self, req: Request, st: DecodeState, round_: tuple, seconds: float) -> None:
+        """Fold the round (``round_`` = proposal, verdict, committed tokens before it; ``seconds``:
+        proposal, oracle call, verification and commit) into the planner."""
+        proposal, verdict, n = round_
         opt, limit = st.plan
-        st.stats.planner.trace.append((st.generated, opt.label, seconds))
+        st.stats.planner.trace.append((n - st.n_prompt, opt.label, seconds))
         c = proposal.cost
         mode = sampling_mode(req.sampling)
-        rest = seconds - c.time_draft - c.time_draft2  # the oracle call, verification, planning
-        self.planner.observe_timing(mode, len(proposal.tree.tokens), len(st.tokens), rest)
+        rest = seconds - c.time_draft - c.time_draft2  # the oracle call, verification, commit, planning
+        self.planner.observe_timing(mode, len(proposal.tree.tokens), n, rest)
         self.planner.observe(mode, opt, limit, proposal, len(verdict.path) - 1, st.stats.planner)
 
     def _commit(self, req: Request, st: DecodeState, proposal: Proposal, verdict: accept.Verdict) -> list:

@@ -14,9 +14,11 @@ tuned tree) that maximises expected tokens per second, from what this Generator 
   draft2 seconds per family.
 - **Choice**: expected tokens ``1 + sum_d prod_{j<=d} a_j`` over each candidate's depth,
   divided by its predicted seconds, for every candidate at once (NumPy over ~35 options);
-  ties go to the earlier (cheaper) option; a choice is reused for ``REFRESH`` rounds. A
-  family unused for ``PROBE_EVERY`` rounds is probed once (the gap doubles after each probe
-  that does not win it back), so a stage switched off is tried again at shrinking cost.
+  ties go to the earlier (cheaper) option; a choice is reused for ``REFRESH`` rounds
+  (``REFRESH_OFF`` while it is no speculation). A family unused for ``PROBE_EVERY`` rounds is
+  probed once if it could still beat the best at optimistic acceptance (the gap doubles after
+  each probe that does not win it back), so a stage switched off is tried again at shrinking
+  cost; the best family runs once at each untimed call size that might be worth as much.
 
 Exactness and seeds: the choice reads only past rounds (their accepted depths and timings),
 never the round's own oracle output, so greedy output is token-exact and sampled output
@@ -25,8 +27,8 @@ Generator's acceptance and its measured costs, carried from request to request. 
 text a seed gives depends on the proposal only for drawn ones (the draft's drawn chain or
 tree); per-node trees and no speculation emit the baseline's text seed for seed (one draw
 from the oracle per emitted token). So whether sampled requests may use drawn proposals is
-fixed per bundle and device (the fixed cost model at the prior acceptance: in practice, a
-draft cheap beside its oracle). Without them, the sampled plan is live like greedy's and the
+fixed per bundle and device (the fixed cost model at the prior acceptance, by a clear margin:
+in practice, a draft cheap beside its oracle). Without them, the sampled plan is live like greedy's and the
 text is the baseline's. With them, a decision depends only on the request and the bundle:
 acceptance starts from the priors at every request and learns from that request's own rounds,
 and costs come from the fixed model (the manifest's tuned curves, else the built-in prior),
@@ -57,7 +59,14 @@ PRIOR_WEIGHT = 2.0  # trials the prior counts for
 DECAY = 0.95  # per observation: old counts fade, so acceptance follows the text's character
 PROBE_EVERY = 16  # rounds after which an unused family is first tried again (doubling while it loses)
 MAX_GAP = 512
+SIZE_MARGIN = 0.8  # an option whose call size was never timed is run once if worth this share of the best
 REFRESH = 4  # rounds a choice is reused (the estimates move little in fewer)
+REFRESH_OFF = 16  # ... when it is no speculation (only the 1-token call's timing is new)
+# sampled requests may use drawn proposals (whose text depends on the proposal) only when the
+# fixed cost model at the prior acceptance says they beat every per-node one by this factor:
+# a margin for what the prior does not see (a sampled draft call fetches and warps the whole
+# vocabulary; per-node trees are priced live, drawn ones are not)
+DRAWN_MARGIN = 1.15
 # conservative built-in priors: conditional acceptance per depth, by family and mode
 PRIORS = {
     GREEDY: {"draft2": 0.4, "chain": 0.55, "staged": 0.55, "staged2": 0.55, "staged4": 0.55, "tuned": 0.7},
@@ -145,7 +154,12 @@ class Acceptance:
         self.hits[i, tried] = DECAY * self.hits[i, tried] + (d[tried] <= reached)
         self.trials[i, tried] = DECAY * self.trials[i, tried] + 1
 
-    def rates(self) -> np.ndarray:
+    def fade(self, family: int, factor: float = 0.5) -> None:
+        """Age a family's evidence (a probe skipped: what it measured is getting old)."""
+        self.hits[family] *= factor
+        self.trials[family] *= factor
+
+    def rates(self, optimistic: bool = False) -> np.ndarray:
         """[F, MAX_DEPTH + 1] conditional acceptance per depth. Depth 1 shrinks to the prior;
         depth d > 1 to the estimate at depth d - 1 (``a_d = (h_d + W a_{d-1}) / (t_d + W)``),
         so depths a family has rarely reached are priced like the deepest it has (a copying
@@ -154,12 +168,15 @@ class Acceptance:
         ``c = h / (t + W)``."""
         den = self.trials[:, 1:] + PRIOR_WEIGHT
         k = np.cumprod(PRIOR_WEIGHT / den, axis=1)
-        a = k * (self.prior + np.cumsum(self.hits[:, 1:] / den / k, axis=1))
+        prior = 1.0 if optimistic else self.prior
+        a = k * (prior + np.cumsum(self.hits[:, 1:] / den / k, axis=1))
         return np.concatenate([np.ones((len(a), 1)), np.minimum(a, 1.0)], axis=1)
 
-    def expected(self) -> np.ndarray:
-        """[F, MAX_DEPTH + 1]: expected tokens of a round whose deepest node is at depth L."""
-        a = self.rates()
+    def expected(self, optimistic: bool = False) -> np.ndarray:
+        """[F, MAX_DEPTH + 1]: expected tokens of a round whose deepest node is at depth L.
+        ``optimistic``: with a prior of 1 (what the family could still be worth: certain
+        acceptance where it has no evidence, its own evidence where it has some)."""
+        a = self.rates(optimistic)
         return np.cumsum(np.cumprod(a, axis=1), axis=1)  # column 0: the oracle's own token
 
 
@@ -204,6 +221,7 @@ class ModePlan:
         self.last_used = np.full(len(fams), -1)
         self.gap = np.full(len(fams), PROBE_EVERY)  # rounds before the family is probed again
         self.rounds = 0
+        self.sized = 0  # round of the last size probe (``Planner._size_probe``)
         self.cached: tuple | None = None  # (where, band, option index) of the last full choice
 
 
@@ -220,8 +238,10 @@ class Planner:
         value, _ = self.values(probe, self.fixed, (MAX_DEPTH, 200))
         # drawn proposals (the draft's drawn chain or tree) change which text a seed gives, so
         # whether sampled requests may use them is fixed per bundle and device: when, priced by
-        # the fixed model at the prior acceptance, the best sampled option is a drawn one
-        self.drawn = probe.options[int(np.argmax(value))].kind in (CHAIN, SAMPLED_TREE)
+        # the fixed model at the prior acceptance, a drawn option beats every per-node one by
+        # DRAWN_MARGIN (clearly paying: a cheap draft beside its oracle)
+        drawn = np.asarray([o.kind in (CHAIN, SAMPLED_TREE) for o in probe.options])
+        self.drawn = bool(value[drawn].max(initial=0.0) >= DRAWN_MARGIN * value[~drawn].max())
         if not self.drawn:
             self.menus[SAMPLE] = tuple(o for o in menus[SAMPLE] if o.kind not in (CHAIN, SAMPLED_TREE))
         self.plans = {mode: ModePlan(options, PRIORS[mode]) for mode, options in self.menus.items()}
@@ -242,6 +262,10 @@ class Planner:
         if mode != GREEDY and self.drawn:
             self.plans[mode] = ModePlan(self.menus[mode], PRIORS[mode])
 
+    def live(self, mode: str) -> bool:
+        """Whether ``mode``'s decisions read live timings (all but a drawn sampled plan)."""
+        return mode == GREEDY or not self.drawn
+
     def costs_for(self, mode: str) -> CostModel:
         if mode == GREEDY:
             return self.costs
@@ -260,16 +284,23 @@ class Planner:
         costs = self.costs_for(mode)
         key = (min(room, MAX_DEPTH), costs.band(past))
         probe = self._probe_due(p)
-        if probe is not None or p.cached is None or p.cached[0] != key or p.rounds % REFRESH == 0:
+        every = REFRESH_OFF if p.cached is not None and p.fam[p.cached[1]] < 0 else REFRESH
+        if probe is not None or p.cached is None or p.cached[0] != key or p.rounds % every == 0:
             value, seconds = self.values(p, costs, (room, past))
             i = int(np.argmax(value))
             if p.fam[i] >= 0:
                 p.gap[p.fam[i]] = PROBE_EVERY  # chosen on its merits: probe it early again once it loses
             p.cached = (key, i)
-            j = None if probe is None else self._probe(p, probe, value, seconds, float(seconds[i]))
-            if j is not None:  # this round only; the cached choice stays
-                i, stats.probes = j, stats.probes + 1
+            if probe is not None and probe != p.fam[i]:
+                j = self._probe(p, probe, (value, seconds), i, room)
                 p.gap[probe] = min(MAX_GAP, 2 * p.gap[probe])
+                p.last_used[probe] = p.rounds + 1  # probed or passed over: due again after its gap
+                if j is not None:  # this round only; the cached choice stays
+                    i, stats.probes = j, stats.probes + 1
+            elif self.live(mode) and p.rounds - p.sized >= PROBE_EVERY:
+                j = self._size_probe(p, costs, value, i, (room, past))
+                if j is not None:  # this round only, as a probe
+                    i, p.sized, stats.probes = j, p.rounds, stats.probes + 1
         else:
             i = p.cached[1]
         opt = p.options[i]
@@ -288,9 +319,9 @@ class Planner:
         """Predicted tokens per second of every option (``-inf`` where it cannot run), and
         its predicted seconds; ``where`` = (room, past) as ``choose`` takes them."""
         room, past = where
-        depth = p.depth if room >= MAX_DEPTH else np.minimum(p.depth, max(room, 0))
+        depth = Planner._depths(p, room)
         tokens = p.acc.expected()[p.fam0, depth]  # column 0 (no speculation) is 1 token
-        nodes = np.where(p.chain, depth, np.ceil(p.fill[p.fam0] * np.minimum(p.nodes, room + 1)))
+        nodes = Planner._nodes(p, room)
         cost = costs.oracle_curve(past)[np.minimum(1 + nodes, MAX_TOKENS).astype(np.int64)]
         # the rows the draft lacks (its catch-up after rounds without it) are a one-time cost
         # that the following rounds share: not charged to one round, which would keep a draft
@@ -318,16 +349,49 @@ class Planner:
         return int(np.flatnonzero(due)[np.argmin(p.last_used[due])])
 
     @staticmethod
-    def _probe(p: ModePlan, f: int, value: np.ndarray, seconds: np.ndarray, best_s: float) -> int | None:
-        """Family ``f``'s deepest option costing at most 1.5 times the best round (so the probe
+    def _depths(p: ModePlan, room: int) -> np.ndarray:
+        return p.depth if room >= MAX_DEPTH else np.minimum(p.depth, max(room, 0))
+
+    @staticmethod
+    def _nodes(p: ModePlan, room: int) -> np.ndarray:
+        """Expected tree nodes below the root of every option (a tree fills ``fill`` of its budget)."""
+        depth = Planner._depths(p, room)
+        return np.where(p.chain, depth, np.ceil(p.fill[p.fam0] * np.minimum(p.nodes, room + 1)))
+
+    @staticmethod
+    def _size_probe(p: ModePlan, costs: CostModel, value: np.ndarray, best: int, where: tuple) -> int | None:
+        """An option of the best one's family worth about as much (``SIZE_MARGIN``) whose oracle call size has
+        never been timed at this past: its cost is the prior's shape scaled from other sizes,
+        which can be off by tens of percent (the CPU's staircase), enough to keep the best
+        option from ever being measured. Run once, its size is measured for good."""
+        room, past = where
+        sizes = np.minimum(1 + Planner._nodes(p, room), MAX_TOKENS).astype(np.int64)
+        ok = (p.fam == p.fam[best]) & np.isfinite(value) & (value >= SIZE_MARGIN * value[best])
+        ok &= ~costs.measured(past)[sizes]
+        if not ok.any():
+            return None
+        return int(np.flatnonzero(ok)[np.argmax(value[ok])])
+
+    @staticmethod
+    def _probe(p: ModePlan, f: int, priced: tuple, best: int, room: int) -> int | None:
+        """The option of family ``f`` to probe, or None when even its optimistic value (prior
+        1: certain acceptance where it has no evidence) cannot beat the best option: a stage
+        that cannot pay at any acceptance it might still have is not run at all, and its
+        evidence ages (``fade``) so that it is tried again later. The probe: the option of best
+        optimistic value among those costing at most 1.5 times the best round (so it
         measures acceptance deep enough to show what the family can do), else its cheapest."""
+        value, seconds = priced
         ok = (p.fam == f) & np.isfinite(value)
         if not ok.any():
             return None
-        cheap = ok & (seconds <= 1.5 * best_s)
+        hope = p.acc.expected(optimistic=True)[p.fam0, Planner._depths(p, room)] / seconds
+        if not (hope[ok] > value[best]).any():
+            p.acc.fade(f)
+            return None
+        cheap = ok & (seconds <= 1.5 * seconds[best])
         if not cheap.any():
             return int(np.flatnonzero(ok)[np.argmin(seconds[ok])])
-        return int(np.flatnonzero(cheap)[np.argmax(p.depth[cheap])])
+        return int(np.flatnonzero(cheap)[np.argmax(hope[cheap])])
 
     def observe(self, mode: str, opt: Option, limit: int, proposal, reached: int, stats: PlannerStats) -> None:
         """Fold one verified round in: ``reached`` tree nodes accepted (before finish rules)."""
@@ -338,10 +402,12 @@ class Planner:
             p.acc.observe(opt.family, reached, limit)
             room = max(1, min(opt.nodes, limit if opt.kind == CHAIN else opt.nodes))
             p.fill[f] = DECAY * p.fill[f] + (1 - DECAY) * min(1.0, (len(proposal.tree.tokens) - 1) / room)
-            if mode == GREEDY:  # a timing: sampled decisions never read one
+            if self.live(mode):  # a timing: drawn sampled decisions never read one
                 p.draft2_s[f] = DECAY * p.draft2_s[f] + (1 - DECAY) * proposal.cost.time_draft2
         if proposal.cost.calls:
             self.costs.observe_draft(proposal.cost.sizes, proposal.cost.time_draft)
+            if mode != GREEDY:
+                self.sampled.observe_draft(proposal.cost.sizes, proposal.cost.time_draft)
             stats.stages["draft"] += 1
         if proposal.cost.time_draft2 > 0:
             stats.stages["draft2"] += 1

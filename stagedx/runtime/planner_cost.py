@@ -22,6 +22,10 @@ PAST_BAND = 512  # oracle costs are kept per band of past length (long pasts mak
 MAX_BANDS = 16
 CALL_OVERHEAD_BYTES = 20e6  # one model call's fixed cost (ONNX Runtime, 2-core CPU), in bytes streamed
 DECAY = 0.9  # weight of the old mean when a point is measured again (tracks drift, damps noise)
+FAST_DOWN = 0.5  # ... when it is measured faster: CPU noise only ever slows a call (a first
+# call of a new shape, another process), so a slow outlier is forgotten in a few calls
+CATCH_UP = 32  # a draft call over more rows is a catch-up (the prompt, rows after rounds
+# without the draft): a one-time cost, not what a round's call costs, so not learned from
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,13 @@ def prior_from(entry, oracle_bytes: int, draft_bytes: int) -> CostPrior:
     return CostPrior(_curve(None, 0.04, 1.0), _curve(None, 0.03, draft_rel))
 
 
+def _update(mean: float, x: float) -> float:
+    """A running mean that follows a faster measurement quickly (``FAST_DOWN``) and a slower
+    one slowly (``DECAY``)."""
+    w = FAST_DOWN if x < mean else DECAY
+    return w * mean + (1 - w) * x
+
+
 class CostModel:
     """Live costs (seconds). Lives as long as its Generator, so what one request measured
     prices the next."""
@@ -84,7 +95,7 @@ class CostModel:
     def observe_oracle(self, tokens: int, past: int, seconds: float) -> None:
         b, t = self.band(past), min(int(tokens), MAX_TOKENS)
         m = self.oracle_mean[b]
-        m[t] = DECAY * m[t] + (1 - DECAY) * seconds if self.oracle_seen[b, t] else seconds
+        m[t] = _update(m[t], seconds) if self.oracle_seen[b, t] else seconds
         self.oracle_seen[b, t] = True
         if b not in self.bands_seen:
             self.bands_seen.append(b)
@@ -92,11 +103,15 @@ class CostModel:
 
     def observe_draft(self, sizes, seconds: float) -> None:
         """One proposal's draft calls (``DraftCost.sizes``) and their total time."""
-        if not len(sizes) or seconds <= 0:
+        if not len(sizes) or seconds <= 0 or max(sizes) > CATCH_UP:
             return
         ratio = seconds / float(self.prior.draft[np.minimum(np.asarray(sizes), MAX_TOKENS)].sum())
-        self.draft_scale = DECAY * self.draft_scale + (1 - DECAY) * ratio if self.draft_seen else ratio
+        self.draft_scale = _update(self.draft_scale, ratio) if self.draft_seen else ratio
         self.draft_seen = True
+
+    def measured(self, past: int) -> np.ndarray:
+        """[MAX_TOKENS + 1] bool: the oracle call sizes timed at least once at this past."""
+        return self.oracle_seen[self.band(past)]
 
     # -- predictions -----------------------------------------------------------------------
     @staticmethod

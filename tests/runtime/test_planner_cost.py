@@ -81,3 +81,24 @@ def test_the_draft_is_priced_from_its_calls_else_from_the_oracle():
     costs.observe_draft([5, 1, 1], 3 * MS)
     d = costs.draft_seconds(np.asarray([5, 1, 1]))
     assert np.isclose(d.sum(), 3 * MS)
+
+
+def test_a_slow_first_call_is_forgotten_faster_than_a_fast_one():
+    costs = CostModel(prior_from(None, 56_700_000, 10_600_000))
+    costs.observe_oracle(4, 0, 40 * MS)  # a first call of a new shape, ten times too slow
+    for _ in range(4):
+        costs.observe_oracle(4, 0, 4 * MS)
+    assert costs.oracle_curve(0)[4] < 7 * MS  # halved each time: close after four calls
+    fast = CostModel(prior_from(None, 56_700_000, 10_600_000))
+    fast.observe_oracle(4, 0, 1 * MS)
+    for _ in range(4):
+        fast.observe_oracle(4, 0, 4 * MS)
+    assert fast.oracle_curve(0)[4] < 3 * MS  # a slower measurement moves the mean slowly
+    assert costs.measured(0)[4] and not costs.measured(0)[5] and not costs.measured(PAST_BAND)[4]
+
+
+def test_a_draft_catch_up_is_not_learned_as_a_round_cost():
+    costs = CostModel(prior_from(None, 56_700_000, 10_600_000))
+    costs.observe_draft([1, 1], 2 * MS)
+    costs.observe_draft([150, 1, 1], 40 * MS)  # the prompt's rows first: a one-time cost
+    assert np.isclose(costs.draft_seconds(np.asarray([1]))[0], 1 * MS)

@@ -8,6 +8,7 @@
 #   pair-no-draft2       the vendored pair, --draft2 none
 #   gpt2l-cost           tools/research/build_gpt2l_cost.sh (shipped draft scaled)
 #   gpt2l-cost-distilled the same oracle, the distilled draft scaled (docs/results/gpt2l-cost-tuned/run.sh)
+#   gpt2l-cost-distilled512-d8  the same oracle, the distilled int8 draft (built like the tuned bundle, untuned)
 #   smollm2-fp32         /work/bundles/smollm2-fp32 (SmolLM2-135M-Instruct, 2-layer untrained draft)
 # usage: run.sh NAME   (one bench per call; NAME as below)
 set -euo pipefail
@@ -21,7 +22,8 @@ case "$1" in
   pair) $PY -m stagedx bench "$B/stdlib-code-pair" --limit 10 "${BENCH[@]}" --out $OUT/pair ;;
   weak) $PY -m stagedx bench "$B/pair-weak-draft2" --limit 10 "${BENCH[@]}" --out $OUT/pair-weak-draft2 ;;
   nod2) $PY -m stagedx bench "$B/pair-no-draft2" --limit 10 "${BENCH[@]}" --out $OUT/pair-no-draft2 ;;
-  gpt2l-greedy|gpt2l-topk|gpt2l-distilled-greedy|gpt2l-distilled-topk)  # one sampling mode per run (<= 10 min each)
+  gpt2l-greedy|gpt2l-topk|gpt2l-distilled-greedy|gpt2l-distilled-topk|gpt2l-distilled512-d8-greedy|gpt2l-distilled512-d8-topk)
+    # one sampling mode per run (<= 10 min each)
     name=${1%-*}; mode=${1##*-}; [ "$mode" = topk ] && mode=topk:50
     bundle=gpt2l-cost${name#gpt2l}
     $PY -m stagedx bench "$B/$bundle" --limit 5 --max-new-tokens 128 --threads 2 --sampling "$mode" --methods "$M" \
