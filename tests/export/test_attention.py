@@ -144,7 +144,10 @@ def _export(family: str, tmp_path, tiny_pair):
     return out, ckpt.dims
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama", "llama-mqa", "qwen2", "mistral", "phi3", "gemma3"])
+FAMILIES = ("gpt2", "llama", "llama-mqa", "qwen2", "mistral", "phi3", "gemma3")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_exported_graph_never_copies_the_past(family, tmp_path, tiny_pair):
     onnx_file, dims = _export(family, tmp_path, tiny_pair)
     assert copies_of_the_past(onnx_file, _feeds(dims)) == []
@@ -152,14 +155,24 @@ def test_exported_graph_never_copies_the_past(family, tmp_path, tiny_pair):
 
 
 @pytest.mark.parametrize("bits", [8, 4])
-def test_quantized_graph_never_copies_the_past(bits, tmp_path, tiny_pair):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_quantized_graph_never_copies_the_past(family, bits, tmp_path, tiny_pair):
+    """Weight-only quantization rewrites the weight MatMuls (MatMulNBits); attention over the
+    past must stay as exported, for every family."""
     from stagedx.export.quantize import QuantizeOptions, quantize_graph
 
-    onnx_file, dims = _export("llama", tmp_path, tiny_pair)
+    onnx_file, dims = _export(family, tmp_path, tiny_pair)
     quantized = tmp_path / "quantized.onnx"
     quantize_graph(onnx_file, quantized, bits, QuantizeOptions(block_size=16))
+    assert "MatMulNBits" in _op_types(quantized)  # the weights really are quantized
     assert copies_of_the_past(quantized, _feeds(dims)) == []
     assert past_readers_on_cpu(quantized, tmp_path) <= {"FusedMatMul", "MatMul"}
+
+
+def _op_types(onnx_file) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(onnx_file), load_external_data=False).graph.node}
 
 
 def test_the_inspection_finds_a_concat_and_a_repeat(tmp_path):
