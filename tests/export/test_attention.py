@@ -1,6 +1,7 @@
 """Attention that reads the bound past in place (export/attention.py): the same numbers as
-concat + repeat + softmax, and every family's exported graph (fp32 and quantized) free of a
-Concat over the past, of a repeat of K/V, and of any copy of the past on ONNX Runtime's CPU EP."""
+concat + repeat + softmax, and every family's exported graph (fp32, int8 and int4, and the
+GGUF-carried blocks) free of a Concat over the past, of a repeat of K/V, and of any copy of the
+past on ONNX Runtime's CPU EP."""
 
 from __future__ import annotations
 
@@ -130,6 +131,10 @@ def _checkpoint(family: str, root, tiny_pair):
 
 
 def _export(family: str, tmp_path, tiny_pair):
+    return _export_checkpoint(_checkpoint(family, tmp_path, tiny_pair), tmp_path / f"{family}.onnx")
+
+
+def _export_checkpoint(checkpoint, out):
     import torch
 
     from stagedx.export.arch import open_checkpoint
@@ -137,14 +142,16 @@ def _export(family: str, tmp_path, tiny_pair):
     from stagedx.export.weights import Weights
 
     torch.set_num_threads(1)
-    ckpt = open_checkpoint(str(_checkpoint(family, tmp_path, tiny_pair)))
+    ckpt = open_checkpoint(str(checkpoint))
     graph = ckpt.spec.build_graph(ckpt.config, Weights(ckpt.path), 8, torch.float32)
-    out = tmp_path / f"{family}.onnx"
-    export_graph(graph, ckpt.dims, out, tmp_path / "work")
+    export_graph(graph, ckpt.dims, out, out.parent / "work")
     return out, ckpt.dims
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama", "llama-mqa", "qwen2", "mistral", "phi3", "gemma3"])
+FAMILIES = ("gpt2", "llama", "llama-mqa", "qwen2", "mistral", "phi3", "gemma3")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_exported_graph_never_copies_the_past(family, tmp_path, tiny_pair):
     onnx_file, dims = _export(family, tmp_path, tiny_pair)
     assert copies_of_the_past(onnx_file, _feeds(dims)) == []
@@ -152,14 +159,43 @@ def test_exported_graph_never_copies_the_past(family, tmp_path, tiny_pair):
 
 
 @pytest.mark.parametrize("bits", [8, 4])
-def test_quantized_graph_never_copies_the_past(bits, tmp_path, tiny_pair):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_quantized_graph_never_copies_the_past(family, bits, tmp_path, tiny_pair):
+    """Weight-only quantization rewrites the weight MatMuls (MatMulNBits); attention over the
+    past must stay as exported, for every family."""
     from stagedx.export.quantize import QuantizeOptions, quantize_graph
 
-    onnx_file, dims = _export("llama", tmp_path, tiny_pair)
+    onnx_file, dims = _export(family, tmp_path, tiny_pair)
     quantized = tmp_path / "quantized.onnx"
     quantize_graph(onnx_file, quantized, bits, QuantizeOptions(block_size=16))
+    assert "MatMulNBits" in _op_types(quantized)  # the weights really are quantized
     assert copies_of_the_past(quantized, _feeds(dims)) == []
     assert past_readers_on_cpu(quantized, tmp_path) <= {"FusedMatMul", "MatMul"}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_gguf_carried_graph_never_copies_the_past(arch, tmp_path):
+    """``--quantize gguf``: the file's Q4_1 / Q8_0 blocks carried into MatMulNBits (plus the
+    block-offset ReduceSum / Gemm); attention over the past stays as exported."""
+    pytest.importorskip("gguf")
+    from stagedx.export.gguf import materialize
+    from stagedx.export.gguf_blocks import carry_graph
+    from tests.export._gguf import write_tiny_llama
+
+    src = write_tiny_llama(tmp_path / "tiny.gguf", "Q4_1", embed_type="Q8_0", arch=arch)
+    materialize(src, tmp_path / "hf")
+    onnx_file, dims = _export_checkpoint(tmp_path / "hf", tmp_path / "fp32.onnx")
+    carried = tmp_path / "carried.onnx"
+    carry_graph(onnx_file, carried, src, 0)
+    assert "MatMulNBits" in _op_types(carried)
+    assert copies_of_the_past(carried, _feeds(dims)) == []
+    assert past_readers_on_cpu(carried, tmp_path) <= {"FusedMatMul", "MatMul"}
+
+
+def _op_types(onnx_file) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(onnx_file), load_external_data=False).graph.node}
 
 
 def test_the_inspection_finds_a_concat_and_a_repeat(tmp_path):
